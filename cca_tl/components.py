@@ -197,6 +197,9 @@ class Component:
     layer: int
     index: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+
     @property
     def hook_name(self) -> str:
         return KIND_SPECS[self.kind].hook.format(layer=self.layer)
@@ -227,7 +230,7 @@ class ComponentRegistry:
         biases = _hf_biases(model)
         self._slice_specs: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
         self._param_shapes = {name: tuple(p.shape) for name, p in params.items()}
-        self.total_model_params = sum(p.numel() for p in params.values())
+        self.total_model_params = _real_param_count(model, params, biases)
         for kind, spec in KIND_SPECS.items():
             for weight_set, specs in (("authors", spec.authors), ("extended", spec.authors + spec.extended_extra)):
                 kept = []
@@ -319,6 +322,29 @@ class ComponentRegistry:
                 f"Component {component} does not exist in {self.identity.name!r} "
                 f"({self.n_layers} layers, {self.n_units(component.kind)} {component.kind.value} units per layer)."
             )
+
+
+_BIAS_FAMILY = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V": "qkv", "b_O": "o",
+                "b_in": "mlp", "b_out": "mlp", "b_U": "unembed"}
+
+
+def _real_param_count(model: HookedTransformer, params: dict[str, Tensor], biases: frozenset[str]) -> int:
+    """Parameters of the network itself: TL's zero bias placeholders left out, tied embeddings once.
+
+    For a model of an HF architecture this equals the HF model's parameter count, the denominator a
+    reader expects behind "% of parameters".
+    """
+    has_hf = model.cfg.original_architecture is not None
+    total = 0
+    for name, p in params.items():
+        family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
+        if has_hf and family is not None and family not in biases:
+            continue
+        total += p.numel()
+    hf_config = getattr(getattr(model, "cca_provenance", None), "hf_config", None)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        total -= params["unembed.W_U"].numel()
+    return int(total)
 
 
 def _resolve_param(template: str, params: dict[str, Tensor]) -> str | None:

@@ -253,6 +253,7 @@ def export_hf(
     from transformers import GenerationConfig
 
     start = time.perf_counter()
+    check_exportable(model)  # first: an unsupported model should hear why, not about a missing config
     config = hf_config_for(model, hf_config)
     state_dict, tied = hf_state_dict(model)
     config.tie_word_embeddings = tied

@@ -197,7 +197,8 @@ def hooked_from_hf(
         center_unembed=False,
         fold_value_biases=False,
     )
-    model.to(device)
+    if torch.device(device) != torch.device("cpu"):
+        model.to(device)
     model.eval()
     model.cca_provenance = ModelProvenance(
         name=name, source=source, hf_architecture=arch, hf_config=hf_config, details=details or {}

@@ -1,0 +1,36 @@
+"""cca_tl — circuit-targeted fine-tuning on TransformerLens.
+
+The package reads as the pipeline: ``models → components → tasks → traces → localize → dcm → update →
+evaluate → analysis → export`` (plus ``sparse`` for weight-sparse circuits). This release holds the
+foundation every stage stands on:
+
+>>> import cca_tl
+>>> model = cca_tl.load_model()                       # Gemma-3-270M, offline, no weight processing
+>>> cca_tl.component_table(model)                      # layer x kind component counts
+>>> mask = cca_tl.ComponentMask.from_components(model, [cca_tl.Component("q", 3, 1)])
+>>> cca_tl.export_hf(model, "edited-gemma")            # verified HF directory
+"""
+
+from cca_tl.components import (
+    ALL_KINDS,
+    DEFAULT_KINDS,
+    Component,
+    ComponentMask,
+    ComponentRegistry,
+    Kind,
+    ModelIdentity,
+    ParamSlice,
+    component_table,
+)
+from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError
+from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
+from cca_tl.models import DEFAULT_MODEL, known_models, load_model, provenance, tiny_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL_KINDS", "DEFAULT_KINDS", "DEFAULT_MODEL", "CCAError", "Component", "ComponentMask",
+    "ComponentRegistry", "ExportError", "ExportReport", "Kind", "MaskMismatchError", "ModelIdentity",
+    "ModelLoadError", "ParamSlice", "component_table", "export_hf", "hf_state_dict", "known_models",
+    "load_model", "max_logit_diff", "provenance", "tiny_model",
+]

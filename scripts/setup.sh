@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set-up for cca_tl: a virtual environment in .venv with the package and everything it needs.
+# torch is pinned to the local CPU wheel (2.13.0) first, so nothing pulls the multi-GB CUDA builds.
+# Idempotent: a second run only checks what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip_install() {
+  if ! .venv/bin/pip install --quiet --disable-pip-version-check "$@" > .venv/pip.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/pip.log >&2
+    echo "setup: pip install $* failed" >&2
+    return 1
+  fi
+}
+pip_install torch==2.13.0
+pip_install -e '.[test]'
+.venv/bin/python - <<'PY'
+from importlib.metadata import version
+print(f"cca_tl ready: torch {version('torch')}, transformer-lens {version('transformer-lens')}, "
+      f"transformers {version('transformers')}")
+PY

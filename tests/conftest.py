@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny seeded models for the fast tier, the real offline Gemma-3-270M for `slow`."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+from transformer_lens import HookedTransformerConfig
+
+from cca_tl.models import load_model, tiny_tl_model
+
+TINY_HF = ("tiny-gemma3", "tiny-qwen2", "tiny-llama")
+
+
+def tl_config(**overrides) -> HookedTransformerConfig:
+    """A tiny pure-TransformerLens config; defaults: GQA (4 heads, 2 kv heads), gated MLP, RMSNorm."""
+    base = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, n_key_value_heads=2, d_mlp=48, d_vocab=64,
+                n_ctx=32, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                positional_embedding_type="rotary", model_name="tiny-tl")
+    base.update(overrides)
+    if base.get("n_key_value_heads") is None:
+        base.pop("n_key_value_heads")
+    return HookedTransformerConfig(**base)
+
+
+@pytest.fixture(params=TINY_HF)
+def tiny_hf_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def tl_gqa_gated():
+    return tiny_tl_model(tl_config(), seed=0)
+
+
+@pytest.fixture
+def tl_mha_plain():
+    return tiny_tl_model(tl_config(n_key_value_heads=None, gated_mlp=False, act_fn="gelu",
+                                   normalization_type="LN", positional_embedding_type="standard",
+                                   model_name="tiny-tl-plain"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real offline Gemma-3-270M (first load parses the GGUF, ~1 min; later loads use the cache)."""
+    return load_model("gemma-3-270m")
