@@ -527,6 +527,18 @@ class ComponentMask:
         return (self.identity == other.identity and self.kinds == other.kinds
                 and all(torch.equal(self.masks[k], other.masks[k]) for k in self.kinds))
 
+    def random_like(self, seed: int = 0) -> "ComponentMask":
+        """A seeded random mask with the same number of selected units per kind *and* layer (the control
+        the paper lacks)."""
+        generator = torch.Generator().manual_seed(seed)
+        out = {}
+        for kind in self.kinds:
+            m = torch.zeros_like(self.masks[kind])
+            for layer, n in enumerate(self.masks[kind].sum(dim=1).tolist()):
+                m[layer, torch.randperm(m.shape[1], generator=generator)[:n]] = True
+            out[kind] = m
+        return ComponentMask(self.identity, out)
+
     def jaccard(self, other: "ComponentMask") -> float:
         """|A ∩ B| / |A ∪ B| (1.0 for two empty masks): how much two masks overlap."""
         union = (self | other).count()

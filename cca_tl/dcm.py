@@ -1,0 +1,386 @@
+"""DCM: Desiderata-based Component Masking (SPEC A3).
+
+One trainable gain per registry component, applied through TransformerLens hooks at ``attn.hook_q``,
+``attn.hook_k``, ``attn.hook_v`` (per kv head), optionally ``attn.hook_z``, and ``mlp.hook_post``. It
+learns which components push the model towards the desired rather than the undesired next token:
+
+    loss = −(logit_desired − logit_undesired) + λ · Σ m
+
+Only the two needed logits are computed: the forward pass stops after the last block, the final norm is
+applied to the last real position of each prefix, and the residual is multiplied by the two unembedding
+columns (then the logit soft-cap, if the model has one). Prefixes are right-padded; causal attention
+means the pads never influence the positions read, so no attention mask is needed.
+
+Gain conventions (``form``):
+
+* ``"paper"`` (default): ``h ← m·2h + (1−m)·h`` = ``(1+m)·h``; m=0 leaves h unchanged, m=1 doubles it.
+* ``"authors"``: the authors' code, ``h ← 2m·h``; m=0.5 unchanged, m=1 doubled, m=0 ablated.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+
+from cca_tl.components import DEFAULT_KINDS, ComponentMask, ComponentRegistry, Kind, _registry
+from cca_tl.errors import CCAError
+
+Form = Literal["paper", "authors"]
+Positions = Literal["last", "all"]
+
+
+class NonFiniteLossError(CCAError, FloatingPointError):
+    """The loss became NaN/inf. ``step`` says when; ``last_good`` holds the state before that step."""
+
+    def __init__(self, message: str, step: int, last_good: object = None):
+        super().__init__(message)
+        self.step = step
+        self.last_good = last_good
+
+
+# ----------------------------------------------------------------------------------------------------
+# Contrast data: prefix, desired next token, undesired next token
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ContrastSet:
+    """Prefixes with a desired and an undesired single-token continuation (an error-localization set)."""
+
+    prefix_ids: list[list[int]]
+    desired: list[int]
+    undesired: list[int]
+
+    def __post_init__(self) -> None:
+        if not (len(self.prefix_ids) == len(self.desired) == len(self.undesired)):
+            raise ValueError(
+                f"prefix_ids, desired and undesired differ in length: "
+                f"{len(self.prefix_ids)}, {len(self.desired)}, {len(self.undesired)}"
+            )
+        for name, ids in (("desired", self.desired), ("undesired", self.undesired)):
+            for i, tok in enumerate(ids):
+                if isinstance(tok, bool) or not isinstance(tok, int):
+                    raise ValueError(
+                        f"{name}[{i}] = {tok!r} is not a single token id; each target must be one "
+                        "vocabulary id (use ContrastSet.from_texts to tokenise strings)."
+                    )
+        if any(len(p) == 0 for p in self.prefix_ids):
+            raise ValueError("Every prefix needs at least one token.")
+
+    def __len__(self) -> int:
+        return len(self.prefix_ids)
+
+    @classmethod
+    def from_texts(cls, model: HookedTransformer, prefixes: Sequence[str], desired: Sequence[str],
+                   undesired: Sequence[str], *, prepend_bos: bool = True) -> "ContrastSet":
+        """Tokenise prefixes and targets; each target string must be exactly one token."""
+        if model.tokenizer is None:
+            raise ValueError("This model has no tokenizer; build the ContrastSet from token ids.")
+
+        def single(text: str, role: str) -> int:
+            ids = model.tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) != 1:
+                pieces = [model.tokenizer.decode([i]) for i in ids]
+                raise ValueError(f"The {role} target {text!r} is {len(ids)} tokens {pieces}, not one.")
+            return ids[0]
+
+        prefix_ids = [model.to_tokens(p, prepend_bos=prepend_bos)[0].tolist() for p in prefixes]
+        return cls(prefix_ids, [single(t, "desired") for t in desired], [single(t, "undesired") for t in undesired])
+
+    @classmethod
+    def from_dataset(cls, dataset) -> "ContrastSet":
+        """From a ``datasets.Dataset`` (or list of dicts) with prefix_ids, desired_id, undesired_id."""
+        rows = list(dataset)
+        return cls([list(r["prefix_ids"]) for r in rows], [int(r["desired_id"]) for r in rows],
+                   [int(r["undesired_id"]) for r in rows])
+
+    def validate(self, model: HookedTransformer) -> None:
+        """Raise ``ValueError`` if empty, an id is outside the vocabulary, or a prefix exceeds n_ctx."""
+        if len(self) == 0:
+            raise ValueError("The contrast set is empty: nothing to learn a mask from.")
+        vocab = model.cfg.d_vocab_out
+        for name, ids in (("desired", self.desired), ("undesired", self.undesired)):
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"{name} ids {bad[:5]} are outside the model's vocabulary (size {vocab}).")
+        same = sum(d == u for d, u in zip(self.desired, self.undesired))
+        if same:
+            raise ValueError(f"{same} records have desired == undesired; their logit difference is always 0.")
+        longest = max(len(p) for p in self.prefix_ids)
+        if longest > model.cfg.n_ctx:
+            raise ValueError(f"A prefix has {longest} tokens; the model's context is {model.cfg.n_ctx}.")
+
+    def subset(self, indices: Iterable[int]) -> "ContrastSet":
+        idx = list(indices)
+        return ContrastSet([self.prefix_ids[i] for i in idx], [self.desired[i] for i in idx],
+                           [self.undesired[i] for i in idx])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
+                pad_id: int = 0, device: str | torch.device = "cpu") -> Iterator["Batch"]:
+        order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
+        for start in range(0, len(order), batch_size):
+            yield Batch.collate(self.subset(order[start:start + batch_size]), pad_id=pad_id, device=device)
+
+
+@dataclass
+class Batch:
+    """Right-padded tokens and, per row, the last real position and the two target ids."""
+
+    tokens: Int[Tensor, "batch pos"]
+    last_pos: Int[Tensor, "batch"]
+    desired: Int[Tensor, "batch"]
+    undesired: Int[Tensor, "batch"]
+
+    @classmethod
+    def collate(cls, data: ContrastSet, *, pad_id: int = 0, device: str | torch.device = "cpu") -> "Batch":
+        lengths = torch.tensor([len(p) for p in data.prefix_ids])
+        tokens = torch.full((len(data), int(lengths.max())), pad_id, dtype=torch.long)
+        for row, ids in enumerate(data.prefix_ids):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        return cls(tokens.to(device), (lengths - 1).to(device), torch.tensor(data.desired, device=device),
+                   torch.tensor(data.undesired, device=device))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two-logit readout
+# ----------------------------------------------------------------------------------------------------
+
+
+def two_logit_diff(model: HookedTransformer, batch: Batch,
+                   fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
+    """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
+    resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
+    rows = torch.arange(len(batch), device=resid.device)
+    final = resid[rows, batch.last_pos]  # [batch, d_model]
+    if model.cfg.normalization_type is not None:
+        final = model.ln_final(final[:, None, :])[:, 0]
+    targets = torch.stack([batch.desired, batch.undesired], dim=1)  # [batch, 2]
+    columns = model.W_U[:, targets]  # [d_model, batch, 2]
+    logits = torch.einsum("bm,mbk->bk", final, columns) + model.b_U[targets]
+    cap = model.cfg.output_logits_soft_cap
+    if cap and cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits[:, 0] - logits[:, 1]
+
+
+def full_logit_diff(model: HookedTransformer, batch: Batch,
+                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
+    """The same quantity from the full logits (reference and benchmark baseline; slow on big vocabularies)."""
+    logits = model.run_with_hooks(batch.tokens, fwd_hooks=list(fwd_hooks))
+    rows = torch.arange(len(batch), device=logits.device)
+    last = logits[rows, batch.last_pos]
+    return last[rows, batch.desired] - last[rows, batch.undesired]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The mask as hooks
+# ----------------------------------------------------------------------------------------------------
+
+
+class DCMMask(nn.Module):
+    """Continuous gains, one per component of the chosen kinds, applied through TL hooks."""
+
+    def __init__(self, model: HookedTransformer, kinds: Iterable[Kind | str] = DEFAULT_KINDS, *,
+                 form: Form = "paper", positions: Positions = "last", init: float | None = None):
+        super().__init__()
+        if form not in ("paper", "authors"):
+            raise ValueError(f"form must be 'paper' or 'authors', not {form!r}")
+        if positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last' or 'all', not {positions!r}")
+        self.registry = _registry(model)
+        self.kinds = tuple(Kind(k) for k in kinds if self.registry.n_units(k) > 0)
+        self.form, self.positions = form, positions
+        init = 1.0 if init is None else init
+        self.gains = nn.ParameterDict({
+            k.value: nn.Parameter(torch.full((self.registry.n_layers, self.registry.n_units(k)), float(init),
+                                             device=model.cfg.device))
+            for k in self.kinds
+        })
+
+    @classmethod
+    def from_values(cls, model: HookedTransformer, values: dict[Kind | str, Tensor], **kwargs) -> "DCMMask":
+        mask = cls(model, kinds=list(values), **kwargs)
+        with torch.no_grad():
+            for k, v in values.items():
+                mask.gains[Kind(k).value].copy_(v)
+        return mask
+
+    def gain(self, kind: Kind, layer: int) -> Tensor:
+        m = self.gains[kind.value][layer]
+        return 1.0 + m if self.form == "paper" else 2.0 * m
+
+    def hooks(self, last_pos: Tensor | None = None) -> list[tuple[str, Callable]]:
+        """(hook name, function) pairs for ``run_with_hooks``; ``last_pos`` is needed for positions='last'."""
+        if self.positions == "last" and last_pos is None:
+            raise ValueError("positions='last' needs each row's last position")
+        out = []
+        for kind in self.kinds:
+            for layer in range(self.registry.n_layers):
+                out.append((self.registry.hook_name(kind, layer), self._hook_fn(kind, layer, last_pos)))
+        return out
+
+    def _hook_fn(self, kind: Kind, layer: int, last_pos: Tensor | None) -> Callable:
+        def hook(activation: Tensor, hook) -> Tensor:
+            gain = self.gain(kind, layer)  # [units]
+            if kind is not Kind.NEURON:
+                gain = gain[:, None]  # heads: [units, d_head]
+            if self.positions == "all":
+                return activation * gain
+            rows = torch.arange(activation.shape[0], device=activation.device)
+            scaled = activation[rows, last_pos] * gain
+            return activation.index_put((rows, last_pos), scaled)
+        return hook
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        for p in self.gains.values():
+            p.clamp_(0.0, 1.0)
+
+    def l1(self) -> Tensor:
+        return sum(p.sum() for p in self.gains.values())
+
+    @torch.no_grad()
+    def binarize(self, threshold: float = 0.5) -> ComponentMask:
+        """Selected = gain parameter rounded to 1 (m ≥ 0.5)."""
+        return ComponentMask(self.registry.identity, {k: self.gains[k.value].detach().cpu() >= threshold
+                                                      for k in self.kinds})
+
+    @torch.no_grad()
+    def count_selected(self) -> dict[str, int]:
+        return {k.value: int((self.gains[k.value] >= 0.5).sum()) for k in self.kinds}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DCMResult:
+    """A learned binary mask, the continuous gains it came from, and the per-epoch history."""
+
+    mask: ComponentMask
+    gains: dict[str, Tensor]
+    history: pd.DataFrame
+    lam: float
+    stopped: str
+    config: dict = field(default_factory=dict)
+
+
+def _pad_id(model: HookedTransformer) -> int:
+    tok = model.tokenizer
+    if tok is not None and tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    return 0
+
+
+def train_dcm(
+    model: HookedTransformer,
+    data: ContrastSet,
+    *,
+    lam: float = 1e-3,
+    kinds: Iterable[Kind | str] = DEFAULT_KINDS,
+    form: Form = "paper",
+    positions: Positions = "last",
+    init: float | None = None,
+    lr: float = 5e-3,
+    step_size: int = 5,
+    gamma: float = 0.9,
+    batch_size: int = 8,
+    max_epochs: int = 50,
+    patience_frac: float = 0.2,
+    seed: int = 0,
+    progress: bool = True,
+) -> DCMResult:
+    """Learn a DCM mask on ``data`` (SPEC A3 hyper-parameters as defaults); the model is left unchanged.
+
+    Adam(lr) with StepLR(step_size epochs, gamma), gains clamped to [0, 1] after every step. Early stop:
+    once the selected count (gains ≥ 0.5) has started to move, stop when it stays the same for
+    ``patience_frac`` of an epoch's batches (at least one). Deterministic for a ``seed``.
+    """
+    from tqdm.auto import tqdm
+
+    data.validate(model)
+    generator = torch.Generator().manual_seed(seed)
+    dcm = DCMMask(model, kinds, form=form, positions=positions, init=init)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(dcm.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    batches_per_epoch = math.ceil(len(data) / batch_size)
+    patience = max(1, math.ceil(patience_frac * batches_per_epoch))
+    pad = _pad_id(model)
+    history, step, unchanged, moved, stopped = [], 0, 0, False, "max_epochs"
+    last_count = sum(dcm.count_selected().values())
+    bar = tqdm(total=max_epochs, desc=f"DCM λ={lam:g}", disable=not progress, leave=False)
+    try:
+        for epoch in range(max_epochs):
+            losses, diffs = [], []
+            for batch in data.batches(batch_size, shuffle=True, generator=generator, pad_id=pad,
+                                      device=model.cfg.device):
+                last_good = {k: v.detach().clone() for k, v in dcm.gains.items()}
+                diff = two_logit_diff(model, batch, dcm.hooks(batch.last_pos))
+                loss = -diff.mean() + lam * dcm.l1()
+                step += 1
+                if not torch.isfinite(loss):
+                    good_mask = DCMMask.from_values(model, last_good, form=form, positions=positions).binarize()
+                    raise NonFiniteLossError(
+                        f"DCM loss is {loss.item()} at step {step} (epoch {epoch}); the gains before that "
+                        "step are kept in .last_good.", step,
+                        DCMResult(good_mask, last_good, pd.DataFrame(history), lam, f"non-finite loss at step {step}"))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                dcm.clamp_()
+                losses.append(loss.item())
+                diffs.append(diff.mean().item())
+                count = sum(dcm.count_selected().values())
+                moved = moved or count != last_count
+                unchanged = unchanged + 1 if count == last_count else 0
+                last_count = count
+                if moved and unchanged >= patience:
+                    stopped = f"selected count unchanged for {unchanged} batches (epoch {epoch})"
+                    break
+            scheduler.step()
+            history.append(dict(epoch=epoch, loss=sum(losses) / len(losses),
+                                logit_diff=sum(diffs) / len(diffs), lr=optimizer.param_groups[0]["lr"],
+                                **{f"n_{k}": v for k, v in dcm.count_selected().items()}))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", selected=last_count)
+            if stopped != "max_epochs":
+                break
+    finally:
+        bar.close()
+        for p in frozen:
+            p.requires_grad_(True)
+    gains = {k: v.detach().cpu().clone() for k, v in dcm.gains.items()}
+    config = dict(lam=lam, kinds=[k.value for k in dcm.kinds], form=form, positions=positions, lr=lr,
+                  step_size=step_size, gamma=gamma, batch_size=batch_size, max_epochs=max_epochs,
+                  patience_frac=patience_frac, seed=seed, init=1.0 if init is None else init)
+    return DCMResult(dcm.binarize(), gains, pd.DataFrame(history), lam, stopped, config)
+
+
+def lambda_sweep(model: HookedTransformer, data: ContrastSet,
+                 lams: Sequence[float] = (1e-2, 5e-3, 1e-3, 1e-4), **kwargs) -> tuple[dict[float, DCMResult], pd.DataFrame]:
+    """Train one mask per λ; returns the results and a table (λ, selected per kind, %, final logit diff)."""
+    results, rows = {}, []
+    for lam in lams:
+        res = train_dcm(model, data, lam=lam, **kwargs)
+        results[lam] = res
+        last = res.history.iloc[-1] if len(res.history) else {}
+        rows.append(dict(lam=lam, selected=res.mask.count(), pct_components=100 * res.mask.fraction_components(),
+                         **{f"n_{k}": v for k, v in res.mask.counts_by_kind().items()},
+                         final_logit_diff=float(last.get("logit_diff", float("nan"))), stopped=res.stopped))
+    return results, pd.DataFrame(rows).set_index("lam")
