@@ -124,10 +124,16 @@ class ContrastSet:
                            [self.undesired[i] for i in idx])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                pad_id: int = 0, device: str | torch.device = "cpu") -> Iterator["Batch"]:
+                pad_id: int = 0, device: str | torch.device = "cpu",
+                prefix_kv: "PrefixKV | None" = None) -> Iterator["Batch"]:
+        """Mini-batches; with ``prefix_kv`` each holds only the last tokens plus the cached prefix."""
         order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
         for start in range(0, len(order), batch_size):
-            yield Batch.collate(self.subset(order[start:start + batch_size]), pad_id=pad_id, device=device)
+            indices = order[start:start + batch_size]
+            if prefix_kv is None:
+                yield Batch.collate(self.subset(indices), pad_id=pad_id, device=device)
+            else:
+                yield prefix_kv.batch(self, indices)
 
 
 @dataclass
@@ -138,6 +144,7 @@ class Batch:
     last_pos: Int[Tensor, "batch"]
     desired: Int[Tensor, "batch"]
     undesired: Int[Tensor, "batch"]
+    past_kv: object = None  # a frozen TL key/value cache of everything before ``tokens`` (see PrefixKV)
 
     @classmethod
     def collate(cls, data: ContrastSet, *, pad_id: int = 0, device: str | torch.device = "cpu") -> "Batch":
@@ -152,6 +159,90 @@ class Batch:
         return self.tokens.shape[0]
 
 
+class PrefixKV:
+    """Keys and values of every prefix except its last token, computed once, without gradients.
+
+    With ``positions="last"`` the mask acts only at the last token, so nothing before it depends on the
+    mask: a DCM step then needs only the last token's forward and backward pass over this frozen cache
+    (exact — checked against the full pass in the tests). Built in left-padded batches; stored per example
+    without padding; assembled into a left-padded frozen TL cache per mini-batch.
+    """
+
+    def __init__(self, model: HookedTransformer, data: ContrastSet, *, batch_size: int = 8, progress: bool = False):
+        from tqdm.auto import tqdm
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        self.model = model
+        self.keys: list[Tensor] = []  # per example: [n_layers, len - 1, n_kv, d_head]
+        self.values: list[Tensor] = []
+        cfg, pad = model.cfg, _pad_id(model)
+        starts = range(0, len(data), batch_size)
+        for start in tqdm(starts, desc="prefix KV cache", disable=not progress, leave=False):
+            chunk = data.prefix_ids[start:start + batch_size]
+            width = max(len(p) - 1 for p in chunk)
+            if width == 0:
+                for _ in chunk:
+                    empty = torch.zeros(cfg.n_layers, 0, *self._kv_shape(), device=cfg.device, dtype=cfg.dtype)
+                    self.keys.append(empty)
+                    self.values.append(empty)
+                continue
+            tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, ids in enumerate(chunk):
+                n = len(ids) - 1
+                if n:
+                    tokens[row, width - n:] = torch.tensor(ids[:-1])
+                    attention[row, width - n:] = 1
+            cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, len(chunk))
+            with torch.no_grad():
+                model(tokens.to(cfg.device), past_kv_cache=cache, attention_mask=attention.to(cfg.device),
+                      stop_at_layer=cfg.n_layers)
+            for row, ids in enumerate(chunk):
+                n = len(ids) - 1
+                self.keys.append(torch.stack([e.past_keys[row, width - n:] for e in cache.entries]).clone())
+                self.values.append(torch.stack([e.past_values[row, width - n:] for e in cache.entries]).clone())
+
+    def _kv_shape(self) -> tuple[int, int]:
+        cfg = self.model.cfg
+        return (cfg.n_key_value_heads or cfg.n_heads, cfg.d_head)
+
+    @staticmethod
+    def estimate_bytes(model: HookedTransformer, data: ContrastSet) -> int:
+        cfg = model.cfg
+        per_token = cfg.n_layers * 2 * (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head
+        return sum(len(p) - 1 for p in data.prefix_ids) * per_token * torch.finfo(cfg.dtype).bits // 8
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k in self.keys)
+
+    def batch(self, data: ContrastSet, indices: Sequence[int]) -> Batch:
+        """A Batch of the last tokens of ``indices`` over a left-padded frozen cache of their prefixes."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+        cfg = self.model.cfg
+        width = max(self.keys[i].shape[1] for i in indices)
+        keys = torch.zeros(cfg.n_layers, len(indices), width, *self._kv_shape(), device=cfg.device, dtype=cfg.dtype)
+        values = torch.zeros_like(keys)
+        attention = torch.zeros(len(indices), width, dtype=torch.long, device=cfg.device)
+        for row, i in enumerate(indices):
+            n = self.keys[i].shape[1]
+            if n:
+                keys[:, row, width - n:] = self.keys[i]
+                values[:, row, width - n:] = self.values[i]
+                attention[row, width - n:] = 1
+        cache = TransformerLensKeyValueCache(
+            entries=[TransformerLensKeyValueCacheEntry(keys[layer], values[layer]) for layer in range(cfg.n_layers)],
+            previous_attention_mask=attention,
+        )
+        cache.freeze()
+        last = torch.tensor([[data.prefix_ids[i][-1]] for i in indices], device=cfg.device)
+        return Batch(last, torch.zeros(len(indices), dtype=torch.long, device=cfg.device),
+                     torch.tensor([data.desired[i] for i in indices], device=cfg.device),
+                     torch.tensor([data.undesired[i] for i in indices], device=cfg.device), past_kv=cache)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The two-logit readout
 # ----------------------------------------------------------------------------------------------------
@@ -160,7 +251,12 @@ class Batch:
 def two_logit_diff(model: HookedTransformer, batch: Batch,
                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
     """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
-    resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
+    if batch.past_kv is not None:
+        resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks),
+                                     past_kv_cache=batch.past_kv,
+                                     attention_mask=torch.ones_like(batch.tokens))
+    else:
+        resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
     rows = torch.arange(len(batch), device=resid.device)
     final = resid[rows, batch.last_pos]  # [batch, d_model]
     if model.cfg.normalization_type is not None:
@@ -302,12 +398,18 @@ def train_dcm(
     patience_frac: float = 0.2,
     seed: int = 0,
     progress: bool = True,
+    prefix_cache: bool | None = None,
+    cache_budget_bytes: int = 4 * 2**30,
 ) -> DCMResult:
     """Learn a DCM mask on ``data`` (SPEC A3 hyper-parameters as defaults); the model is left unchanged.
 
     Adam(lr) with StepLR(step_size epochs, gamma), gains clamped to [0, 1] after every step. Early stop:
     once the selected count (gains ≥ 0.5) has started to move, stop when it stays the same for
     ``patience_frac`` of an epoch's batches (at least one). Deterministic for a ``seed``.
+
+    ``prefix_cache`` (default: on for ``positions="last"`` when the keys/values fit ``cache_budget_bytes``)
+    computes every prefix's keys and values once, so each step costs one token per example instead of
+    the whole prefix (see :class:`PrefixKV`).
     """
     from tqdm.auto import tqdm
 
@@ -322,6 +424,11 @@ def train_dcm(
     batches_per_epoch = math.ceil(len(data) / batch_size)
     patience = max(1, math.ceil(patience_frac * batches_per_epoch))
     pad = _pad_id(model)
+    if prefix_cache is None:
+        prefix_cache = positions == "last" and PrefixKV.estimate_bytes(model, data) <= cache_budget_bytes
+    if prefix_cache and positions != "last":
+        raise ValueError("prefix_cache needs positions='last' (with 'all' the mask changes every position)")
+    prefix_kv = PrefixKV(model, data, batch_size=batch_size, progress=progress) if prefix_cache else None
     history, step, unchanged, moved, stopped = [], 0, 0, False, "max_epochs"
     last_count = sum(dcm.count_selected().values())
     bar = tqdm(total=max_epochs, desc=f"DCM λ={lam:g}", disable=not progress, leave=False)
@@ -329,7 +436,7 @@ def train_dcm(
         for epoch in range(max_epochs):
             losses, diffs = [], []
             for batch in data.batches(batch_size, shuffle=True, generator=generator, pad_id=pad,
-                                      device=model.cfg.device):
+                                      device=model.cfg.device, prefix_kv=prefix_kv):
                 last_good = {k: v.detach().clone() for k, v in dcm.gains.items()}
                 diff = two_logit_diff(model, batch, dcm.hooks(batch.last_pos))
                 loss = -diff.mean() + lam * dcm.l1()
@@ -368,7 +475,8 @@ def train_dcm(
     gains = {k: v.detach().cpu().clone() for k, v in dcm.gains.items()}
     config = dict(lam=lam, kinds=[k.value for k in dcm.kinds], form=form, positions=positions, lr=lr,
                   step_size=step_size, gamma=gamma, batch_size=batch_size, max_epochs=max_epochs,
-                  patience_frac=patience_frac, seed=seed, init=1.0 if init is None else init)
+                  patience_frac=patience_frac, seed=seed, init=1.0 if init is None else init,
+                  prefix_cache=bool(prefix_cache))
     return DCMResult(dcm.binarize(), gains, pd.DataFrame(history), lam, stopped, config)
 
 

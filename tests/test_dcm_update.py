@@ -182,3 +182,37 @@ def test_planted_target_dcm_then_update_raise_the_logit_difference():
     after = two_logit_diff(model, vb).mean().item()
     assert upd.best_step > 0 and after > base + 0.5, (base, after)
     assert upd.fraction_components == res.mask.fraction_components() < 1
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+def test_prefix_cache_gives_the_same_logit_diff_and_gradients(arch):
+    from cca_tl.dcm import PrefixKV
+
+    model = load_model(arch)
+    data = contrast(n=5, lengths=(1, 13))  # includes a one-token prefix (empty cache row)
+    data.prefix_ids[0] = data.prefix_ids[0][:1]
+    g = torch.Generator().manual_seed(0)
+    dcm = DCMMask(model, [*Kind], init=0.0)
+    with torch.no_grad():
+        for p in dcm.gains.values():
+            p.copy_(torch.rand(p.shape, generator=g))
+    full = Batch.collate(data)
+    ref = two_logit_diff(model, full, dcm.hooks(full.last_pos))
+    ref_grads = torch.autograd.grad(ref.sum(), list(dcm.gains.values()))
+    kv = PrefixKV(model, data, batch_size=2)
+    cached = kv.batch(data, range(len(data)))
+    got = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))
+    got_grads = torch.autograd.grad(got.sum(), list(dcm.gains.values()))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert kv.nbytes == PrefixKV.estimate_bytes(model, data)
+
+
+def test_dcm_with_and_without_prefix_cache_agree(model):
+    data = contrast(n=10)
+    a = train_dcm(model, data, lam=1e-2, max_epochs=3, seed=5, progress=False, prefix_cache=True)
+    b = train_dcm(model, data, lam=1e-2, max_epochs=3, seed=5, progress=False, prefix_cache=False)
+    assert a.mask == b.mask
+    for k in a.gains:
+        torch.testing.assert_close(a.gains[k], b.gains[k], atol=1e-5, rtol=0)
