@@ -216,3 +216,12 @@ def test_dcm_with_and_without_prefix_cache_agree(model):
     assert a.mask == b.mask
     for k in a.gains:
         torch.testing.assert_close(a.gains[k], b.gains[k], atol=1e-5, rtol=0)
+
+
+def test_lambda_sweep_shrinks_the_mask_as_lambda_grows(model):
+    from cca_tl.dcm import lambda_sweep
+
+    results, table = lambda_sweep(model, contrast(n=8), lams=(1e-1, 1e-4), lr=5e-2, max_epochs=20, progress=False)
+    assert list(table.index) == [1e-1, 1e-4]
+    assert table.loc[1e-1, "selected"] < table.loc[1e-4, "selected"]
+    assert {"n_q", "n_k", "n_v", "n_neuron", "pct_components", "final_logit_diff"} <= set(table.columns)
