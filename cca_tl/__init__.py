@@ -1,13 +1,16 @@
 """cca_tl — circuit-targeted fine-tuning on TransformerLens.
 
 The package reads as the pipeline: ``models → components → tasks → traces → localize → dcm → update →
-evaluate → analysis → export`` (plus ``sparse`` for weight-sparse circuits). This release holds the
-foundation every stage stands on:
+evaluate → analysis → export`` (plus ``sparse`` for weight-sparse circuits). Implemented so far: the
+foundation (models, components, export) and the CCA core (dcm, update):
 
 >>> import cca_tl
 >>> model = cca_tl.load_model()                       # Gemma-3-270M, offline, no weight processing
 >>> cca_tl.component_table(model)                      # layer x kind component counts
 >>> mask = cca_tl.ComponentMask.from_components(model, [cca_tl.Component("q", 3, 1)])
+>>> data = cca_tl.ContrastSet.from_texts(model, prefixes, desired, undesired)
+>>> result = cca_tl.train_dcm(model, data, lam=1e-3)     # binary ComponentMask + history DataFrame
+>>> cca_tl.targeted_update(model, data, result.mask, lr=1e-3)
 >>> cca_tl.export_hf(model, "edited-gemma")            # verified HF directory
 """
 
@@ -22,9 +25,11 @@ from cca_tl.components import (
     ParamSlice,
     component_table,
 )
+from cca_tl.dcm import ContrastSet, DCMMask, DCMResult, NonFiniteLossError, lambda_sweep, train_dcm, two_logit_diff
 from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError
 from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
 from cca_tl.models import DEFAULT_MODEL, known_models, load_model, provenance, tiny_model
+from cca_tl.update import UpdateResult, targeted_update
 
 __version__ = "0.1.0"
 
@@ -33,4 +38,6 @@ __all__ = [
     "ComponentRegistry", "ExportError", "ExportReport", "Kind", "MaskMismatchError", "ModelIdentity",
     "ModelLoadError", "ParamSlice", "component_table", "export_hf", "hf_state_dict", "known_models",
     "load_model", "max_logit_diff", "provenance", "tiny_model",
+    "ContrastSet", "DCMMask", "DCMResult", "NonFiniteLossError", "lambda_sweep", "train_dcm", "two_logit_diff",
+    "UpdateResult", "targeted_update",
 ]
