@@ -1,0 +1,166 @@
+"""Reasoning traces: one greedy and up to ten sampled traces per question, graded (SPEC A1).
+
+Generation runs through an **HF twin**: a transformers model built from the HookedTransformer's current
+weights (via :func:`cca_tl.export.hf_state_dict`, so it holds exactly those values), batched with a KV
+cache by ``generate``. HookedTransformer.generate was ~9x slower here (``analyses/bench_generation.md``
+measures both); the twin is rebuilt after every edit (``hf_twin(model)``, seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from transformer_lens import HookedTransformer
+
+from cca_tl.tasks import Problem, extract_answer, is_correct
+
+DEFAULT_STOPS = ("\nQ:", "\n\n")
+
+
+def hf_twin(model: HookedTransformer) -> Any:
+    """A transformers model holding exactly ``model``'s current weights (fp32), for fast generation."""
+    from transformers import AutoModelForCausalLM
+
+    from cca_tl.export import hf_config_for, hf_state_dict
+
+    state_dict, tied = hf_state_dict(model)
+    config = hf_config_for(model)
+    config.tie_word_embeddings = tied
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        twin = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = twin.load_state_dict(state_dict, strict=False)
+    if unexpected or [k for k in missing if not (tied and k == "lm_head.weight")]:
+        raise RuntimeError(f"HF twin does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if tied:
+        twin.tie_weights()
+    return twin.eval()
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+
+
+def _cut_at_stop(ids: list[int], tokenizer: Any, stops: Sequence[str], special: set[int]) -> list[int]:
+    """Generated ids up to (not including) the first token that completes a stop string or is special."""
+    text = ""
+    for i, tok in enumerate(ids):
+        if tok in special:
+            return ids[:i]
+        text += tokenizer.decode([tok])
+        if any(s in text for s in stops):
+            return ids[:i]
+    return ids
+
+
+@torch.no_grad()
+def generate(twin: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 256,
+             temperature: float = 0.0, seed: int = 0, batch_size: int = 8, stops: Sequence[str] = DEFAULT_STOPS,
+             progress: bool = False) -> list[Generation]:
+    """Batched, KV-cached generation from token-id prompts; greedy when ``temperature`` is 0.
+
+    Outputs are cut at the first stop string (default: a new "Q:" or a blank line) or special token.
+    """
+    from tqdm.auto import tqdm
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special = set(tokenizer.all_special_ids)
+    out: list[Generation] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(chunk):  # left padding
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        torch.manual_seed(seed + start)
+        kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+        result = twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                               pad_token_id=pad, stop_strings=list(stops), tokenizer=tokenizer, **kwargs)
+        for row in range(len(chunk)):
+            new = _cut_at_stop(result[row, width:].tolist(), tokenizer, stops, special)
+            out.append(Generation(new, tokenizer.decode(new)))
+    return out
+
+
+def grade(text: str, problem: Problem) -> tuple[float, bool]:
+    pred = extract_answer(text)
+    return pred, is_correct(pred, problem.answer)
+
+
+def generate_traces(
+    model: HookedTransformer,
+    problems: Sequence[Problem],
+    prompt_fn: Callable[[str], str],
+    *,
+    n_samples: int = 10,
+    temperature_if_correct: float = 1.2,
+    temperature_if_wrong: float = 0.8,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    seed: int = 0,
+    twin: Any = None,
+    progress: bool = True,
+):
+    """Greedy trace per problem, then sampling rounds (one sample per unresolved problem per round, batched
+    across problems) until a trace of the opposite correctness appears, up to ``n_samples``.
+
+    Returns a ``datasets.Dataset``: ids, prompt, greedy/sampled token ids, texts, predictions, correctness.
+    """
+    from datasets import Dataset
+
+    if not problems:
+        raise ValueError("No problems to generate traces for.")
+    tokenizer = model.tokenizer
+    twin = twin if twin is not None else hf_twin(model)
+    prompts = [prompt_fn(p.question) for p in problems]
+    prompt_ids = [model.to_tokens(t, prepend_bos=True)[0].tolist() for t in prompts]
+    too_long = [i for i, p in enumerate(prompt_ids) if len(p) + max_new_tokens > model.cfg.n_ctx]
+    if too_long:
+        raise ValueError(f"{len(too_long)} prompts plus {max_new_tokens} new tokens exceed the model's context "
+                         f"({model.cfg.n_ctx}); e.g. problem {problems[too_long[0]].template_id}/"
+                         f"{problems[too_long[0]].instance_id} has {len(prompt_ids[too_long[0]])} prompt tokens.")
+    greedy = generate(twin, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      progress=progress)
+    graded = [grade(g.text, p) for g, p in zip(greedy, problems)]
+    sampled: list[Generation | None] = [None] * len(problems)
+    sampled_grade: list[tuple[float, bool] | None] = [None] * len(problems)
+    tried = [0] * len(problems)
+    for rnd in range(n_samples):
+        for want_correct, temp in ((False, temperature_if_correct), (True, temperature_if_wrong)):
+            pending = [i for i in range(len(problems)) if sampled[i] is None and graded[i][1] != want_correct]
+            if not pending:
+                continue
+            outs = generate(twin, tokenizer, [prompt_ids[i] for i in pending], max_new_tokens=max_new_tokens,
+                            temperature=temp, seed=seed * 100_003 + rnd * 1009 + int(want_correct),
+                            batch_size=batch_size, progress=False)
+            for i, g in zip(pending, outs):
+                tried[i] += 1
+                pred, ok = grade(g.text, problems[i])
+                if ok == want_correct:
+                    sampled[i], sampled_grade[i] = g, (pred, ok)
+        if progress:
+            print(f"sampling round {rnd + 1}/{n_samples}: {sum(s is not None for s in sampled)} of "
+                  f"{len(problems)} questions have a trace of opposite correctness")
+    rows = []
+    for i, p in enumerate(problems):
+        s, sg = sampled[i], sampled_grade[i]
+        rows.append(dict(
+            template_id=p.template_id, instance_id=p.instance_id, question=p.question, gold=p.answer,
+            prompt=prompts[i], prompt_ids=prompt_ids[i],
+            greedy_ids=greedy[i].token_ids, greedy_text=greedy[i].text, greedy_pred=graded[i][0],
+            greedy_correct=graded[i][1], flipped=s is not None, n_sampled=tried[i],
+            sample_temperature=temperature_if_correct if graded[i][1] else temperature_if_wrong,
+            sampled_ids=s.token_ids if s else [], sampled_text=s.text if s else "",
+            sampled_pred=sg[0] if sg else float("nan"), sampled_correct=bool(sg[1]) if sg else False,
+        ))
+    return Dataset.from_list(rows)
