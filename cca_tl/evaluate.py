@@ -1,0 +1,85 @@
+"""Evaluation: task accuracy (macro over templates), logit difference on localization data, retention.
+
+Retention is the next-token KL between the original and the edited model on general text that ships
+offline with CPython (``pydoc_data.topics``: the language reference's help topics), plus accuracy on
+templates not used for training (``accuracy`` on those problems).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from cca_tl.tasks import Problem, macro_accuracy
+
+
+def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: Callable[[str], str], *,
+             max_new_tokens: int = 256, batch_size: int = 8, twin: Any = None,
+             progress: bool = True) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Greedy accuracy: (macro over templates, per-template table, per-problem records)."""
+    from cca_tl.traces import generate, grade, hf_twin
+
+    if not problems:
+        raise ValueError("The split is empty: no problems to evaluate.")
+    twin = twin if twin is not None else hf_twin(model)
+    prompt_ids = [model.to_tokens(prompt_fn(p.question), prepend_bos=True)[0].tolist() for p in problems]
+    longest = max(len(p) for p in prompt_ids)
+    if longest + max_new_tokens > model.cfg.n_ctx:
+        raise ValueError(f"A prompt has {longest} tokens; with {max_new_tokens} new tokens that exceeds the "
+                         f"model's context of {model.cfg.n_ctx}.")
+    outs = generate(twin, model.tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    progress=progress)
+    records = []
+    for p, o in zip(problems, outs):
+        pred, ok = grade(o.text, p)
+        records.append(dict(template_id=p.template_id, instance_id=p.instance_id, gold=p.answer, pred=pred,
+                            correct=ok, output=o.text))
+    records_df = pd.DataFrame(records)
+    macro, table = macro_accuracy(records_df)
+    return macro, table, records_df
+
+
+def localization_logit_diff(model: HookedTransformer, localization, *, batch_size: int = 8) -> float:
+    """Mean logit[desired] − logit[undesired] over an error-localization dataset."""
+    from cca_tl.dcm import ContrastSet, _pad_id, two_logit_diff
+
+    data = ContrastSet.from_dataset(localization)
+    data.validate(model)
+    total = 0.0
+    with torch.no_grad():
+        for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device):
+            total += two_logit_diff(model, batch).sum().item()
+    return total / len(data)
+
+
+def general_text(n_chunks: int = 16, chars: int = 600) -> list[str]:
+    """Offline general English text: the first ``n_chunks`` help topics of CPython's ``pydoc_data``."""
+    from pydoc_data.topics import topics
+
+    texts = [topics[k][:chars] for k in sorted(topics) if len(topics[k]) >= chars]
+    return texts[:n_chunks]
+
+
+@torch.no_grad()
+def retention_kl(original: HookedTransformer, edited: HookedTransformer,
+                 texts: Sequence[str] | Sequence[torch.Tensor] | None = None, *, max_tokens: int = 128) -> float:
+    """Mean next-token KL(original ‖ edited) over every position of general text (nats per token).
+
+    ``texts``: strings (tokenised with the original's tokenizer; default: CPython's pydoc topics) or
+    token-id tensors.
+    """
+    texts = list(texts) if texts is not None else general_text()
+    if not texts:
+        raise ValueError("No text to measure retention on.")
+    total, count = 0.0, 0
+    for text in texts:
+        tokens = (text.reshape(1, -1) if isinstance(text, torch.Tensor)
+                  else original.to_tokens(text, prepend_bos=True))[:, :max_tokens]
+        logp = torch.log_softmax(original(tokens).float(), dim=-1)
+        logq = torch.log_softmax(edited(tokens).float(), dim=-1)
+        total += (logp.exp() * (logp - logq)).sum(-1).sum().item()
+        count += tokens.shape[1]
+    return total / count

@@ -1,0 +1,105 @@
+"""Tasks: answer extraction, deterministic splits, prompts, macro accuracy, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from cca_tl.tasks import (
+    ARITHMETIC_EXEMPLARS,
+    GSM8K_EXEMPLARS,
+    INSTRUCTION,
+    Problem,
+    arithmetic_problems,
+    extract_answer,
+    few_shot_prompt,
+    gsm_symbolic,
+    gsm_template_ids,
+    is_correct,
+    macro_accuracy,
+    split_problems,
+)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("So she makes 9 * 2 = $18 every day at the farmer's market. The final answer is 18.", 18),
+    ("The total is 1,200 + 34 = 1,234. The final answer is 1,234.", 1234),
+    ("Each share is 7 / 2 = 3.5 dollars. The final answer is 3.5.", 3.5),
+    ("He owes -4 + 1 = -3. The final answer is -3.", -3),
+    ("The answer is $1,050.50 in total.", 1050.5),
+    ("Therefore the result is $\\boxed{42}$.", 42),
+    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", 72),
+    ("The answer is 7. Q: Tom has 12 apples", 7),  # cut at the first "answer is": later numbers ignored
+    ("3 + 4 = 7 and then 7 * 2 = 14", 14),  # no answer phrase: the last number
+])
+def test_extract_answer_on_real_answer_strings(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_no_number_is_nan_and_never_correct():
+    assert math.isnan(extract_answer("I do not know."))
+    assert not is_correct(extract_answer("I do not know."), 0.0)
+    assert is_correct(18.0, 18) and not is_correct(17.0, 18)
+
+
+def test_gsm_symbolic_is_seeded_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path))
+    tids = gsm_template_ids()[:2]
+    a = gsm_symbolic(5, seed=1, templates=tids)
+    assert len(a) == 10 and {p.template_id for p in a} == set(tids)
+    assert all(p.answer == p.answer and p.solution for p in a)  # numeric gold, reference solution kept
+    assert len(list((tmp_path / "gsm_symbolic").glob("*.json"))) == 2
+    monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path / "fresh"))
+    assert gsm_symbolic(5, seed=1, templates=tids) == a
+    assert gsm_symbolic(5, seed=2, templates=tids) != a
+    assert len(gsm_template_ids()) == 83 and len(gsm_template_ids(include_slow=True)) == 100
+
+
+def test_unknown_template_ids_are_refused():
+    with pytest.raises(KeyError, match="Unknown GSM-Symbolic template ids \\['gsm-0'\\]"):
+        gsm_symbolic(1, templates=["gsm-0"])
+    with pytest.raises(KeyError, match="Unknown arithmetic template"):
+        arithmetic_problems(1, templates=["arith-nope"])
+
+
+def test_splits_are_deterministic_per_template():
+    problems = arithmetic_problems(50, seed=0)
+    a, b, c = split_problems(problems, seed=0), split_problems(problems, seed=0), split_problems(problems, seed=1)
+    assert a == b and a != c
+    for tid in {p.template_id for p in problems}:
+        sizes = [sum(p.template_id == tid for p in a[s]) for s in ("train", "val", "test")]
+        assert sizes == [26, 4, 20]
+    ids = [(p.template_id, p.instance_id) for s in a.values() for p in s]
+    assert len(ids) == len(set(ids)) == len(problems)
+
+
+def test_empty_inputs_are_refused():
+    with pytest.raises(ValueError, match="No problems"):
+        split_problems([])
+    with pytest.raises(ValueError, match="No records"):
+        macro_accuracy([])
+
+
+def test_macro_average_on_a_known_table():
+    records = ([dict(template_id="A", correct=c) for c in (True, True, True, False)]
+               + [dict(template_id="B", correct=False)])
+    macro, table = macro_accuracy(records)
+    assert macro == pytest.approx((0.75 + 0.0) / 2)  # micro would be 0.6
+    assert table.loc["A", "n"] == 4 and table.loc["B", "accuracy"] == 0.0
+
+
+def test_prompts_follow_the_authors_format():
+    prompt = few_shot_prompt("How many?")
+    assert prompt.startswith(INSTRUCTION)
+    assert prompt.count("Q: ") == 9 and prompt.count("The final answer is") == 8
+    assert prompt.endswith("Q: How many?\nA: Let's think step by step.")
+    for question, solution in GSM8K_EXEMPLARS + ARITHMETIC_EXEMPLARS:
+        gold = float(solution.rsplit("is ", 1)[-1].rstrip("."))
+        assert extract_answer(solution) == gold
+
+
+def test_arithmetic_problems_are_right():
+    for p in arithmetic_problems(20, seed=3, max_value=30):
+        assert extract_answer(p.solution) == p.answer and p.answer >= 0
