@@ -183,9 +183,13 @@ ARITHMETIC_TEMPLATES: dict[str, Callable[[random.Random, int], tuple[str, str, i
 }
 
 
-def arithmetic_problems(n_per_template: int = 50, *, seed: int = 0, max_value: int = 20,
+def arithmetic_problems(n_per_template: int = 50, *, seed: int = 0, max_value: int = 9,
                         templates: Iterable[str] | None = None) -> list[Problem]:
-    """Short two-step arithmetic word problems in four templates; ``max_value`` sets the difficulty."""
+    """Short two-step arithmetic word problems in four templates; ``max_value`` sets the difficulty.
+
+    Gemma-3-270M (4-shot, greedy) scored 25 % macro at the default ``max_value=9``, 12.5 % at 20 and 5 % at 5
+    (10 questions per template; ``analyses/tasks_baseline.md``).
+    """
     ids = list(templates) if templates is not None else list(ARITHMETIC_TEMPLATES)
     unknown = [t for t in ids if t not in ARITHMETIC_TEMPLATES]
     if unknown:

