@@ -74,7 +74,11 @@ def main() -> None:
             f"{platform.machine()}, {os.cpu_count()} cores, CPU only, torch {torch.__version__}. Batch {args.batch} x "
             f"{tokens.shape[1]}-token prompt, {args.new_tokens} greedy new tokens each. Building the twin: "
             f"{twin_s:.1f} s. Identical greedy tokens from both: {same}.\n\n{df.to_markdown()}\n\n"
-            f"The HF twin is **{ratio:.1f}x faster**. Top of a profile of HookedTransformer.generate:\n\n```\n{top}\n```\n")
+            f"The HF twin is **{ratio:.1f}x faster**. Why: TransformerLens 3.9's `Unembed.forward` computes "
+            f"`F.linear(residual, self.W_U.T.contiguous(), self.b_U)`, copying the whole transposed unembedding "
+            f"({model.cfg.d_model} x {model.cfg.d_vocab_out}) on every call, i.e. once per generated token (the "
+            f"`contiguous` row below), on top of full-vocabulary logits for every prompt position at prefill. "
+            f"Top of a profile of HookedTransformer.generate:\n\n```\n{top}\n```\n")
     print(text)
     (HERE / "bench_generation.md").write_text(text)
     df.to_csv(HERE / "bench_generation.csv")
