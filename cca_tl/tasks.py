@@ -126,6 +126,21 @@ def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable
     return problems
 
 
+def gsm_symbolic_hub(config: str = "main", split: str = "test") -> list[Problem]:
+    """The authors' exact data, ``apple/GSM-Symbolic`` through ``datasets`` (needs a reachable hub)."""
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset("apple/GSM-Symbolic", config, split=split)
+    except Exception as exc:
+        raise ConnectionError(
+            f"apple/GSM-Symbolic could not be loaded ({type(exc).__name__}); no model hub is reachable here. "
+            "Use gsm_symbolic(...), which instantiates the same templates offline."
+        ) from exc
+    return [Problem(f"gsm-{r['original_id']}", int(r["instance"]), r["question"], _gold_from_solution(r["answer"]),
+                    re.sub(r"<<[^>]*>>", "", r["answer"])) for r in rows]
+
+
 def _template_seed(seed: int, template_id: str) -> int:
     return seed * 1_000_003 + sum(ord(c) * 31 ** i for i, c in enumerate(template_id)) % 1_000_000
 

@@ -103,3 +103,11 @@ def test_prompts_follow_the_authors_format():
 def test_arithmetic_problems_are_right():
     for p in arithmetic_problems(20, seed=3, max_value=30):
         assert extract_answer(p.solution) == p.answer and p.answer >= 0
+
+
+def test_hub_loader_says_to_use_the_offline_templates(monkeypatch):
+    from cca_tl.tasks import gsm_symbolic_hub
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="Use gsm_symbolic"):
+        gsm_symbolic_hub()
