@@ -72,10 +72,11 @@ def gsm(n_questions: int) -> str:
         firsts.setdefault(p.template_id, p)
     problems = list(firsts.values())[:n_questions]
     rows = []
-    for name, fn, stops in (("8-shot raw prompt", few_shot_prompt, ("\nQ:", "\n\n\n")),
-                            ("chat zero-shot", functools.partial(chat_prompt, model.tokenizer), ("<|im_end|>",))):
+    for name, fn, stops in (("8-shot raw prompt", few_shot_prompt, ("\nQ:", "\n\n")),
+                            ("chat zero-shot", functools.partial(chat_prompt, model.tokenizer), ())):
         start = time.perf_counter()
-        macro, table, records = accuracy(model, problems, fn, max_new_tokens=256, twin=twin, progress=False)
+        macro, table, records = accuracy(model, problems, fn, max_new_tokens=256, twin=twin, stops=stops,
+                                         progress=False)
         rows.append(dict(prompt=name, questions=len(problems), templates=len(table), macro_accuracy=round(macro, 3),
                          correct=int(records["correct"].sum()), seconds=round(time.perf_counter() - start)))
     return (f"## (b) Qwen2.5-Coder-0.5B-Instruct on GSM-Symbolic test questions (one per template)\n\n"
@@ -86,11 +87,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--easy-per-template", type=int, default=10)
     parser.add_argument("--gsm-questions", type=int, default=32)
+    parser.add_argument("--only-gsm", action="store_true", help="rerun part (b), keeping part (a) from the file")
     args = parser.parse_args()
+    if args.only_gsm:
+        kept = (HERE / "tasks_baseline.md").read_text().split("## (b)")[0]
+        text = kept + gsm(args.gsm_questions)
+        (HERE / "tasks_baseline.md").write_text(text)
+        print(text)
+        return
     text = (f"# Trace and localization baselines\n\nCommand: `.venv/bin/python analyses/measure_tasks.py "
             f"--easy-per-template {args.easy_per_template} --gsm-questions {args.gsm_questions}` (2 CPU cores, no "
             f"GPU). Sizes are chosen to finish on this CPU; the spread of an accuracy on 40 questions is about "
-            f"±7 points.\n\n")
+            f"±7 points. Chat answers end at the end-of-turn token, few-shot ones at a new \"Q:\" or blank line.\n\n")
     text += easy(args.easy_per_template) + "\n"
     (HERE / "tasks_baseline.md").write_text(text)
     print(text, flush=True)

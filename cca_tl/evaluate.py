@@ -18,9 +18,13 @@ from cca_tl.tasks import Problem, macro_accuracy
 
 def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: Callable[[str], str], *,
              max_new_tokens: int = 256, batch_size: int = 8, twin: Any = None,
-             progress: bool = True) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """Greedy accuracy: (macro over templates, per-template table, per-problem records)."""
-    from cca_tl.traces import generate, grade, hf_twin
+             stops: Sequence[str] | None = None, progress: bool = True) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    """Greedy accuracy: (macro over templates, per-template table, per-problem records).
+
+    ``stops``: strings that end an answer (default: a new "Q:" or a blank line, for few-shot prompts; pass
+    ``()`` for chat prompts, which end at the end-of-turn token).
+    """
+    from cca_tl.traces import DEFAULT_STOPS, generate, grade, hf_twin
 
     if not problems:
         raise ValueError("The split is empty: no problems to evaluate.")
@@ -31,7 +35,7 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
         raise ValueError(f"A prompt has {longest} tokens; with {max_new_tokens} new tokens that exceeds the "
                          f"model's context of {model.cfg.n_ctx}.")
     outs = generate(twin, model.tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=progress)
+                    stops=DEFAULT_STOPS if stops is None else stops, progress=progress)
     records = []
     for p, o in zip(problems, outs):
         pred, ok = grade(o.text, p)

@@ -109,6 +109,7 @@ def generate_traces(
     batch_size: int = 8,
     seed: int = 0,
     twin: Any = None,
+    stops: Sequence[str] = DEFAULT_STOPS,
     progress: bool = True,
 ):
     """Greedy trace per problem, then sampling rounds (one sample per unresolved problem per round, batched
@@ -130,7 +131,7 @@ def generate_traces(
                          f"({model.cfg.n_ctx}); e.g. problem {problems[too_long[0]].template_id}/"
                          f"{problems[too_long[0]].instance_id} has {len(prompt_ids[too_long[0]])} prompt tokens.")
     greedy = generate(twin, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      progress=progress)
+                      stops=stops, progress=progress)
     graded = [grade(g.text, p) for g, p in zip(greedy, problems)]
     sampled: list[Generation | None] = [None] * len(problems)
     sampled_grade: list[tuple[float, bool] | None] = [None] * len(problems)
@@ -142,7 +143,7 @@ def generate_traces(
                 continue
             outs = generate(twin, tokenizer, [prompt_ids[i] for i in pending], max_new_tokens=max_new_tokens,
                             temperature=temp, seed=seed * 100_003 + rnd * 1009 + int(want_correct),
-                            batch_size=batch_size, progress=False)
+                            batch_size=batch_size, stops=stops, progress=False)
             for i, g in zip(pending, outs):
                 tried[i] += 1
                 pred, ok = grade(g.text, problems[i])
