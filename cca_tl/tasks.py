@@ -313,3 +313,8 @@ def macro_accuracy(records: pd.DataFrame | Iterable[dict], *, template_col: str 
         raise ValueError("No records to score.")
     table = df.groupby(template_col)[correct_col].agg(accuracy="mean", n="size")
     return float(table["accuracy"].mean()), table
+
+
+def weak_templates(per_template: pd.DataFrame, threshold: float = 0.8) -> list[str]:
+    """Templates whose accuracy is below ``threshold`` (the authors train only on those; SPEC A1)."""
+    return sorted(per_template.index[per_template["accuracy"] < threshold])

@@ -111,3 +111,12 @@ def test_hub_loader_says_to_use_the_offline_templates(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(ConnectionError, match="Use gsm_symbolic"):
         gsm_symbolic_hub()
+
+
+def test_weak_templates_use_the_authors_threshold():
+    from cca_tl.tasks import weak_templates
+
+    _, table = macro_accuracy([dict(template_id="A", correct=True)] * 4 + [dict(template_id="A", correct=False)]
+                              + [dict(template_id="B", correct=True)] * 9 + [dict(template_id="B", correct=False)])
+    assert weak_templates(table) == []  # A: 0.8 is not below 0.8; B: 0.9
+    assert weak_templates(table, threshold=0.85) == ["A"]
