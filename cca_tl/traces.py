@@ -84,8 +84,10 @@ def generate(twin: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max
             mask[row, width - len(p):] = 1
         torch.manual_seed(seed + start)
         kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+        if stops:  # HF refuses an empty stop-string list
+            kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
         result = twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                               pad_token_id=pad, stop_strings=list(stops), tokenizer=tokenizer, **kwargs)
+                               pad_token_id=pad, **kwargs)
         for row in range(len(chunk)):
             new = _cut_at_stop(result[row, width:].tolist(), tokenizer, stops, special)
             out.append(Generation(new, tokenizer.decode(new)))
