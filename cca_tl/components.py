@@ -230,7 +230,7 @@ class ComponentRegistry:
         biases = _hf_biases(model)
         self._slice_specs: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
         self._param_shapes = {name: tuple(p.shape) for name, p in params.items()}
-        self.total_model_params = _real_param_count(model, params, biases)
+        self.total_model_params = _real_param_count(model, params)
         for kind, spec in KIND_SPECS.items():
             for weight_set, specs in (("authors", spec.authors), ("extended", spec.authors + spec.extended_extra)):
                 kept = []
@@ -328,19 +328,26 @@ _BIAS_FAMILY = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V":
                 "b_in": "mlp", "b_out": "mlp", "b_U": "unembed"}
 
 
-def _real_param_count(model: HookedTransformer, params: dict[str, Tensor], biases: frozenset[str]) -> int:
+def real_parameter_names(model: HookedTransformer) -> list[str]:
+    """All parameters except TransformerLens' zero placeholders for biases the HF architecture lacks."""
+    has_hf = model.cfg.original_architecture is not None
+    biases = _hf_biases(model)
+    names = []
+    for name, _ in model.named_parameters():
+        family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
+        if has_hf and family is not None and family not in biases:
+            continue
+        names.append(name)
+    return names
+
+
+def _real_param_count(model: HookedTransformer, params: dict[str, Tensor]) -> int:
     """Parameters of the network itself: TL's zero bias placeholders left out, tied embeddings once.
 
     For a model of an HF architecture this equals the HF model's parameter count, the denominator a
     reader expects behind "% of parameters".
     """
-    has_hf = model.cfg.original_architecture is not None
-    total = 0
-    for name, p in params.items():
-        family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
-        if has_hf and family is not None and family not in biases:
-            continue
-        total += p.numel()
+    total = sum(params[name].numel() for name in real_parameter_names(model))
     hf_config = getattr(getattr(model, "cca_provenance", None), "hf_config", None)
     if getattr(hf_config, "tie_word_embeddings", False):
         total -= params["unembed.W_U"].numel()

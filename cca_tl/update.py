@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import _BIAS_FAMILY, ComponentMask, WeightSet, _hf_biases, _registry
+from cca_tl.components import ComponentMask, WeightSet, _registry, real_parameter_names
 from cca_tl.dcm import ContrastSet, NonFiniteLossError, _pad_id, two_logit_diff
 
 Variant = Literal["mask", "all", "random"]
@@ -30,19 +30,6 @@ Variant = Literal["mask", "all", "random"]
 def default_eval_steps(steps: int) -> list[int]:
     """2, 4, 6, 8, 10, then every 5 (the paper validates every 10)."""
     return [s for s in [2, 4, 6, 8, 10, *range(15, steps + 1, 5)] if s <= steps]
-
-
-def real_parameter_names(model: HookedTransformer) -> list[str]:
-    """All parameters except TransformerLens' zero placeholders for biases the architecture lacks."""
-    has_hf = model.cfg.original_architecture is not None
-    biases = _hf_biases(model)
-    names = []
-    for name, _ in model.named_parameters():
-        family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
-        if has_hf and family is not None and family not in biases:
-            continue
-        names.append(name)
-    return names
 
 
 def element_masks(model: HookedTransformer, mask: ComponentMask,
