@@ -19,7 +19,6 @@ Gain conventions (``form``):
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal, Sequence
@@ -30,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import DEFAULT_KINDS, ComponentMask, ComponentRegistry, Kind, _registry
+from cca_tl.components import DEFAULT_KINDS, ComponentMask, Kind, _registry
 from cca_tl.errors import CCAError
 
 Form = Literal["paper", "authors"]

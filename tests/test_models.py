@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import cca_tl.models as models
 from cca_tl import ModelLoadError, load_model

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 
 from cca_tl.tasks import (
     ARITHMETIC_EXEMPLARS,
     GSM8K_EXEMPLARS,
     INSTRUCTION,
-    Problem,
     arithmetic_problems,
     extract_answer,
     few_shot_prompt,
