@@ -413,10 +413,44 @@ def tiny_hf_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any)
     return hf_model.eval()
 
 
+CHAR_TOKENIZER_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+
+
+def char_tokenizer() -> Any:
+    """A 256-entry character tokenizer for tiny test models: ids 0–3 are ``<pad> <bos> <eos> <unk>``, id
+    ``i ≥ 4`` is the character ``chr(i)``; BOS is prepended. Built once and saved under the cache dir
+    (TransformerLens re-loads tokenizers from a directory)."""
+    from transformers import AutoTokenizer
+
+    target = cache_dir() / "tokenizers" / "char256-v1"
+    if not (target / "tokenizer.json").exists():
+        from tokenizers import Tokenizer, decoders, models, processors
+        from transformers import PreTrainedTokenizerFast
+
+        from cca_tl._io import atomic_directory
+
+        vocab = {tok: i for i, tok in enumerate(CHAR_TOKENIZER_SPECIALS)}
+        vocab.update({chr(i): i for i in range(len(CHAR_TOKENIZER_SPECIALS), 256)})
+        core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+        core.decoder = decoders.Fuse()
+        core.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 1)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                            pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
+        try:
+            with atomic_directory(target, overwrite=True) as staging:
+                tokenizer.save_pretrained(str(staging))
+        except OSError:  # another process won the race: use its copy
+            pass
+    return AutoTokenizer.from_pretrained(str(target))
+
+
 def tiny_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any) -> HookedTransformer:
-    """A seeded random HookedTransformer of a real HF architecture (exportable)."""
+    """A seeded random HookedTransformer of a real HF architecture (exportable). With the default
+    256-token vocabulary it carries :func:`char_tokenizer`, so the text pipeline runs on it."""
     hf_model = tiny_hf_model(arch, seed=seed, **overrides)
-    return hooked_from_hf(hf_model, None, name=arch, source="tiny-hf", details={"seed": seed})
+    tokenizer = char_tokenizer() if hf_model.config.vocab_size == 256 else None
+    return hooked_from_hf(hf_model, tokenizer, name=arch, source="tiny-hf", details={"seed": seed})
 
 
 def tiny_tl_model(cfg: HookedTransformerConfig | dict[str, Any], *, seed: int = 0) -> HookedTransformer:

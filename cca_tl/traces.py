@@ -60,6 +60,27 @@ def _cut_at_stop(ids: list[int], tokenizer: Any, stops: Sequence[str], special: 
     return ids
 
 
+class _StopStrings:
+    """Per-row stop-string check on the decoded tail of each row (a ``transformers`` stopping criterion).
+
+    ``transformers``' own ``stop_strings`` builds a table over the whole vocabulary at every ``generate``
+    call (6.6 s for Gemma's 262k vocabulary, more than the generation itself at batch 8); this decodes only
+    each row's newest tokens.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stops, self.start = tokenizer, tuple(stops), prompt_width
+        self.tail = max(len(s) for s in stops) + 8  # tokens: enough to contain any stop string
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        new = input_ids[:, self.start:]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(new.shape[0]):
+            text = self.tokenizer.decode(new[row, -self.tail:].tolist())
+            done[row] = any(s in text for s in self.stops)
+        return done
+
+
 @torch.no_grad()
 def generate(twin: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 256,
              temperature: float = 0.0, seed: int = 0, batch_size: int = 8, stops: Sequence[str] = DEFAULT_STOPS,
@@ -84,8 +105,10 @@ def generate(twin: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], *, max
             mask[row, width - len(p):] = 1
         torch.manual_seed(seed + start)
         kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-        if stops:  # HF refuses an empty stop-string list
-            kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
+        if stops:
+            from transformers import StoppingCriteriaList
+
+            kwargs.update(stopping_criteria=StoppingCriteriaList([_StopStrings(tokenizer, stops, width)]))
         result = twin.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                pad_token_id=pad, **kwargs)
         for row in range(len(chunk)):
