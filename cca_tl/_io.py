@@ -20,11 +20,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -45,6 +52,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
     try:
         yield staging
     except BaseException:

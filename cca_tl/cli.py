@@ -10,6 +10,8 @@ from pathlib import Path
 
 from cca_tl.errors import CCAError
 
+STAGE_CHOICES = ("problems", "traces", "localize", "dcm", "update", "evaluate", "analysis", "report")
+
 
 def _cmd_components(args: argparse.Namespace) -> int:
     """Load a model and print (and optionally write) its component table."""
@@ -45,32 +47,134 @@ def _cmd_components(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    """Load a model and write it as a verified HF directory."""
+    """Write a run's edited model (or a plain model) as a verified HF directory."""
     from cca_tl.export import export_hf
-    from cca_tl.models import load_model
 
-    model = load_model(args.model)
+    source = Path(args.source)
+    if (source / "config.json").exists() and (source / "stages").is_dir():
+        from cca_tl.pipeline import Run
+
+        run = Run.open(source, progress=False)
+        if not run.done("update"):
+            raise CCAError(f"{source} has no finished update stage yet; run `cca-tl run` to finish it.")
+        model = run.edited_model()
+        what = f"{run.config.model} with the CCA edit of {source}"
+    else:
+        from cca_tl.models import load_model
+
+        model = load_model(args.source)
+        what = args.source
     report = export_hf(model, args.out, overwrite=args.overwrite)
+    print(f"exported {what} to {args.out}")
     print(json.dumps(report.to_dict(), indent=1))
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run or resume the CCA pipeline and print where the report is and its headline numbers."""
+    from cca_tl.pipeline import RunConfig, preset, run
+
+    if args.config:
+        config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        config = preset(args.preset)
+    overrides = list(args.set or [])
+    if args.model:
+        overrides.append(f"model={args.model}")
+    config = config.with_overrides(overrides)
+    out = args.out or f"runs/{args.preset}"
+    start = time.perf_counter()
+    summary = run(config, out, stop_after=args.stop_after, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    print(f"\nran {summary['ran'] or 'nothing'}; already done: {summary['skipped'] or 'nothing'} ({elapsed:.0f} s)")
+    head = summary["headline"]
+    if head:
+        acc = ", ".join(f"{k} {v:.3f}" for k, v in head["macro_accuracy"].items())
+        print(f"test macro accuracy: {acc}")
+        print(f"DCM mask: {head['selected']} components ({head['pct_components']:.2f} %)")
+    if Path(summary["report"]).exists():
+        print(f"report: {summary['report']}")
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    """Component counts of the DCM masks of several runs (or mask files), with mean ± std."""
+    from cca_tl.analysis import count_summary, count_table
+    from cca_tl.components import ComponentMask
+
+    masks = {}
+    for item in args.runs:
+        path = Path(item)
+        if path.is_dir():
+            mask_path = path / "dcm" / "mask.safetensors"
+            if not mask_path.exists():
+                raise CCAError(f"{path} has no DCM mask yet (dcm/mask.safetensors).")
+            masks[str(path)] = ComponentMask.load(mask_path)
+        elif path.suffix in (".safetensors", ".json") and path.exists():
+            masks[str(path)] = ComponentMask.load(path)
+        else:
+            raise CCAError(f"{item} is neither a run directory nor a mask file.")
+    by_model: dict[str, dict] = {}
+    for label, mask in masks.items():
+        by_model.setdefault(mask.identity.name, {})[label] = mask
+    table = count_table(masks)
+    table.insert(0, "model", [m.identity.name for m in masks.values()])
+    summaries = pd_concat({model: count_summary(group) for model, group in by_model.items()})
+    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    print("\nmean ± std per model:")
+    print(summaries.to_string())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "component_counts.csv")
+        summaries.to_csv(out / "component_counts_summary.csv")
+        (out / "component_counts.md").write_text(
+            f"# Component counts\n\n{table.to_markdown(floatfmt='.3f')}\n\n## Mean ± std per model\n\n"
+            f"{summaries.to_markdown()}\n")
+        print(f"\nwrote {out}/component_counts.csv, component_counts_summary.csv, component_counts.md")
+    return 0
+
+
+def pd_concat(frames: dict):
+    import pandas as pd
+
+    kinds_first = lambda df: df[[c for c in df.columns if not c.endswith(("_mean", "_std"))]]  # noqa: E731
+    return pd.concat({k: kinds_first(v) for k, v in frames.items()}).droplevel(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cca-tl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("components", help="print a model's component table (the main job for now)")
+    p = sub.add_parser("components", help="print a model's component table")
     p.add_argument("--model", default="gemma-3-270m", help="model name, .gguf file or HF directory")
     p.add_argument("--weights", choices=("authors", "extended"), default="authors",
                    help="which weight set belongs to a component (SPEC A4)")
     p.add_argument("--out", help="directory to write CSV and markdown tables to")
     p.set_defaults(func=_cmd_components)
 
-    p = sub.add_parser("export", help="write a model as a HuggingFace directory and verify the round trip")
-    p.add_argument("model", help="model name, .gguf file or HF directory")
+    p = sub.add_parser("run", help="run or resume the CCA pipeline (the main job)")
+    p.add_argument("--preset", default="easy", choices=("easy", "gsm-qwen", "tiny"),
+                   help="starting config: easy = Gemma-3-270M, arithmetic (default); gsm-qwen = the Qwen extra on "
+                        "GSM-Symbolic; tiny = a random tiny model (seconds)")
+    p.add_argument("--config", help="a JSON config file instead of a preset")
+    p.add_argument("--model", help="override the model")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", help="run directory (default runs/<preset>); an existing one is resumed")
+    p.add_argument("--stop-after", choices=STAGE_CHOICES, help="stop after this stage")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("export", help="write a run's edited model (or a model) as a verified HF directory")
+    p.add_argument("source", help="a run directory, or a model name / .gguf file / HF directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("table", help="component-count table across runs or mask files")
+    p.add_argument("runs", nargs="+", help="run directories or mask files (.safetensors/.json)")
+    p.add_argument("--out", help="directory to write CSV and markdown to")
+    p.set_defaults(func=_cmd_table)
     return parser
 
 
@@ -78,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CCAError, FileExistsError) as exc:
+    except (CCAError, FileExistsError, ValueError) as exc:
         print(f"cca-tl: error: {exc}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,8 @@ def _dataset(rows: list[dict], tokenizer: Any):
     features = Features(dict(prefix_ids=Seq(Value("int64")), desired_id=Value("int64"), undesired_id=Value("int64"),
                              position=Value("int64"), template_id=Value("string"), instance_id=Value("int64"),
                              method=Value("string"), prefix_text=Value("string")))
+    if not rows:  # from_list cannot infer an empty table, even with features
+        return Dataset.from_dict({name: [] for name in features}, features=features)
     return Dataset.from_list(rows, features=features)
 
 

@@ -168,7 +168,10 @@ def targeted_update(
         best_step, best_metric = steps, float("nan")  # nothing validated: keep the final state
     return UpdateResult(
         variant=variant, lr=lr, history=pd.DataFrame(history), best_step=best_step, best_metric=best_metric,
-        n_params=n_params, fraction_params=n_params / reg.total_model_params,
+        n_params=n_params,
+        # "all": every parameter. (TransformerLens holds a tied embedding twice, so n_params can exceed the
+        # HF count; the update then unties them and export writes an untied lm_head.)
+        fraction_params=1.0 if variant == "all" else n_params / reg.total_model_params,
         fraction_components=fraction_components, mask=used,
         config=dict(weight_set=weight_set, steps=steps, batch_size=batch_size, seed=seed,
                     eval_steps=sorted(eval_at)),

@@ -1,0 +1,155 @@
+"""The pipeline and CLI end to end on a tiny model: every artifact, resume, config checks, export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+
+from cca_tl.cli import main
+from cca_tl.components import ComponentMask
+from cca_tl.models import load_model
+from cca_tl.pipeline import (STAGES, EmptyLocalizationError, ProblemSplits, Run, RunConfig, RunConfigMismatch,
+                             WeightEdit, load_dcm, preset, run)
+from cca_tl.update import element_masks
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One full tiny run through the command line."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["run", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_cli_run_writes_every_artifact(tiny_run, capsys):
+    from datasets import load_from_disk
+
+    run_ = Run.open(tiny_run, progress=False)
+    assert all(run_.done(s) for s in STAGES)
+    splits = ProblemSplits.load(tiny_run / "problems.json")
+    keys = {name: {(p.template_id, p.instance_id) for p in getattr(splits, name)} for name in ("train", "val", "test")}
+    assert keys["train"] and keys["test"] and not (keys["train"] & keys["test"]) and not (keys["val"] & keys["test"])
+    traces = load_from_disk(str(tiny_run / "traces"))
+    assert len(traces) == len(splits.train) + len(splits.val)
+    assert {"greedy_ids", "sampled_ids", "greedy_correct", "flipped"} <= set(traces.column_names)
+    records = load_from_disk(str(tiny_run / "localization"))
+    assert len(records) > 0 and set(records["split"]) <= {"train", "val"}
+    assert all(r["desired_id"] != r["undesired_id"] for r in records)
+
+    model = load_model("tiny-gemma3")
+    dcm = load_dcm(tiny_run / "dcm")
+    dcm.mask.validate(model)
+    assert 0 < dcm.mask.count() < dcm.mask.size()  # a real selection, not all or nothing
+    assert ComponentMask.load(tiny_run / "dcm" / "mask.json") == dcm.mask
+    assert run_.stage_info("dcm")["selected"] == dcm.mask.count()
+
+    # The edit changes only the selected components' entries; everything else stays bit-identical.
+    edit = WeightEdit.load(tiny_run / "update")
+    assert edit.mask == dcm.mask
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    edit.apply(model)
+    emasks = element_masks(model, edit.mask, edit.weight_set)
+    changed = 0
+    for name, param in model.named_parameters():
+        if name in emasks:
+            assert torch.equal(param[~emasks[name]], base[name][~emasks[name]])
+            changed += int((param != base[name]).sum())
+        else:
+            assert torch.equal(param, base[name]), name
+    assert changed > 0
+
+    table = pd.read_csv(tiny_run / "evaluate" / "accuracy.csv", index_col="variant")
+    assert list(table.index) == ["base", "cca", "control-random", "control-all"]
+    assert table.loc["cca", "train_logit_diff"] > table.loc["base", "train_logit_diff"]  # the update did its job
+    assert table.loc["control-all", "pct_params"] == pytest.approx(100.0)
+    assert table["macro_accuracy"].between(0, 1).all()
+
+    analysis = tiny_run / "analysis"
+    for name in ("components.csv", "components_per_layer.csv", "ablation.csv", "faithfulness.csv"):
+        assert len(pd.read_csv(analysis / name)) > 0, name
+    for name in ("mask.png", "faithfulness.png"):
+        assert (analysis / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (analysis / "attention.html").read_text()
+    assert "CircuitsVis" in page and "<script src=" not in page and "cdn" not in page.lower()
+    report = (tiny_run / "report.md").read_text()
+    assert "control-random" in report and "Ablation checks" in report and "analysis/mask.png" in report
+
+
+def test_export_table_and_resume_of_a_finished_run(tiny_run, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "hf")]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    edited = Run.open(tiny_run, progress=False).edited_model()
+    ids = torch.randint(4, 256, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(ids).logits - edited(ids)).abs().max() < 1e-4
+
+    capsys.readouterr()
+    assert main(["table", str(tiny_run), str(tiny_run / "dcm" / "mask.json"), "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± std per model" in out and "tiny-gemma3" in out
+    summary = pd.read_csv(tmp_path / "t" / "component_counts_summary.csv")
+    assert summary["n_masks"].iloc[0] == 2 and summary["total"].iloc[0].endswith("± 0.0")
+
+    # Rerunning a finished run recomputes nothing.
+    assert main(["run", "--preset", "tiny", "--out", str(tiny_run), "--quiet"]) == 0
+    assert "ran nothing" in capsys.readouterr().out
+
+
+def test_resume_after_a_kill_recomputes_nothing_and_matches(tiny_run, tmp_path):
+    cfg = preset("tiny")
+    first = run(cfg, tmp_path / "r", stop_after="dcm", progress=False)
+    assert first["ran"] == ["problems", "traces", "localize", "dcm"]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    second = run(cfg, tmp_path / "r", progress=False)
+    assert second["skipped"] == ["problems", "traces", "localize", "dcm"]
+    assert second["ran"] == ["update", "evaluate", "analysis", "report"]
+    for path, mtime in before.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
+    # Same results as the uninterrupted run.
+    assert load_dcm(tmp_path / "r" / "dcm").mask == load_dcm(tiny_run / "dcm").mask
+    a, b = WeightEdit.load(tmp_path / "r" / "update"), WeightEdit.load(tiny_run / "update")
+    assert a.values.keys() == b.values.keys() and all(torch.equal(a.values[k], b.values[k]) for k in a.values)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "r" / "evaluate" / "accuracy.csv"),
+                                  pd.read_csv(tiny_run / "evaluate" / "accuracy.csv"))
+
+
+def test_a_different_config_is_refused_and_changes_nothing(tiny_run):
+    before = (tiny_run / "config.json").read_text()
+    with pytest.raises(RunConfigMismatch, match="lam"):
+        Run(preset("tiny", lam=0.5), tiny_run)
+    assert (tiny_run / "config.json").read_text() == before
+    assert main(["run", "--preset", "tiny", "--set", "lam=0.5", "--out", str(tiny_run), "--quiet"]) == 2
+
+
+def test_no_pairs_is_a_clear_error_and_keeps_the_traces(tmp_path):
+    cfg = preset("tiny", n_samples=0)  # no sampled traces: no right/wrong pair can exist
+    with pytest.raises(EmptyLocalizationError, match="opposite correctness"):
+        run(cfg, tmp_path / "r", progress=False)
+    r = Run(cfg, tmp_path / "r")
+    assert r.done("traces") and not r.done("localize") and not (tmp_path / "r" / "localization").exists()
+
+
+def test_config_overrides_and_validation():
+    cfg = RunConfig().with_overrides(["lam=1e-3", "controls=random,all", "templates=null", "model=tiny-llama"])
+    assert cfg.lam == 1e-3 and cfg.controls == ["random", "all"] and cfg.templates is None
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="Unknown config key"):
+        RunConfig().with_overrides(["lamda=1"])
+    with pytest.raises(ValueError, match="Unknown control"):
+        RunConfig(controls=["lora"])
+    with pytest.raises(ValueError, match="Unknown preset"):
+        preset("huge")
+
+
+def test_export_refuses_an_unfinished_run(tmp_path, capsys):
+    run(preset("tiny"), tmp_path / "r", stop_after="problems", progress=False)
+    assert main(["export", str(tmp_path / "r"), "--out", str(tmp_path / "hf")]) == 2
+    assert "no finished update stage" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+    assert os.listdir(tmp_path) == ["r"]
