@@ -242,6 +242,48 @@ class PrefixKV:
                      torch.tensor([data.undesired[i] for i in indices], device=cfg.device), past_kv=cache)
 
 
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    if not sequences:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
+
+
+def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: Sequence[int], *,
+                        pad_id: int = 0, min_shared: int = 8) -> Batch:
+    """A Batch whose common prefix (e.g. a few-shot prompt) is run **once**, with gradients, and shared.
+
+    The rows' common prefix goes through the model at batch size 1, filling a key/value cache; the cache is
+    expanded (a view, so gradients from every row flow back into the one computation) and each row's own
+    suffix runs over it. Exact: the same function of the weights as the full right-padded batch, at a
+    fraction of the cost when the prompt dominates (few-shot prompts: most of every record). Falls back to
+    :meth:`Batch.collate` when the shared part is shorter than ``min_shared`` tokens.
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    subset = data.subset(indices)
+    shared = common_prefix_length(subset.prefix_ids)
+    cfg = model.cfg
+    if shared < min_shared:
+        return Batch.collate(subset, pad_id=pad_id, device=cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
+    head = torch.tensor([subset.prefix_ids[0][:shared]], device=cfg.device)
+    model(head, past_kv_cache=cache, stop_at_layer=cfg.n_layers)
+    rows = len(subset)
+    for entry in cache.entries:
+        entry.past_keys = entry.past_keys.expand(rows, *entry.past_keys.shape[1:])
+        entry.past_values = entry.past_values.expand(rows, *entry.past_values.shape[1:])
+    cache.previous_attention_mask = cache.previous_attention_mask.expand(rows, -1)
+    tails = ContrastSet([p[shared:] for p in subset.prefix_ids], subset.desired, subset.undesired)
+    batch = Batch.collate(tails, pad_id=pad_id, device=cfg.device)
+    batch.past_kv = cache
+    return batch
+
+
 # ----------------------------------------------------------------------------------------------------
 # The two-logit readout
 # ----------------------------------------------------------------------------------------------------

@@ -48,15 +48,12 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
 
 def localization_logit_diff(model: HookedTransformer, localization, *, batch_size: int = 8) -> float:
     """Mean logit[desired] − logit[undesired] over an error-localization dataset."""
-    from cca_tl.dcm import ContrastSet, _pad_id, two_logit_diff
+    from cca_tl.dcm import ContrastSet
+    from cca_tl.update import _mean_logit_diff
 
     data = ContrastSet.from_dataset(localization)
     data.validate(model)
-    total = 0.0
-    with torch.no_grad():
-        for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device):
-            total += two_logit_diff(model, batch).sum().item()
-    return total / len(data)
+    return _mean_logit_diff(model, data, batch_size)  # shares each batch's common prompt prefix (exact)
 
 
 def general_text(n_chunks: int = 16, chars: int = 600) -> list[str]:

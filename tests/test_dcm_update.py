@@ -225,3 +225,33 @@ def test_lambda_sweep_shrinks_the_mask_as_lambda_grows(model):
     assert list(table.index) == [1e-1, 1e-4]
     assert table.loc[1e-1, "selected"] < table.loc[1e-4, "selected"]
     assert {"n_q", "n_k", "n_v", "n_neuron", "pct_components", "final_logit_diff"} <= set(table.columns)
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+def test_shared_prefix_batch_is_exact(arch):
+    """Running the common prefix once (batch 1) and sharing its cache gives the same logit differences
+    and gradients as the full right-padded batch (tiny Gemma-3's sliding window is shorter than it)."""
+    from cca_tl.dcm import Batch, shared_prefix_batch
+
+    model = load_model(arch)
+    g = torch.Generator().manual_seed(0)
+    common = torch.randint(4, 256, (20,), generator=g).tolist()
+    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(6)]
+    data = ContrastSet(prefixes, [17] * 6, [42] * 6)
+
+    def diff_and_grads(batch):
+        model.zero_grad()
+        diff = two_logit_diff(model, batch)
+        diff.sum().backward()
+        return diff.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = diff_and_grads(Batch.collate(data))
+    shared_batch = shared_prefix_batch(model, data, range(6))
+    assert shared_batch.tokens.shape[1] < Batch.collate(data).tokens.shape[1] - 15  # really shared
+    shared, shared_grads = diff_and_grads(shared_batch)
+    model.zero_grad()
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    assert shared_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4)
