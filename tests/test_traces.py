@@ -37,3 +37,21 @@ def test_generation_stops_at_a_stop_string():
     stop = free.text[3:5]  # a string the unconstrained output contains
     cut = generate(twin, model.tokenizer, [prompt], max_new_tokens=30, temperature=1.0, stops=(stop,), seed=1)[0]
     assert stop not in cut.text and free.text.startswith(cut.text) and len(cut.text) < len(free.text)
+
+
+def test_sample_rows_matches_the_distribution_and_greedy_rows():
+    import torch
+
+    from cca_tl.traces import sample_rows
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4] + [0.0] * 1001)
+    logits = torch.log(probs).repeat(20000, 1)
+    t = torch.ones(20000)
+    t[:5] = 0.0  # greedy rows
+    ids = sample_rows(logits, t, torch.Generator().manual_seed(0), block=3)
+    assert (ids[:5] == 3).all() and ids.max() < 4
+    freq = torch.bincount(ids[5:], minlength=4).float() / (20000 - 5)
+    torch.testing.assert_close(freq, probs[:4], atol=0.015, rtol=0)
+    hot = sample_rows(torch.log(probs).repeat(20000, 1), torch.full((20000,), 2.0), torch.Generator().manual_seed(1))
+    tempered = probs[:4] ** 0.5 / (probs[:4] ** 0.5).sum()  # temperature 2 flattens the distribution
+    torch.testing.assert_close(torch.bincount(hot, minlength=4).float()[:4] / 20000, tempered, atol=0.015, rtol=0)
