@@ -71,7 +71,7 @@ class RunConfig:
     prompt: Literal["few-shot", "chat"] = "few-shot"
     shots: int | None = 2                # few-shot exemplars (None: all)
     train_per_template: int | None = 8   # questions per template traced for training (None: whole split)
-    val_per_template: int | None = 2
+    val_per_template: int | None = 4
     test_per_template: int | None = 8
     weak_threshold: float = 0.8          # train only on templates with greedy train accuracy below this
     localization: Literal["prefix", "branching"] = "prefix"
@@ -85,9 +85,11 @@ class RunConfig:
     dcm_epochs: int = 10
     dcm_batch_size: int = 8
     weight_set: Literal["authors", "extended"] = "authors"
-    update_lr: float = 1e-3
+    update_lr: float = 5e-4
     update_steps: int = 10
+    update_eval_steps: list[int] | None = None  # None: 2, 4, 6, 8, 10, then every 5
     update_batch_size: int = 8
+    val_metric: Literal["accuracy", "logit_diff"] = "accuracy"  # picks the update's best step (paper: accuracy)
     controls: list[str] = field(default_factory=lambda: ["random"])
     ablation_random_sets: int = 3
     faithfulness_points: int = 10
@@ -102,6 +104,8 @@ class RunConfig:
             raise ValueError(f"task must be 'arithmetic' or 'gsm-symbolic', not {self.task!r}")
         if self.localization not in ("prefix", "branching"):
             raise ValueError(f"localization must be 'prefix' or 'branching', not {self.localization!r}")
+        if self.val_metric not in ("accuracy", "logit_diff"):
+            raise ValueError(f"val_metric must be 'accuracy' or 'logit_diff', not {self.val_metric!r}")
         if self.prompt not in ("few-shot", "chat"):
             raise ValueError(f"prompt must be 'few-shot' or 'chat', not {self.prompt!r}")
         for k in self.kinds:
@@ -273,7 +277,9 @@ class Run:
         self.config, self.dir, self.progress = config, Path(directory), progress
         self._model = model
         self._twin = None
+        self._twin_stale = False
         self._base_state: dict[str, torch.Tensor] | None = None
+        self._base_val_accuracy: float | None = None
         import datasets
 
         datasets.disable_progress_bars()  # the stages have their own progress output
@@ -328,14 +334,18 @@ class Run:
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(self._base_state[n])
-        self._twin = None
+        self._twin_stale = True
         return model
 
     def twin(self):
-        from cca_tl.traces import hf_twin
+        """The HF twin of the model's *current* weights (built once, then synced after edits)."""
+        from cca_tl.traces import hf_twin, sync_twin
 
         if self._twin is None:
             self._twin = hf_twin(self.model)
+        elif self._twin_stale:
+            self._twin = sync_twin(self._twin, self.model)
+        self._twin_stale = False
         return self._twin
 
     def prompt_fn(self) -> Callable[[str], str]:
@@ -480,9 +490,38 @@ class Run:
 
         cfg = self.config
         train, val = self.contrast("train"), self.contrast("val")
-        return targeted_update(self.reset_model(), train, self.dcm().mask, variant=variant, weight_set=cfg.weight_set,
-                               lr=cfg.update_lr, steps=cfg.update_steps, batch_size=cfg.update_batch_size,
-                               val_data=val if val is not None else train, seed=cfg.seed, progress=self.progress)
+        model = self.reset_model()
+        result = targeted_update(model, train, self.dcm().mask, variant=variant, weight_set=cfg.weight_set,
+                                 lr=cfg.update_lr, steps=cfg.update_steps, batch_size=cfg.update_batch_size,
+                                 val_metric=self._val_accuracy_metric(),
+                                 val_data=val if val is not None else train, eval_steps=cfg.update_eval_steps,
+                                 seed=cfg.seed, progress=self.progress)
+        self._twin_stale = True
+        return result
+
+    def _val_accuracy_metric(self) -> Callable[[HookedTransformer], float] | None:
+        """Greedy macro accuracy on the val questions (the paper's selection rule), or None for the logit
+        difference. The unedited model's value is computed once per process and reused across variants."""
+        from cca_tl.evaluate import accuracy
+
+        cfg, val = self.config, self.problems().val
+        if cfg.val_metric != "accuracy" or not val:
+            return None
+        first = [True]
+
+        def metric(model: HookedTransformer) -> float:
+            is_base, first[0] = first[0], False
+            if is_base and self._base_val_accuracy is not None:
+                return self._base_val_accuracy
+            self._twin_stale = True  # the weights just changed
+            macro, _, _ = accuracy(model, val, self.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
+                                   batch_size=cfg.gen_batch_size, twin=self.twin(), stops=self.stops(),
+                                   progress=False)
+            if is_base:
+                self._base_val_accuracy = macro
+            return macro
+
+        return metric
 
     def stage_update(self) -> dict:
         result = self._update("mask")
@@ -491,14 +530,14 @@ class Run:
             edit.save(staging)
             atomic_write_text(staging / "history.csv", result.history.to_csv(index=False))
             atomic_write_text(staging / "result.json", json.dumps(_update_summary(result, self.contrast("val")), indent=1))
-        self._twin = None
+        self._twin_stale = True
         return _update_summary(result, self.contrast("val"))
 
     def edited_model(self) -> HookedTransformer:
         """The base model with the CCA edit applied (in place on this run's model)."""
         model = self.reset_model()
         WeightEdit.load(self.dir / "update").apply(model)
-        self._twin = None
+        self._twin_stale = True
         return model
 
     def stage_evaluate(self) -> dict:
@@ -522,7 +561,7 @@ class Run:
                 result = self._update(variant.removeprefix("control-"))
                 update_info = _update_summary(result, self.contrast("val"))
                 model = self.model
-                self._twin = None
+                self._twin_stale = True
             self._log(f"evaluating {variant} on {len(splits.test)} test questions")
             macro, table, records = accuracy(model, splits.test, self.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
                                              batch_size=cfg.gen_batch_size, twin=self.twin(), stops=self.stops(),
@@ -630,6 +669,7 @@ def _cap_per_template(items: list, cap: int | None) -> list:
 
 def _update_summary(result, val) -> dict:
     return dict(variant=result.variant, lr=result.lr, best_step=result.best_step, best_metric=result.best_metric,
+                val_metric="accuracy" if result.config.get("val_metric") == "custom" else "logit_diff",
                 n_params=result.n_params, fraction_params=result.fraction_params,
                 fraction_components=result.fraction_components, val_is_train=val is None,
                 start_metric=float(result.history["val_metric"].iloc[0]))
@@ -670,7 +710,9 @@ def render_report(run: Run) -> str:
         "## Accuracy on held-out test questions (greedy, macro over templates)",
         f"Base model, CCA (update of the selected components only), and controls: `random` = the same update on a "
         f"random mask with the same count per kind and layer; `all` = the same update on every parameter (CCA w/o "
-        f"mask). lr {cfg.update_lr:g}, {cfg.update_steps} steps, best step by validation logit difference.",
+        f"mask). lr {cfg.update_lr:g}, {cfg.update_steps} steps, best step by validation "
+        f"{'accuracy' if cfg.val_metric == 'accuracy' else 'logit difference'} (step 0, the unedited model, is a "
+        "candidate: an update that never helps on validation changes nothing).",
         "",
         table[accuracy_cols].to_markdown(floatfmt=".3f"),
         "",

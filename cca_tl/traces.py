@@ -42,6 +42,23 @@ def hf_twin(model: HookedTransformer) -> Any:
     return twin.eval()
 
 
+@torch.no_grad()
+def sync_twin(twin: Any, model: HookedTransformer) -> Any:
+    """Copy ``model``'s current weights into an existing HF twin (an edit changed them); rebuilds the twin
+    only when the embedding tie changed. About 4x cheaper than :func:`hf_twin` on Gemma-3-270M."""
+    from cca_tl.export import hf_state_dict
+
+    state_dict, tied = hf_state_dict(model)
+    twin_tied = twin.get_output_embeddings().weight.data_ptr() == twin.get_input_embeddings().weight.data_ptr()
+    if tied != twin_tied:
+        return hf_twin(model)
+    params = dict(twin.named_parameters())
+    for name, value in state_dict.items():
+        if name in params:
+            params[name].copy_(value)
+    return twin
+
+
 @dataclass
 class Generation:
     token_ids: list[int]

@@ -121,6 +121,7 @@ def targeted_update(
         raise ValueError(f"variant must be 'mask', 'all' or 'random', not {variant!r}")
     params = {name: model.get_parameter(name) for name in emasks}
     n_params = sum(int(m.sum()) if m is not None else params[n].numel() for n, m in emasks.items())
+    val_kind = "custom" if val_metric is not None else "logit_diff"
     if val_metric is None:
         source = val_data if val_data is not None else train
         val_metric = lambda m: _mean_logit_diff(m, source, batch_size, shared_prefix)  # noqa: E731
@@ -186,5 +187,5 @@ def targeted_update(
         fraction_params=1.0 if variant == "all" else n_params / reg.total_model_params,
         fraction_components=fraction_components, mask=used,
         config=dict(weight_set=weight_set, steps=steps, batch_size=batch_size, seed=seed,
-                    eval_steps=sorted(eval_at), shared_prefix=shared_prefix),
+                    eval_steps=sorted(eval_at), shared_prefix=shared_prefix, val_metric=val_kind),
     )

@@ -55,3 +55,22 @@ def test_sample_rows_matches_the_distribution_and_greedy_rows():
     hot = sample_rows(torch.log(probs).repeat(20000, 1), torch.full((20000,), 2.0), torch.Generator().manual_seed(1))
     tempered = probs[:4] ** 0.5 / (probs[:4] ** 0.5).sum()  # temperature 2 flattens the distribution
     torch.testing.assert_close(torch.bincount(hot, minlength=4).float()[:4] / 20000, tempered, atol=0.015, rtol=0)
+
+
+def test_sync_twin_follows_an_edit():
+    import torch
+
+    from cca_tl.traces import sync_twin
+
+    model = load_model("tiny-gemma3")
+    twin = hf_twin(model)
+    ids = torch.randint(4, 256, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.blocks[1].mlp.W_in[:, 3] += 0.5
+        synced = sync_twin(twin, model)
+        assert synced is twin
+        torch.testing.assert_close(synced(ids).logits, model(ids), atol=1e-4, rtol=0)
+        model.W_U[:, 7] += 1.0  # unties the embedding: the twin is rebuilt
+        rebuilt = sync_twin(twin, model)
+        assert rebuilt is not twin
+        torch.testing.assert_close(rebuilt(ids).logits, model(ids), atol=1e-4, rtol=0)
