@@ -79,7 +79,7 @@ def plot_mask(mask: ComponentMask, gains: Mapping[str, Tensor] | None = None, *,
 
     head_kinds = [k for k in mask.kinds if k is not Kind.NEURON]
     n_panels = len(head_kinds) + (Kind.NEURON in mask.kinds)
-    fig, axes = plt.subplots(1, n_panels, figsize=(2.6 * n_panels + 1.5, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n_panels, figsize=(2.9 * n_panels + 1.5, 3.6), squeeze=False)
     axes = axes[0]
     for ax, kind in zip(axes, head_kinds):
         sel = mask.masks[kind].float()
@@ -96,7 +96,7 @@ def plot_mask(mask: ComponentMask, gains: Mapping[str, Tensor] | None = None, *,
         ax = axes[-1]
         per_layer = mask.masks[Kind.NEURON].sum(dim=1)
         ax.bar(range(len(per_layer)), per_layer.tolist(), color="tab:orange")
-        ax.set_title(f"MLP neurons: {int(per_layer.sum())} selected")
+        ax.set_title(f"neurons: {int(per_layer.sum())} selected")
         ax.set_xlabel("layer")
         ax.set_ylabel("selected neurons")
     if title:

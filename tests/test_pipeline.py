@@ -153,3 +153,17 @@ def test_export_refuses_an_unfinished_run(tmp_path, capsys):
     assert "no finished update stage" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
     assert os.listdir(tmp_path) == ["r"]
+
+
+def test_accuracy_validation_keeps_the_unedited_model_when_nothing_helps(tmp_path):
+    """The tiny random model answers nothing right, so validation accuracy never beats step 0: the update
+    must leave the model exactly as loaded (the paper's selection rule with step 0 as a candidate)."""
+    cfg = preset("tiny", val_metric="accuracy")
+    run(cfg, tmp_path / "r", stop_after="update", progress=False)
+    info = Run.open(tmp_path / "r", progress=False).stage_info("update")
+    assert info["best_step"] == 0 and info["val_metric"] == "accuracy" and info["best_metric"] == 0.0
+    edit = WeightEdit.load(tmp_path / "r" / "update")
+    base = load_model("tiny-gemma3")
+    emasks = element_masks(base, edit.mask, edit.weight_set)
+    for name, values in edit.values.items():
+        assert torch.equal(values, base.get_parameter(name).detach()[emasks[name]])
