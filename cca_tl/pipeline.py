@@ -68,6 +68,7 @@ class RunConfig:
     n_per_template: int = 50             # instances generated per template before the 52/8/40 split
     max_value: int = 9                   # arithmetic task difficulty
     templates: list[str] | None = None   # None: all templates of the task
+    n_templates: int | None = None       # keep only the first N template ids (sorted), to size a run
     prompt: Literal["few-shot", "chat"] = "few-shot"
     shots: int | None = 2                # few-shot exemplars (None: all)
     train_per_template: int | None = 8   # questions per template traced for training (None: whole split)
@@ -147,8 +148,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "easy": {},
     # Qwen2.5-Coder-0.5B-Instruct (optional extra) on GSM-Symbolic, chat prompt; sized for a CPU afternoon.
     "gsm-qwen": dict(model="qwen2.5-coder-0.5b-instruct", task="gsm-symbolic", prompt="chat", shots=None,
-                     train_per_template=2, val_per_template=1, test_per_template=1, max_new_tokens=256,
-                     n_samples=6, lam=1e-3, update_lr=2e-5, controls=["random", "all"]),
+                     n_templates=16, train_per_template=3, val_per_template=1, test_per_template=2,
+                     max_new_tokens=256, n_samples=6, lam=1e-3, update_lr=2e-5, update_steps=6,
+                     controls=["random", "all"]),
     # A seeded random tiny Gemma-3 with a character tokenizer: the whole pipeline in seconds (tests, demos).
     # Its answers are never right, so the update's best step is chosen by the logit difference.
     "tiny": dict(model="tiny-gemma3", shots=0, n_per_template=24, train_per_template=None, val_per_template=None,
@@ -287,7 +289,8 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.dir / "config.json"
         if existing.exists():
-            previous = json.loads(existing.read_text())
+            # Keys added to RunConfig after the run started take their defaults.
+            previous = RunConfig.from_dict(json.loads(existing.read_text())).to_dict()
             if previous != config.to_dict():
                 diff = {k: (previous.get(k), v) for k, v in config.to_dict().items() if previous.get(k) != v}
                 raise RunConfigMismatch(
@@ -398,6 +401,9 @@ class Run:
                                            templates=cfg.templates)
         else:
             problems = gsm_symbolic(cfg.n_per_template, seed=cfg.seed, templates=cfg.templates)
+        if cfg.n_templates is not None:
+            keep = sorted({p.template_id for p in problems})[:cfg.n_templates]
+            problems = [p for p in problems if p.template_id in keep]
         splits = split_problems(problems, seed=cfg.seed)
         caps = dict(train=cfg.train_per_template, val=cfg.val_per_template, test=cfg.test_per_template)
         capped = {name: _cap_per_template(items, caps[name]) for name, items in splits.items()}
@@ -676,6 +682,27 @@ def _update_summary(result, val) -> dict:
                 start_metric=float(result.history["val_metric"].iloc[0]))
 
 
+def verdict(table: pd.DataFrame) -> str:
+    """A plain statement of what CCA did relative to the base model and each control."""
+    n = int(table["n_test"].iloc[0])
+    point = 100 / max(n, 1)
+    base = table.loc["base", "macro_accuracy"]
+    lines = [f"With {n} test questions one question is about {point:.1f} points (macro over templates)."]
+    for variant in [v for v in table.index if v != "base"]:
+        delta = 100 * (table.loc[variant, "macro_accuracy"] - base)
+        step = table.loc[variant, "best_step"]
+        kept = " — validation kept the unedited model (no update step improved it), so nothing changed" if step == 0 else ""
+        lines.append(f"- **{variant}**: {delta:+.1f} points vs base{kept}.")
+    if "cca" in table.index:
+        cca = table.loc["cca", "macro_accuracy"]
+        for control in [v for v in table.index if v.startswith("control-")]:
+            gap = 100 * (cca - table.loc[control, "macro_accuracy"])
+            beyond = abs(gap) > 2 * point
+            lines.append(f"- CCA vs {control}: {gap:+.1f} points — "
+                         f"{'larger than two questions' if beyond else 'within two questions: no effect can be claimed'}.")
+    return "\n".join(lines)
+
+
 def render_report(run: Run) -> str:
     """A markdown report of a finished run: config, traces, mask, accuracy with controls, ablations."""
     cfg = run.config
@@ -704,7 +731,7 @@ def render_report(run: Run) -> str:
         f"λ = {cfg.lam:g}, {cfg.dcm_epochs} epochs at most ({dcm.stopped}): **{dcm.mask.count()} of {dcm.mask.size()} "
         f"components ({100 * dcm.mask.fraction_components():.2f} %)**.",
         "",
-        dcm.mask.summary().to_markdown(floatfmt=".3g"),
+        dcm.mask.summary().astype({"selected": int, "of": int}).to_markdown(floatfmt=".2f"),
         "",
         "![mask](analysis/mask.png)",
         "",
@@ -721,8 +748,7 @@ def render_report(run: Run) -> str:
         "",
         per_template.to_markdown(floatfmt=".3f"),
         "",
-        f"With {int(table['n_test'].iloc[0])} test questions one question is "
-        f"{100 / max(int(table['n_test'].iloc[0]), 1):.1f} points; differences of a few points are within noise.",
+        verdict(table),
         "",
         "## Ablation checks (train localization records, at the last prefix position)",
         "",

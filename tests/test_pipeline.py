@@ -172,3 +172,12 @@ def test_accuracy_validation_keeps_the_unedited_model_when_nothing_helps(tmp_pat
     emasks = element_masks(base, edit.mask, edit.weight_set)
     for name, values in edit.values.items():
         assert torch.equal(values, base.get_parameter(name).detach()[emasks[name]])
+
+
+def test_a_run_started_before_a_config_key_existed_still_opens(tmp_path):
+    cfg = preset("tiny")
+    old = cfg.to_dict()
+    del old["n_templates"]  # as written by an older cca_tl
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    assert Run.open(tmp_path / "r").config == cfg
