@@ -1,0 +1,312 @@
+"""Learned node pruning with mean ablation (SPEC B), on any HookedTransformer.
+
+Nodes are single channels: every query/key/value channel (``attn.hook_q/k/v``, per head or kv head and
+``d_head`` index) and every MLP neuron (``mlp.hook_post``). Each node has a score τ ∈ [−1, 1]; its gate is
+``H(τ)`` — a Heaviside step forward, the derivative of a sigmoid backward (straight-through) — and a closed
+gate **mean-ablates** the node: ``a ← g·a + (1 − g)·mean(a)`` with means over general text, at every
+position. Training minimises the task loss plus ``k·(live nodes)``; then the nodes are ranked by τ and the
+number kept is **bisected** to the smallest circuit whose task loss reaches a target, and a scale and shift
+of the final logit difference are calibrated (LBFGS). Faithfulness: *sufficiency* (only the circuit, all
+else mean-ablated) and *necessity* (the circuit mean-ablated, all else kept).
+
+The task loss is the binary cross-entropy of the contrast (target vs alt logit difference at the last
+position) — the tasks are binary, and it needs two unembedding columns, not the vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+
+from cca_tl.components import Kind, ModelIdentity, _registry
+from cca_tl.dcm import ContrastSet, _pad_id, two_logit_diff
+
+NODE_KINDS = (Kind.Q, Kind.K, Kind.V, Kind.NEURON)
+
+
+class _HeavisideSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tau: Tensor, beta: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(tau)
+        ctx.beta = beta
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau / ctx.beta)
+        return grad * s * (1 - s) / ctx.beta, None
+
+
+def heaviside_ste(tau: Tensor, beta: float = 0.5) -> Tensor:
+    """``(τ > 0)`` forward; ``σ'(τ/β)/β`` backward (the surrogate gradient of the paper's node masks)."""
+    return _HeavisideSTE.apply(tau, beta)
+
+
+def node_shapes(model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> dict[Kind, tuple[int, ...]]:
+    """Per kind, the shape of one layer's nodes: ``(heads, d_head)`` for q/k/v, ``(d_mlp,)`` for neurons."""
+    reg = _registry(model)
+    d_head = model.cfg.d_head
+    out = {}
+    for kind in map(Kind, kinds):
+        if kind in (Kind.Q, Kind.K, Kind.V):
+            out[kind] = (reg.n_units(kind), d_head)
+        elif kind is Kind.NEURON:
+            out[kind] = (reg.n_units(kind),)
+        else:
+            raise ValueError(f"Node pruning covers q, k, v channels and neurons, not {kind.value!r}")
+    return out
+
+
+@dataclass
+class NodeMask:
+    """Kept nodes per kind: boolean ``[n_layers, *node shape]``."""
+
+    identity: ModelIdentity
+    keep: dict[Kind, Tensor]
+
+    def count(self) -> int:
+        return int(sum(int(m.sum()) for m in self.keep.values()))
+
+    def size(self) -> int:
+        return int(sum(m.numel() for m in self.keep.values()))
+
+    def counts_by_kind(self) -> dict[str, int]:
+        return {k.value: int(m.sum()) for k, m in self.keep.items()}
+
+    def counts_by_layer(self) -> pd.DataFrame:
+        return pd.DataFrame({k.value: m.flatten(1).sum(1).tolist() for k, m in self.keep.items()},
+                            index=pd.RangeIndex(self.identity.n_layers, name="layer"))
+
+    def __invert__(self) -> "NodeMask":
+        return NodeMask(self.identity, {k: ~m for k, m in self.keep.items()})
+
+    @classmethod
+    def full(cls, model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> "NodeMask":
+        reg = _registry(model)
+        return cls(reg.identity, {k: torch.ones(reg.n_layers, *s, dtype=torch.bool) for k, s in node_shapes(model, kinds).items()})
+
+    @classmethod
+    def top_k(cls, model: HookedTransformer, scores: Mapping[Kind, Tensor], k: int) -> "NodeMask":
+        """The ``k`` nodes with the highest score (ties broken by position)."""
+        kinds = list(scores)
+        flat = torch.cat([scores[kind].detach().flatten().float().cpu() for kind in kinds])
+        if not 0 <= k <= flat.numel():
+            raise ValueError(f"k={k} outside [0, {flat.numel()}]")
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+        keep, start = {}, 0
+        for kind in kinds:
+            n = scores[kind].numel()
+            keep[kind] = chosen[start:start + n].reshape(scores[kind].shape)
+            start += n
+        return cls(_registry(model).identity, keep)
+
+
+@torch.no_grad()
+def node_means(model: HookedTransformer, texts: Sequence[str] | Sequence[Tensor] | None = None,
+               kinds: Iterable[Kind | str] = NODE_KINDS, *, max_tokens: int = 128) -> dict[Kind, Tensor]:
+    """Mean activation of every node over every position of general text (default: CPython's pydoc topics,
+    :func:`cca_tl.evaluate.general_text`) — the values a pruned node is ablated to."""
+    from cca_tl.evaluate import general_text
+
+    reg = _registry(model)
+    kinds = [Kind(k) for k in kinds]
+    texts = list(texts) if texts is not None else general_text()
+    if not texts:
+        raise ValueError("No text to take means over.")
+    names = [reg.hook_name(k, layer) for k in kinds for layer in range(reg.n_layers)]
+    sums: dict[str, Tensor] = {}
+    count = 0
+    for text in texts:
+        tokens = (text.reshape(1, -1) if isinstance(text, Tensor) else model.to_tokens(text))[:, :max_tokens]
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
+                                        stop_at_layer=model.cfg.n_layers)
+        for name in names:
+            sums[name] = sums.get(name, 0) + cache[name][0].sum(0).float()
+        count += tokens.shape[1]
+    return {k: torch.stack([sums[reg.hook_name(k, layer)] for layer in range(reg.n_layers)]) / count for k in kinds}
+
+
+def _gate_hooks(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: Mapping[Kind, Tensor]) -> list:
+    """Hooks applying ``a ← g·a + (1 − g)·mean`` per node at every position; ``gates`` [n_layers, *shape]."""
+    reg = _registry(model)
+    hooks = []
+    for kind, gate in gates.items():
+        for layer in range(reg.n_layers):
+            g, mu = gate[layer], means[kind][layer].to(model.cfg.device)
+
+            def hook(act: Tensor, hook, g=g, mu=mu) -> Tensor:
+                g_ = g.to(act.dtype)
+                return act * g_ + (1 - g_) * mu.to(act.dtype)
+
+            hooks.append((reg.hook_name(kind, layer), hook))
+    return hooks
+
+
+def _diffs(model: HookedTransformer, data: ContrastSet, hooks_fn: Callable[[], list], batch_size: int) -> Tensor:
+    out = []
+    for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device):
+        out.append(two_logit_diff(model, batch, hooks_fn()))
+    return torch.cat(out)
+
+
+def binary_loss(diff: Tensor, scale: float | Tensor = 1.0, shift: float | Tensor = 0.0) -> Tensor:
+    """Mean binary cross-entropy of the contrast: ``softplus(−(a·d + b))`` (target wins when ``d > 0``)."""
+    return torch.nn.functional.softplus(-(scale * diff + shift)).mean()
+
+
+@torch.no_grad()
+def circuit_diffs(model: HookedTransformer, data: ContrastSet, keep: NodeMask | None,
+                  means: Mapping[Kind, Tensor], *, batch_size: int = 16) -> Float[Tensor, "record"]:
+    """Logit differences with every node outside ``keep`` mean-ablated (``None``: the full model)."""
+    if keep is None:
+        return _diffs(model, data, lambda: [], batch_size).float().cpu()
+    gates = {k: m.float() for k, m in keep.keep.items()}
+    return _diffs(model, data, lambda: _gate_hooks(model, gates, means), batch_size).float().cpu()
+
+
+def bisect_smallest(loss_at: Callable[[int], float], lo: int, hi: int, target: float) -> tuple[int, dict[int, float]]:
+    """Smallest ``k`` in ``[lo, hi]`` with ``loss_at(k) <= target``, assuming the loss falls as ``k`` grows.
+
+    Returns ``(k, evaluated)``; ``k = hi`` if even ``hi`` misses the target (check ``evaluated[hi]``).
+    """
+    seen: dict[int, float] = {}
+
+    def f(k: int) -> float:
+        if k not in seen:
+            seen[k] = float(loss_at(k))
+        return seen[k]
+
+    if f(hi) > target:
+        return hi, seen
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if f(mid) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, seen
+
+
+def calibrate_logits(diffs: Tensor, *, steps: int = 16) -> tuple[float, float, float]:
+    """Scale ``a`` and shift ``b`` of the logit difference minimising the binary loss (LBFGS, ``steps``);
+    returns ``(a, b, calibrated loss)``."""
+    diffs = diffs.detach().double()
+    a = torch.ones((), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = binary_loss(diffs, a, b)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(a), float(b), float(binary_loss(diffs, a, b))
+
+
+@dataclass
+class PruneResult:
+    """The pruned circuit, its scores, the bisection curve and the losses that matter."""
+
+    mask: NodeMask
+    scores: dict[Kind, Tensor]
+    curve: pd.DataFrame          # k, loss (every circuit size the bisection evaluated)
+    history: pd.DataFrame        # per step: task loss, live nodes
+    full_loss: float
+    circuit_loss: float
+    calibrated_loss: float
+    calibration: tuple[float, float]
+    target_loss: float
+    reached: bool
+    config: dict = field(default_factory=dict)
+
+
+def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind, Tensor] | None = None, *,
+                kinds: Iterable[Kind | str] = NODE_KINDS, k_coef: float = 1e-4, steps: int = 200, lr: float = 0.05,
+                beta: float = 0.5, target_loss: float = 0.15, tau_init: float = 1.0, batch_size: int = 16,
+                seed: int = 0, progress: bool = True) -> PruneResult:
+    """Learn node scores (see module doc), then bisect to the smallest top-k circuit reaching ``target_loss``.
+
+    The model's weights are untouched. ``means``: from :func:`node_means` (computed on general text if None).
+    """
+    from tqdm.auto import tqdm
+
+    data.validate(model)
+    kinds = [Kind(k) for k in kinds]
+    means = means if means is not None else node_means(model, kinds=kinds)
+    reg = _registry(model)
+    shapes = node_shapes(model, kinds)
+    taus = nn.ParameterDict({k.value: nn.Parameter(torch.full((reg.n_layers, *shapes[k]), float(tau_init),
+                                                              device=model.cfg.device)) for k in kinds})
+    opt = torch.optim.Adam(taus.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    history = []
+    try:
+        for step in tqdm(range(steps), desc="node pruning", disable=not progress, leave=False):
+            idx = torch.randperm(len(data), generator=generator)[:batch_size].tolist()
+            batch_data = data.subset(idx)
+            gates = {k: heaviside_ste(taus[k.value], beta) for k in kinds}
+            diff = _diffs(model, batch_data, lambda: _gate_hooks(model, gates, means), batch_size)
+            live = sum(g.sum() for g in gates.values())
+            task = binary_loss(diff)
+            loss = task + k_coef * live
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"node-pruning loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for p in taus.values():
+                    p.clamp_(-1.0, 1.0)
+            history.append(dict(step=step, task_loss=task.item(), live=int(live.item())))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    scores = {k: taus[k.value].detach().cpu() for k in kinds}
+    total = sum(v.numel() for v in scores.values())
+
+    def loss_at(k: int) -> float:
+        return float(binary_loss(circuit_diffs(model, data, NodeMask.top_k(model, scores, k), means,
+                                               batch_size=batch_size)))
+
+    k, seen = bisect_smallest(loss_at, 0, total, target_loss)
+    mask = NodeMask.top_k(model, scores, k)
+    diffs = circuit_diffs(model, data, mask, means, batch_size=batch_size)
+    a, b, calibrated = calibrate_logits(diffs)
+    full = float(binary_loss(circuit_diffs(model, data, None, means, batch_size=batch_size)))
+    return PruneResult(
+        mask=mask, scores=scores, curve=pd.DataFrame(sorted(seen.items()), columns=["k", "loss"]),
+        history=pd.DataFrame(history), full_loss=full, circuit_loss=float(binary_loss(diffs)),
+        calibrated_loss=calibrated, calibration=(a, b), target_loss=target_loss, reached=seen.get(k, math.inf) <= target_loss,
+        config=dict(kinds=[k.value for k in kinds], k_coef=k_coef, steps=steps, lr=lr, beta=beta,
+                    tau_init=tau_init, batch_size=batch_size, seed=seed),
+    )
+
+
+def faithfulness(model: HookedTransformer, data: ContrastSet, mask: NodeMask, means: Mapping[Kind, Tensor], *,
+                 batch_size: int = 16) -> pd.DataFrame:
+    """Binary loss and accuracy of: the full model; the circuit alone (sufficiency); the model with the
+    circuit mean-ablated (necessity); everything mean-ablated."""
+    empty = NodeMask(mask.identity, {k: torch.zeros_like(m) for k, m in mask.keep.items()})
+    rows = []
+    for label, keep in (("full model", None), ("circuit only (sufficiency)", mask),
+                        ("circuit ablated (necessity)", ~mask), ("everything ablated", empty)):
+        d = circuit_diffs(model, data, keep, means, batch_size=batch_size)
+        rows.append(dict(setting=label, nodes_kept=keep.count() if keep is not None else mask.size(),
+                         loss=float(binary_loss(d)), accuracy=float((d > 0).float().mean()),
+                         logit_diff=float(d.mean())))
+    return pd.DataFrame(rows).set_index("setting")
