@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_quickstart.ipynb", "02_teaching_dcm_and_updates.ipynb", "03_component_tables.ipynb"} <= names
+    assert {"01_quickstart.ipynb", "02_teaching_dcm_and_updates.ipynb", "03_component_tables.ipynb",
+            "04_pruning_a_circuit.ipynb"} <= names
 
 
 @pytest.mark.slow

@@ -310,3 +310,29 @@ def faithfulness(model: HookedTransformer, data: ContrastSet, mask: NodeMask, me
                          loss=float(binary_loss(d)), accuracy=float((d > 0).float().mean()),
                          logit_diff=float(d.mean())))
     return pd.DataFrame(rows).set_index("setting")
+
+
+def plot_circuit(mask: NodeMask, title: str = ""):
+    """The kept nodes as dots: one row per layer, one column block per kind (position = channel index)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    kinds = list(mask.keep)
+    colours = {"q": "tab:blue", "k": "tab:green", "v": "tab:purple", "neuron": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for col, kind in enumerate(kinds):
+        keep = mask.keep[kind].flatten(1)  # [layer, nodes]
+        layers, idx = keep.nonzero(as_tuple=True)
+        ax.scatter(col + idx.float() / keep.shape[1] * 0.9, layers, s=18, color=colours.get(kind.value, "grey"),
+                   label=f"{kind.value}: {int(keep.sum())} of {keep.numel():,}")
+    ax.set_xticks([c + 0.45 for c in range(len(kinds))],
+                  [k.value + (" channels" if k is not Kind.NEURON else "s") for k in kinds])
+    ax.set_ylabel("layer")
+    ax.set_ylim(-0.5, mask.identity.n_layers - 0.5)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
+    ax.set_title(title or f"circuit: {mask.count()} nodes")
+    fig.tight_layout()
+    return fig

@@ -8,10 +8,10 @@ Each example is a code prompt, the right next token (``target``) and the contras
 * ``while_return_true`` — ``while True`` takes ``:\\n``, ``return True`` a newline;
 * ``list_or_dict`` — a list grows with ``.append``, a dict with ``[``.
 
-:func:`code_contrast_set` tokenises them for a model and keeps only examples whose two continuations are
-single tokens that the tokenizer would also produce in context (``tokens(prompt) + [target] ==
-tokens(prompt + target)``), so a :class:`cca_tl.dcm.ContrastSet` built from them is usable by DCM and by
-node pruning alike.
+:func:`code_contrast_set` tokenises them for a model: the contrast is the first token of each continuation
+as the tokenizer produces it *in context* (``tokens(prompt + target)[len(tokens(prompt))]``); examples where
+the prompt's tokens change when a continuation is appended, or both continuations start with the same token,
+are dropped. The resulting :class:`cca_tl.dcm.ContrastSet` is usable by DCM and by node pruning alike.
 """
 
 from __future__ import annotations
@@ -105,16 +105,18 @@ def code_contrast_set(model, task: str, n: int, *, seed: int = 0, prepend_bos: b
     prefixes, desired, undesired, rejected = [], [], [], []
     for ex in code_task_examples(task, n, seed=seed):
         ids = tok.encode(ex.prompt, add_special_tokens=False)
-        full = tok.encode(ex.prompt + ex.target, add_special_tokens=False)
-        t = tok.encode(ex.target, add_special_tokens=False)
-        a = tok.encode(ex.alt, add_special_tokens=False)
-        if len(t) != 1 or len(a) != 1 or full != ids + t:
+        with_target = tok.encode(ex.prompt + ex.target, add_special_tokens=False)
+        with_alt = tok.encode(ex.prompt + ex.alt, add_special_tokens=False)
+        n_ids = len(ids)
+        usable = (with_target[:n_ids] == ids and with_alt[:n_ids] == ids and len(with_target) > n_ids
+                  and len(with_alt) > n_ids and with_target[n_ids] != with_alt[n_ids])
+        if not usable:
             rejected.append(ex)
             continue
         bos = [tok.bos_token_id] if prepend_bos and tok.bos_token_id is not None else []
         prefixes.append(bos + ids)
-        desired.append(t[0])
-        undesired.append(a[0])
+        desired.append(with_target[n_ids])  # the first token of each continuation, as tokenised in context
+        undesired.append(with_alt[n_ids])
     if not prefixes:
         ex = rejected[0]
         raise ValueError(f"No {task} example is usable with this tokenizer: e.g. target {ex.target!r} -> "
