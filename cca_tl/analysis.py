@@ -227,20 +227,26 @@ def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: Component
     return pd.DataFrame(rows).set_index(["ablation", "set"])
 
 
-def top_k_mask(registry: ComponentRegistry, scores: Mapping[str, Tensor], k: int) -> ComponentMask:
-    """The ``k`` components with the highest score (DCM gain) across kinds; ties broken by position."""
-    kinds = [Kind(name) for name in scores]
-    flat = torch.cat([scores[kind.value].flatten().float() for kind in kinds])
+def top_k_select(scores: Mapping[object, Tensor], k: int) -> dict:
+    """Boolean masks (same keys and shapes as ``scores``) marking the ``k`` highest scores over all of them;
+    ties broken by position. Shared by DCM circuits here and pruned node circuits in ``cca_tl.sparse``."""
+    keys = list(scores)
+    flat = torch.cat([scores[key].detach().flatten().float().cpu() for key in keys])
     if not 0 <= k <= flat.numel():
         raise ValueError(f"k={k} outside [0, {flat.numel()}]")
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
     chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    masks, start = {}, 0
-    for kind in kinds:
-        n = scores[kind.value].numel()
-        masks[kind] = chosen[start:start + n].reshape(scores[kind.value].shape)
+    out, start = {}, 0
+    for key in keys:
+        n = scores[key].numel()
+        out[key] = chosen[start:start + n].reshape(scores[key].shape)
         start += n
-    return ComponentMask(registry.identity, masks)
+    return out
+
+
+def top_k_mask(registry: ComponentRegistry, scores: Mapping[str, Tensor], k: int) -> ComponentMask:
+    """The ``k`` components with the highest score (DCM gain) across kinds; ties broken by position."""
+    return ComponentMask(registry.identity, {Kind(name): m for name, m in top_k_select(scores, k).items()})
 
 
 def default_sizes(total: int, *, extra: Iterable[int] = (), points: int = 12) -> list[int]:

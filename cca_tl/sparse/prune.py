@@ -96,18 +96,9 @@ class NodeMask:
     @classmethod
     def top_k(cls, model: HookedTransformer, scores: Mapping[Kind, Tensor], k: int) -> "NodeMask":
         """The ``k`` nodes with the highest score (ties broken by position)."""
-        kinds = list(scores)
-        flat = torch.cat([scores[kind].detach().flatten().float().cpu() for kind in kinds])
-        if not 0 <= k <= flat.numel():
-            raise ValueError(f"k={k} outside [0, {flat.numel()}]")
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-        chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-        keep, start = {}, 0
-        for kind in kinds:
-            n = scores[kind].numel()
-            keep[kind] = chosen[start:start + n].reshape(scores[kind].shape)
-            start += n
-        return cls(_registry(model).identity, keep)
+        from cca_tl.analysis import top_k_select
+
+        return cls(_registry(model).identity, top_k_select(scores, k))
 
 
 @torch.no_grad()
