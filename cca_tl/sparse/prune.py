@@ -327,3 +327,73 @@ def plot_circuit(mask: NodeMask, title: str = ""):
     ax.set_title(title or f"circuit: {mask.count()} nodes")
     fig.tight_layout()
     return fig
+
+
+def _writers(model: HookedTransformer, mask: NodeMask) -> list[tuple[float, Tensor]]:
+    """Kept writing nodes as ``(sublayer order, nonzero pattern over residual channels)``: a value channel
+    writes through its row of ``W_O`` (attention of layer l: order 2l), a neuron through its row of ``W_out``
+    (order 2l + 1)."""
+    out = []
+    reg = _registry(model)
+    group = model.cfg.n_heads // reg.n_units(Kind.V)
+    if Kind.V in mask.keep:
+        for layer, g, i in mask.keep[Kind.V].nonzero().tolist():
+            rows = model.W_O[layer, g * group:(g + 1) * group, i]  # [heads sharing the kv head, d_model]
+            out.append((2 * layer, (rows != 0).any(0)))
+    if Kind.NEURON in mask.keep:
+        for layer, n in mask.keep[Kind.NEURON].nonzero().tolist():
+            out.append((2 * layer + 1, model.W_out[layer, n] != 0))
+    return out
+
+
+def _readers(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[int]) -> list[tuple[float, Tensor]]:
+    """Kept reading nodes as ``(sublayer order, nonzero pattern over residual channels)``: q/k/v channels
+    read through their column of ``W_Q/W_K/W_V`` (order 2l), neurons through ``W_in`` (2l + 1), the task's
+    logits through ``W_U`` columns (after every layer)."""
+    out = []
+    weights = {Kind.Q: model.W_Q, Kind.K: model.W_K, Kind.V: model.W_V}
+    reg = _registry(model)
+    for kind, w in weights.items():
+        if kind not in mask.keep:
+            continue
+        group = 1 if kind is Kind.Q else model.cfg.n_heads // reg.n_units(kind)
+        for layer, h, i in mask.keep[kind].nonzero().tolist():
+            cols = w[layer, h * group:(h + 1) * group, :, i]  # [heads, d_model]
+            out.append((2 * layer, (cols != 0).any(0)))
+    if Kind.NEURON in mask.keep:
+        for layer, n in mask.keep[Kind.NEURON].nonzero().tolist():
+            out.append((2 * layer + 1, model.W_in[layer, :, n] != 0))
+    for token in logit_tokens:
+        out.append((math.inf, model.W_U[:, token] != 0))
+    return out
+
+
+@torch.no_grad()
+def circuit_edges(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[int] = ()) -> dict[str, int]:
+    """Edges of a circuit: pairs of kept nodes joined by a nonzero path of weights.
+
+    - **residual edges**: a writer (value channel via ``W_O``, neuron via ``W_out``) and a later reader (q/k/v
+      channel, neuron, or one of ``logit_tokens``' unembedding columns) that touch a common residual channel
+      with nonzero weights on both sides;
+    - **attention edges**: a kept query channel and the kept key channel with the same index in its (kv)
+      head (their product is one term of the attention score).
+
+    In a dense model every ordered pair is an edge; weight sparsity is what makes this count small.
+    """
+    writers, readers = _writers(model, mask), _readers(model, mask, logit_tokens)
+    residual = 0
+    if writers and readers:
+        w_order = torch.tensor([o for o, _ in writers])
+        r_order = torch.tensor([o for o, _ in readers], dtype=torch.float64)
+        w_pat = torch.stack([p for _, p in writers]).float()  # [writers, d_model]
+        r_pat = torch.stack([p for _, p in readers]).float()  # [readers, d_model]
+        touches = (w_pat @ r_pat.T) > 0
+        later = w_order[:, None].double() < r_order[None, :]
+        residual = int((touches & later).sum())
+    attention = 0
+    if Kind.Q in mask.keep and Kind.K in mask.keep:
+        group = model.cfg.n_heads // _registry(model).n_units(Kind.K)
+        q, k = mask.keep[Kind.Q], mask.keep[Kind.K]  # [layer, heads, d_head], [layer, kv heads, d_head]
+        k_per_q = k.repeat_interleave(group, dim=1)
+        attention = int((q & k_per_q).sum())
+    return dict(residual_edges=residual, attention_edges=attention, edges=residual + attention)
