@@ -84,3 +84,23 @@ def retention_kl(original: HookedTransformer, edited: HookedTransformer,
         total += (logp.exp() * (logp - logq)).sum(-1).sum().item()
         count += tokens.shape[1]
     return total / count
+
+
+@torch.no_grad()
+def general_text_scores(model: HookedTransformer, texts: Sequence[str] | Sequence[torch.Tensor] | None = None, *,
+                        max_tokens: int = 128) -> dict[str, float]:
+    """Language-modelling health on general text (default: CPython's pydoc topics): mean next-token NLL
+    (nats) and top-1 next-token accuracy over every position — the offline "general benchmark" of retention."""
+    texts = list(texts) if texts is not None else general_text()
+    if not texts:
+        raise ValueError("No text to score.")
+    nll, hits, count = 0.0, 0, 0
+    for text in texts:
+        tokens = (text.reshape(1, -1) if isinstance(text, torch.Tensor)
+                  else model.to_tokens(text, prepend_bos=True))[:, :max_tokens]
+        logits = model(tokens).float()[0, :-1]
+        target = tokens[0, 1:]
+        nll += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        hits += int((logits.argmax(-1) == target).sum())
+        count += target.numel()
+    return dict(general_nll=nll / count, general_top1=hits / count)

@@ -50,6 +50,10 @@ class RunConfigMismatch(CCAError):
     """The run directory was started with a different config."""
 
 
+class EmptyMaskError(CCAError):
+    """DCM kept no component: an update would change nothing."""
+
+
 class EmptyLocalizationError(CCAError):
     """No right/wrong trace pair was found, so there is nothing to learn a mask from."""
 
@@ -96,6 +100,7 @@ class RunConfig:
     faithfulness_points: int = 8
     attention_heads: int = 4
     seed: int = 0
+    start_from: str | None = None        # multi-round CCA: a finished run dir whose edit is this run's base
 
     def __post_init__(self) -> None:
         bad = [c for c in self.controls if c not in CONTROL_VARIANTS]
@@ -328,6 +333,12 @@ class Run:
 
             self._log(f"loading {self.config.model}")
             self._model = load_model(self.config.model, seed=self.config.seed)
+            if self.config.start_from:
+                previous = Path(self.config.start_from) / "update"
+                if not (previous / "edit.safetensors").exists():
+                    raise CCAError(f"start_from={self.config.start_from!r} has no finished update stage to start from.")
+                self._log(f"applying the edit of {self.config.start_from} (multi-round CCA)")
+                WeightEdit.load(previous).apply(self._model)
         if self._base_state is None:
             self._base_state = {n: p.detach().clone() for n, p in self._model.named_parameters()}
         return self._model
@@ -340,6 +351,18 @@ class Run:
                 p.copy_(self._base_state[n])
         self._twin_stale = True
         return model
+
+    def base_copy(self) -> HookedTransformer:
+        """A separate copy of the unedited model (for retention: KL between base and edited)."""
+        if getattr(self, "_base_copy", None) is None:
+            import copy
+
+            base = copy.deepcopy(self.model)  # the current model may be edited: do not reset it
+            with torch.no_grad():
+                for n, p in base.named_parameters():
+                    p.copy_(self._base_state[n])
+            self._base_copy = base
+        return self._base_copy
 
     def twin(self):
         """The HF twin of the model's *current* weights (built once, then synced after edits)."""
@@ -485,6 +508,10 @@ class Run:
                            progress=self.progress)
         with atomic_directory(self.dir / "dcm", overwrite=True) as staging:
             save_dcm(result, staging)
+        if result.mask.count() == 0:
+            raise EmptyMaskError(
+                f"DCM at lam={cfg.lam} selected no component (the mask is in {self.dir / 'dcm'}): there is nothing "
+                f"to update. Lower lam (e.g. --set lam={cfg.lam / 3:.2g}) or train DCM longer (dcm_epochs).")
         return dict(selected=result.mask.count(), by_kind=result.mask.counts_by_kind(),
                     pct_components=100 * result.mask.fraction_components(), stopped=result.stopped)
 
@@ -548,7 +575,7 @@ class Run:
         return model
 
     def stage_evaluate(self) -> dict:
-        from cca_tl.evaluate import accuracy, localization_logit_diff
+        from cca_tl.evaluate import accuracy, general_text_scores, localization_logit_diff, retention_kl
 
         cfg, splits = self.config, self.problems()
         out_dir = self.dir / "evaluate"
@@ -575,6 +602,9 @@ class Run:
                                              progress=self.progress)
             info = dict(variant=variant, macro_accuracy=macro, n_test=len(records),
                         per_template=table["accuracy"].to_dict(),
+                        trained_templates=sorted(set(self.localization("train")["template_id"])),
+                        retention_kl=0.0 if variant == "base" else retention_kl(self.base_copy(), model),
+                        **general_text_scores(model),
                         val_logit_diff=localization_logit_diff(model, val) if len(val) else None,
                         train_logit_diff=localization_logit_diff(model, self.localization("train")),
                         update=update_info)
@@ -605,7 +635,8 @@ class Run:
                        train_logit_diff=info["train_logit_diff"], val_logit_diff=info["val_logit_diff"],
                        pct_components=100 * upd["fraction_components"] if upd else 0.0,
                        pct_params=100 * upd["fraction_params"] if upd else 0.0,
-                       best_step=upd.get("best_step") if upd else None)
+                       best_step=upd.get("best_step") if upd else None,
+                       retention_kl=info.get("retention_kl"), general_top1=info.get("general_top1"))
             row.update({f"acc[{t}]": a for t, a in info["per_template"].items()})
             rows.append(row)
         return pd.DataFrame(rows).set_index("variant")

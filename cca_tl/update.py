@@ -121,6 +121,9 @@ def targeted_update(
         raise ValueError(f"variant must be 'mask', 'all' or 'random', not {variant!r}")
     params = {name: model.get_parameter(name) for name in emasks}
     n_params = sum(int(m.sum()) if m is not None else params[n].numel() for n, m in emasks.items())
+    if n_params == 0:
+        raise ValueError("The mask selects no weight entry (an empty DCM mask?): there is nothing to update. "
+                         "Lower DCM's lam to keep some components.")
     val_kind = "custom" if val_metric is not None else "logit_diff"
     if val_metric is None:
         source = val_data if val_data is not None else train

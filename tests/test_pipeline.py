@@ -12,6 +12,7 @@ import torch
 from cca_tl.cli import main
 from cca_tl.components import ComponentMask
 from cca_tl.models import load_model
+from cca_tl.errors import CCAError
 from cca_tl.pipeline import (STAGES, EmptyLocalizationError, ProblemSplits, Run, RunConfig, RunConfigMismatch,
                              WeightEdit, load_dcm, preset, run)
 from cca_tl.update import element_masks
@@ -67,6 +68,8 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert table.loc["cca", "train_logit_diff"] > table.loc["base", "train_logit_diff"]  # the update did its job
     assert table.loc["control-all", "pct_params"] == pytest.approx(100.0)
     assert table["macro_accuracy"].between(0, 1).all()
+    assert table.loc["base", "retention_kl"] == 0.0 and (table.loc[["cca", "control-all"], "retention_kl"] > 0).all()
+    assert table["general_top1"].between(0, 1).all()
 
     analysis = tiny_run / "analysis"
     for name in ("components.csv", "components_per_layer.csv", "ablation.csv", "faithfulness.csv"):
@@ -181,3 +184,29 @@ def test_a_run_started_before_a_config_key_existed_still_opens(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps(old))
     assert Run.open(tmp_path / "r").config == cfg
+
+
+def test_multi_round_starts_from_the_previous_edit(tiny_run, tmp_path):
+    second = Run(preset("tiny", start_from=str(tiny_run)), tmp_path / "round2", progress=False)
+    expected = load_model("tiny-gemma3")
+    WeightEdit.load(tiny_run / "update").apply(expected)
+    for (name, a), b in zip(second.model.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name
+    second.reset_model()  # "unedited" for round 2 means round 1's result
+    assert all(torch.equal(a, b) for a, b in zip(second.model.parameters(), expected.parameters()))
+    with pytest.raises(CCAError, match="no finished update"):
+        Run(preset("tiny", start_from=str(tmp_path / "nothing")), tmp_path / "bad", progress=False).model
+
+
+def test_an_empty_dcm_mask_is_a_clear_error(tmp_path):
+    from cca_tl.pipeline import EmptyMaskError
+    from cca_tl.update import targeted_update
+
+    with pytest.raises(EmptyMaskError, match="selected no component"):
+        run(preset("tiny", lam=1e4), tmp_path / "r", stop_after="dcm", progress=False)
+    assert (tmp_path / "r" / "dcm" / "mask.safetensors").exists()  # kept for inspection
+    assert not (tmp_path / "r" / "stages" / "dcm.json").exists()  # and redone on the next attempt
+    mask = load_dcm(tmp_path / "r" / "dcm").mask
+    r = Run.open(tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="nothing to update"):
+        targeted_update(r.model, r.contrast("train"), mask, steps=1, progress=False)

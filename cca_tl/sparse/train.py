@@ -206,9 +206,13 @@ def sparsify_(model: HookedTransformer, fraction: float) -> dict[str, int]:
         if k == p.numel():
             continue
         flat = p.view(-1)
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[flat.abs().topk(k).indices] = True
-        flat.masked_fill_(~keep, 0.0)
+        drop = flat.numel() - k
+        if k <= drop:  # top-k is slow for large k on CPU: select whichever side is smaller
+            keep = torch.zeros_like(flat, dtype=torch.bool)
+            keep[flat.abs().topk(k).indices] = True
+            flat.masked_fill_(~keep, 0.0)
+        else:
+            flat[flat.abs().topk(drop, largest=False).indices] = 0.0
     return kept
 
 
