@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from cca_tl._io import atomic_write_text
-from cca_tl.pipeline import Run, WeightEdit, load_dcm, preset
+from cca_tl.pipeline import EmptyMaskError, Run, WeightEdit, load_dcm, preset
 
 OUT = Path(__file__).resolve().parent / "results" / "controls"
 PRESET = "easy"
@@ -141,7 +141,12 @@ def sweep(run0: Run, out: Path) -> pd.DataFrame:
         name = "sweep-" + "-".join(f"{k}{v:g}" for k, v in point.items())
         run = clone_front(run0, out / name, cfg)
         log(f"sweep {point}")
-        run.execute(stop_after="update")
+        try:
+            run.execute(stop_after="update")
+        except EmptyMaskError as err:
+            rows.append(dict(lam=cfg.lam, update_lr=cfg.update_lr, run=str(run.dir), selected=0,
+                             best_val_accuracy=float("-inf"), note=str(err).split(":")[0]))
+            continue
         rows.append(dict(lam=cfg.lam, update_lr=cfg.update_lr, run=str(run.dir), **_sweep_stats(run)))
     df = pd.DataFrame(rows)
     best = df.sort_values(["best_val_accuracy", "selected"], ascending=[False, True]).iloc[0]
@@ -225,6 +230,8 @@ def verdict(df: pd.DataFrame, header: str) -> str:
             statement = "CCA lower on every seed"
         elif (diff == 0).all():
             statement = "identical on every seed: no effect either way"
+        elif (diff >= 0).all():
+            statement = "CCA higher or equal on every seed (not a consistent gain)"
         else:
             statement = "mixed across seeds: no consistent difference"
         lines.append(f"| {VARIANT_NAMES[control]} | {' '.join(f'{d:+.3f}' for d in diff)} | {mean:+.3f} ± {std:.3f} | {statement} |")
@@ -262,16 +269,19 @@ def main() -> None:
     for col in ("macro_accuracy", "general_nll", "general_top1", "untrained_template_acc"):
         df[f"delta_{col}"] = df[col] - df["seed"].map(base[col])
     df.to_csv(OUT / "rows.csv", index=False)
-    cmd = (f"`.venv/bin/python analyses/controls.py --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
+    preset_arg = "" if PRESET == "easy" else f" --preset {PRESET}"
+    cmd = (f"`.venv/bin/python analyses/controls.py{preset_arg} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
            f"{' --no-sweep' if args.no_sweep else ''} --rounds {args.rounds}`")
     n_test = int(df[df.variant == "base"]["n_test"].iloc[0])
+    cfg0 = next(iter(runs.values())).config
+    df_templates = sorted({p.template_id for p in next(iter(runs.values())).problems().test})
     t1 = mean_std(df, ["macro_accuracy", "delta_macro_accuracy", "pct_components", "pct_params"])
     t2 = mean_std(df, ["retention_kl", "delta_general_nll", "delta_general_top1", "delta_untrained_template_acc"])
     per_seed = df.pivot_table(index="variant", columns="seed", values="macro_accuracy", sort=False)
     per_seed.index = [VARIANT_NAMES.get(v, v) for v in per_seed.index]
     header = (f"Command: {cmd} (2 CPU cores, no GPU lent; {time.perf_counter() - started:.0f} s for this "
-              f"invocation, earlier pieces resumed from `{args.out}`). Model Gemma-3-270M, task: easy two-step "
-              f"arithmetic (4 templates), {n_test} test questions per seed (one question = {100 / n_test:.1f} points "
+              f"invocation, earlier pieces resumed from `{args.out}`). Model `{cfg0.model}`, task `{cfg0.task}` "
+              f"({len(df_templates)} templates), preset `{PRESET}`, {n_test} test questions per seed (one question = {100 / n_test:.1f} points "
               "of macro accuracy when templates are equal in size). Mean ± std over seeds (ddof 1); macro = mean "
               "of per-template accuracies.")
     (OUT / "table1.md").write_text(
