@@ -30,7 +30,7 @@ from cca_tl.components import Kind
 from cca_tl.sparse import (CODE_TASKS, NodeMask, TrainedModel, bridge_intervention, circuit_edges, code_contrast_set,
                            faithfulness, node_means, plot_circuit, prune_nodes, python_tokenizer, stdlib_tokens,
                            token_windows, train_bridges)
-from cca_tl.sparse.prune import _gate_hooks, binary_loss, circuit_diffs
+from cca_tl.sparse.prune import _diffs, _gate_hooks, binary_loss, circuit_diffs
 
 OUT = Path(__file__).resolve().parent / "results" / "sparse_twins"
 
@@ -120,8 +120,8 @@ def main() -> None:
     for kind, keep in circuit.keep.items():
         for index in map(tuple, keep.nonzero().tolist()):
             gates = single_node_gates(sparse, kind, index)
-            from cca_tl.sparse.prune import _diffs
-            d = _diffs(sparse, data, lambda: _gate_hooks(sparse, gates, means["sparse"]), 16).mean()
+            with torch.no_grad():
+                d = _diffs(sparse, data, lambda: _gate_hooks(sparse, gates, means["sparse"]), 16).mean()
             effects.append((float(base - d), kind, index))
     effects.sort(key=lambda e: -abs(e[0]))
     _, kind, index = effects[0]
@@ -161,7 +161,11 @@ def main() -> None:
         "faithfulness measured on another seed's examples. Edges: pairs of kept nodes joined through a residual "
         "channel by nonzero weights on both sides (writer before reader; task logits count as readers), plus "
         "matched q·k channels — in a dense model every ordered pair is one.", "",
-        wide.to_markdown(floatfmt=".3g"), "", "Full table: `circuits.csv`.", "",
+        wide.to_markdown(floatfmt=".3g"), "",
+        "Solved by both models (full-model accuracy ≥ 0.7 on the fitting examples): "
+        + (", ".join(sorted(t for t, g in df.dropna(subset=["full_acc"]).groupby("task") if (g.full_acc >= 0.7).all()))
+           or "none") + ". Where a model is near chance, its \"circuit\" only has to match chance-level loss and "
+        "its size says nothing.", "", "Full table: `circuits.csv`.", "",
         "![sparse](circuit_single_double_quote_sparse.png)", "", "![dense](circuit_single_double_quote_dense.png)", "",
         "## Bridges", "", f"Trained in {bridge_seconds:.0f} s on 64-token training windows (batch 8).", "",
         pd.DataFrame(bridge_rows).set_index("setting").to_markdown(floatfmt=".4f"), "",
