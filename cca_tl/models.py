@@ -416,6 +416,26 @@ def tiny_hf_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any)
 CHAR_TOKENIZER_SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
+def save_bos_tokenizer(core: Any, target: Path, **specials: str) -> None:
+    """Wrap a ``tokenizers.Tokenizer`` whose id 1 is ``<bos>`` (prepended to every text) as a transformers
+    fast tokenizer and save it atomically to ``target`` (TransformerLens re-loads tokenizers from a directory).
+    A concurrent process that saved first wins; its copy is identical."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    from cca_tl._io import atomic_directory
+
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                        special_tokens=[("<bos>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", add_bos_token=True, **specials)
+    try:
+        with atomic_directory(target, overwrite=True) as staging:
+            tokenizer.save_pretrained(str(staging))
+    except OSError:  # another process won the race: use its copy
+        pass
+
+
 def char_tokenizer() -> Any:
     """A 256-entry character tokenizer for tiny test models: ids 0–3 are ``<pad> <bos> <eos> <unk>``, id
     ``i ≥ 4`` is the character ``chr(i)``; BOS is prepended. Built once and saved under the cache dir
@@ -424,24 +444,13 @@ def char_tokenizer() -> Any:
 
     target = cache_dir() / "tokenizers" / "char256-v1"
     if not (target / "tokenizer.json").exists():
-        from tokenizers import Tokenizer, decoders, models, processors
-        from transformers import PreTrainedTokenizerFast
-
-        from cca_tl._io import atomic_directory
+        from tokenizers import Tokenizer, decoders, models
 
         vocab = {tok: i for i, tok in enumerate(CHAR_TOKENIZER_SPECIALS)}
         vocab.update({chr(i): i for i in range(len(CHAR_TOKENIZER_SPECIALS), 256)})
         core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
         core.decoder = decoders.Fuse()
-        core.post_processor = processors.TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 1)])
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
-                                            pad_token="<pad>", unk_token="<unk>", add_bos_token=True)
-        try:
-            with atomic_directory(target, overwrite=True) as staging:
-                tokenizer.save_pretrained(str(staging))
-        except OSError:  # another process won the race: use its copy
-            pass
+        save_bos_tokenizer(core, target, unk_token="<unk>")
     return AutoTokenizer.from_pretrained(str(target))
 
 

@@ -82,13 +82,12 @@ def python_tokenizer(vocab_size: int = 2048, *, max_chars: int = 6_000_000) -> A
     Trained once per Python version and cached under :func:`cca_tl.models.cache_dir`."""
     from transformers import AutoTokenizer
 
-    from cca_tl.models import cache_dir
+    from cca_tl.models import cache_dir, save_bos_tokenizer
 
     tag = f"pystdlib-bpe{vocab_size}-py{sys.version_info.major}{sys.version_info.minor}-v1"
     target = cache_dir() / "tokenizers" / tag
     if not (target / "tokenizer.json").exists():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-        from transformers import PreTrainedTokenizerFast
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         def texts() -> Iterable[str]:
             used = 0
@@ -105,15 +104,7 @@ def python_tokenizer(vocab_size: int = 2048, *, max_chars: int = 6_000_000) -> A
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(TOKENIZER_SPECIALS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         core.train_from_iterator(texts(), trainer)
-        core.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
-                                                            special_tokens=[("<bos>", 1)])
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
-                                            pad_token="<pad>", add_bos_token=True)
-        try:
-            with atomic_directory(target, overwrite=True) as staging:
-                tokenizer.save_pretrained(str(staging))
-        except OSError:  # another process won the race: use its copy
-            pass
+        save_bos_tokenizer(core, target)
     return AutoTokenizer.from_pretrained(str(target))
 
 
