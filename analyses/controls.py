@@ -65,7 +65,7 @@ def row(seed: int, variant: str, info: dict, frac_components: float, frac_params
                 n_untrained_templates=len(untrained), **extra)
 
 
-def finetune_baselines(run: Run, seed: int) -> list[dict]:
+def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
     """LoRA (authors), LoRA (CCA budget), full fine-tuning — on this run's splits; cached as JSON."""
     from cca_tl.baselines import finetune, lora_rank_for_budget, sft_examples
     from cca_tl.evaluate import accuracy, general_text_scores, retention_kl
@@ -88,6 +88,8 @@ def finetune_baselines(run: Run, seed: int) -> list[dict]:
     specs = {"lora-r16": dict(method="lora", r=16, lr=1e-5, epochs=2),
              "lora-budget": dict(method="lora", r=budget_r, lr=1e-5, epochs=2),
              "full-ft": dict(method="full", lr=1e-5, epochs=2)}
+    if not full_ft:
+        specs.pop("full-ft")
     rows = []
     for name, spec in specs.items():
         path = out_dir / f"{name}.json"
@@ -108,6 +110,15 @@ def finetune_baselines(run: Run, seed: int) -> list[dict]:
         info = json.loads(path.read_text())
         rows.append(row(seed, name, info, float("nan"), info["fraction_params"], info["best_epoch"]))
     return rows
+
+
+def release(run: Run) -> None:
+    """Drop a run's models (model, HF twin, base copy: ~3 GB for Gemma) once its seed is done."""
+    import gc
+
+    run._model = run._twin = run._base_copy = None
+    run._base_state = None
+    gc.collect()
 
 
 def seed_run(seed: int, out: Path) -> Run:
@@ -133,7 +144,7 @@ def clone_front(src: Run, dst_dir: Path, config) -> Run:
 
 def sweep(run0: Run, out: Path) -> pd.DataFrame:
     base_cfg = run0.config
-    points = [dict(lam=lam) for lam in (3e-3, 3e-2)] + [dict(update_lr=lr) for lr in (3e-5, 3e-4)]
+    points = [dict(lam=3e-3), dict(update_lr=3e-5)]  # sized for 2 CPU cores; add points on a GPU
     rows = [dict(lam=base_cfg.lam, update_lr=base_cfg.update_lr, run=str(run0.dir),
                  **_sweep_stats(run0))]
     for point in points:
@@ -148,6 +159,7 @@ def sweep(run0: Run, out: Path) -> pd.DataFrame:
                              best_val_accuracy=float("-inf"), note=str(err).split(":")[0]))
             continue
         rows.append(dict(lam=cfg.lam, update_lr=cfg.update_lr, run=str(run.dir), **_sweep_stats(run)))
+        release(run)
     df = pd.DataFrame(rows)
     best = df.sort_values(["best_val_accuracy", "selected"], ascending=[False, True]).iloc[0]
     df["chosen"] = df["run"] == best["run"]
@@ -156,6 +168,7 @@ def sweep(run0: Run, out: Path) -> pd.DataFrame:
     ev = chosen.evaluations()
     df["test_accuracy_cca"] = [ev["cca"]["macro_accuracy"] if c else None for c in df["chosen"]]
     df["test_accuracy_base"] = [ev["base"]["macro_accuracy"] if c else None for c in df["chosen"]]
+    release(chosen)
     return df
 
 
@@ -168,14 +181,31 @@ def _sweep_stats(run: Run) -> dict:
                 val_curve=" ".join(f"{int(s)}:{v:.3f}" for s, v in zip(hist["step"], hist["val_metric"]) if pd.notna(v)))
 
 
-def rounds(run0: Run, out: Path, n_rounds: int) -> pd.DataFrame:
+def rounds(run0: Run, out: Path, n_rounds: int) -> tuple[pd.DataFrame, str]:
+    """Multi-round CCA from ``run0``. If ``run0``'s validated edit is a no-op (best step 0), every further
+    round would repeat round 1 on the same model, so the rounds use the update selected by the validation
+    *logit difference* instead (the update's own objective) — said in the returned note."""
     from cca_tl.evaluate import general_text_scores, retention_kl
     from cca_tl.models import load_model
 
+    note = f"Round 1 is `{run0.dir}`."
+    overrides: dict = {}
+    if json.loads((run0.dir / "update" / "result.json").read_text())["best_step"] == 0:
+        overrides = dict(val_metric="logit_diff")
+        note = (f"`{run0.dir}` kept the unedited model (validation accuracy never rose), so repeating it would "
+                "change nothing: these rounds select each update's step by the validation logit difference "
+                "(the update's own objective), sharing round 1's traces and localization.")
+        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.lam,
+                     update_lr=run0.config.update_lr, **overrides)
+        first = clone_front(run0, out / "round1-logitdiff", cfg)
+        log("round 1 (logit-difference selection)")
+        first.execute(stop_after="evaluate")
+        run0 = first
     runs = [run0]
     for k in range(2, n_rounds + 1):
-        cfg = preset(PRESET, seed=run0.config.seed, controls=[], start_from=str(runs[-1].dir))
-        run = Run(cfg, out / f"round{k}")
+        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.lam, update_lr=run0.config.update_lr,
+                     start_from=str(runs[-1].dir), **overrides)
+        run = Run(cfg, out / f"round{k}{'-logitdiff' if overrides else ''}")
         log(f"round {k} (from {runs[-1].dir})")
         try:
             run.execute(stop_after="evaluate")
@@ -201,7 +231,7 @@ def rounds(run0: Run, out: Path, n_rounds: int) -> pd.DataFrame:
                          overlap_with_previous=(prev & mask).count() if prev is not None else None,
                          jaccard_with_previous=prev.jaccard(mask) if prev is not None else None,
                          kl_to_original=retention_kl(original, edited), **general_text_scores(edited)))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), note
 
 
 def mean_std(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -244,6 +274,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/controls")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--full-ft-seeds", type=int, nargs="*", default=[0],
+                        help="seeds that also get full fine-tuning (the slowest baseline on a CPU)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--preset", default="easy", help="'tiny' for a smoke test of this script (seconds)")
     parser.add_argument("--results", default=str(OUT))
@@ -258,7 +290,8 @@ def main() -> None:
         run = seed_run(seed, out)
         runs[seed] = run
         all_rows += pipeline_rows(run, seed)
-        all_rows += finetune_baselines(run, seed)
+        all_rows += finetune_baselines(run, seed, full_ft=seed in args.full_ft_seeds)
+        release(run)
         pd.DataFrame(all_rows).to_csv(OUT / "rows.csv", index=False)
     df = pd.DataFrame(all_rows)
     order = list(VARIANT_NAMES)
@@ -271,6 +304,7 @@ def main() -> None:
     df.to_csv(OUT / "rows.csv", index=False)
     preset_arg = "" if PRESET == "easy" else f" --preset {PRESET}"
     cmd = (f"`.venv/bin/python analyses/controls.py{preset_arg} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
+           f" --full-ft-seeds {' '.join(map(str, args.full_ft_seeds))}"
            f"{' --no-sweep' if args.no_sweep else ''} --rounds {args.rounds}`")
     n_test = int(df[df.variant == "base"]["n_test"].iloc[0])
     cfg0 = next(iter(runs.values())).config
@@ -300,20 +334,22 @@ def main() -> None:
         "that works without a download (`datasets` fetches from the hub; lm-eval-harness too), so general "
         "ability is measured on CPython's own pydoc text, which ships with every Python.\n")
     (OUT / "verdict.md").write_text(verdict(df, header))
+    chosen_run = runs.get(0)
     if not args.no_sweep and 0 in runs:
         sw = sweep(runs[0], out)
+        chosen_run = Run.open(sw.loc[sw["chosen"], "run"].iloc[0])
         sw.to_csv(OUT / "sweep.csv", index=False)
         (OUT / "sweep.md").write_text(
             f"# λ and update-lr sweep (seed 0)\n\nCommand: {cmd}. Sweep points share seed 0's traces and "
             "localization; each learns its own DCM mask and update; the setting with the best validation "
             "accuracy (ties: the smaller mask) is evaluated on test.\n\n" + sw.to_markdown(index=False, floatfmt=".4g") + "\n")
-    if args.rounds > 1 and 0 in runs:
-        rd = rounds(runs[0], out, args.rounds)
+    if args.rounds > 1 and chosen_run is not None:
+        rd, note = rounds(chosen_run, out, args.rounds)
         rd.to_csv(OUT / "rounds.csv", index=False)
         (OUT / "rounds.md").write_text(
             f"# Multi-round CCA (seed 0)\n\nCommand: {cmd}. Round k+1 starts from round k's edited model "
             "(`RunConfig.start_from`): new traces, localization, DCM mask and update. KL / NLL / top-1 are "
-            "measured against the original model on pydoc text.\n\n" + rd.to_markdown(index=False, floatfmt=".4g") + "\n")
+            f"measured against the original model on pydoc text. {note}\n\n" + rd.to_markdown(index=False, floatfmt=".4g") + "\n")
     log("done")
 
 
