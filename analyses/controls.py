@@ -329,7 +329,9 @@ def main() -> None:
         "KL: mean next-token KL(base ‖ edited) in nats over every position of 16 CPython pydoc help topics "
         "(≤128 tokens each). NLL / top-1: the edited model's next-token NLL and top-1 accuracy on the same text "
         "minus the base model's. Untrained templates: templates with no training record for CCA (weak-template "
-        "filter), so CCA never saw them; for LoRA / full FT every template is trained (–).\n\n"
+        "filter), so CCA never saw them; for LoRA / full FT every template is trained (–). When every "
+        "template is below the weak-template threshold none is held out and the column is empty; a "
+        "held-out-template measurement then needs `templates=` restricted to a subset.\n\n"
         "Offline general benchmarks: none of the installable packages we checked ships a labelled benchmark "
         "that works without a download (`datasets` fetches from the hub; lm-eval-harness too), so general "
         "ability is measured on CPython's own pydoc text, which ships with every Python.\n")
