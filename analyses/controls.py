@@ -277,6 +277,8 @@ def main() -> None:
     parser.add_argument("--full-ft-seeds", type=int, nargs="*", default=[0],
                         help="seeds that also get full fine-tuning (the slowest baseline on a CPU)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds-from", default=None,
+                        help="run dir that is round 1 (default: seed 0's validation-chosen setting)")
     parser.add_argument("--preset", default="easy", help="'tiny' for a smoke test of this script (seconds)")
     parser.add_argument("--results", default=str(OUT))
     args = parser.parse_args()
@@ -305,6 +307,7 @@ def main() -> None:
     preset_arg = "" if PRESET == "easy" else f" --preset {PRESET}"
     cmd = (f"`.venv/bin/python analyses/controls.py{preset_arg} --seeds {' '.join(map(str, args.seeds))} --out {args.out}"
            f" --full-ft-seeds {' '.join(map(str, args.full_ft_seeds))}"
+           f"{' --rounds-from ' + args.rounds_from if args.rounds_from else ''}"
            f"{' --no-sweep' if args.no_sweep else ''} --rounds {args.rounds}`")
     n_test = int(df[df.variant == "base"]["n_test"].iloc[0])
     cfg0 = next(iter(runs.values())).config
@@ -345,6 +348,8 @@ def main() -> None:
             f"# λ and update-lr sweep (seed 0)\n\nCommand: {cmd}. Sweep points share seed 0's traces and "
             "localization; each learns its own DCM mask and update; the setting with the best validation "
             "accuracy (ties: the smaller mask) is evaluated on test.\n\n" + sw.to_markdown(index=False, floatfmt=".4g") + "\n")
+    if args.rounds_from:
+        chosen_run = Run.open(args.rounds_from)
     if args.rounds > 1 and chosen_run is not None:
         rd, note = rounds(chosen_run, out, args.rounds)
         rd.to_csv(OUT / "rounds.csv", index=False)
