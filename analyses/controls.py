@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from cca_tl._io import atomic_write_text
 from cca_tl.pipeline import EmptyMaskError, Run, WeightEdit, load_dcm, preset

@@ -43,7 +43,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from cca_tl._io import atomic_directory, atomic_write_bytes, atomic_write_text
+from cca_tl._io import atomic_directory, atomic_write_bytes
 
 TOKENIZER_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
