@@ -21,7 +21,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
     from cca_tl.models import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     load_s = time.perf_counter() - start
     reg = ComponentRegistry.from_model(model)
     summary = reg.summary(args.weights)
@@ -81,6 +81,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.model:
         overrides.append(f"model={args.model}")
+    if args.device:
+        overrides.append(f"device={args.device}")
+    if args.dtype:
+        overrides.append(f"dtype={args.dtype}")
     config = config.with_overrides(overrides)
     out = args.out or f"runs/{args.preset}"
     start = time.perf_counter()
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("components", help="print a model's component table")
     p.add_argument("--model", default="gemma-3-270m", help="model name, .gguf file or HF directory")
+    p.add_argument("--device", default="cpu", help="where to load it: cpu (default), cuda, auto")
     p.add_argument("--weights", choices=("authors", "extended"), default="authors",
                    help="which weight set belongs to a component (SPEC A4)")
     p.add_argument("--out", help="directory to write CSV and markdown tables to")
@@ -159,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "GSM-Symbolic; tiny = a random tiny model (seconds)")
     p.add_argument("--config", help="a JSON config file instead of a preset")
     p.add_argument("--model", help="override the model")
+    p.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                   help="model dtype (default float32; float16 on GPUs only)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", help="run directory (default runs/<preset>); an existing one is resumed")
     p.add_argument("--stop-after", choices=STAGE_CHOICES, help="stop after this stage")

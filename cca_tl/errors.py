@@ -22,3 +22,23 @@ class MaskMismatchError(CCAError, ValueError):
 
 class ExportError(CCAError, ValueError):
     """A HookedTransformer cannot be written back to HuggingFace format faithfully."""
+
+
+class RunConfigMismatch(CCAError):
+    """The run directory was started with a different config."""
+
+
+class EmptyMaskError(CCAError):
+    """DCM kept no component: an update would change nothing."""
+
+
+class EmptyLocalizationError(CCAError):
+    """No right/wrong trace pair was found, so there is nothing to learn a mask from."""
+
+
+class DeviceError(CCAError, ValueError):
+    """The requested device or dtype is not available here (no GPU, a dtype the device cannot run)."""
+
+
+class OutOfMemory(CCAError, MemoryError):
+    """A stage ran out of (GPU or CPU) memory; the run directory keeps every finished stage."""

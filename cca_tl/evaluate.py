@@ -17,24 +17,24 @@ from cca_tl.tasks import Problem, macro_accuracy
 
 
 def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: Callable[[str], str], *,
-             max_new_tokens: int = 256, batch_size: int = 8, twin: Any = None,
+             max_new_tokens: int = 256, batch_size: int = 32,
              stops: Sequence[str] | None = None, progress: bool = True) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """Greedy accuracy: (macro over templates, per-template table, per-problem records).
 
     ``stops``: strings that end an answer (default: a new "Q:" or a blank line, for few-shot prompts; pass
     ``()`` for chat prompts, which end at the end-of-turn token).
     """
-    from cca_tl.traces import DEFAULT_STOPS, generate, grade, hf_twin
+    from cca_tl.generation import DEFAULT_STOPS, generate
+    from cca_tl.traces import grade
 
     if not problems:
         raise ValueError("The split is empty: no problems to evaluate.")
-    twin = twin if twin is not None else hf_twin(model)
     prompt_ids = [model.to_tokens(prompt_fn(p.question), prepend_bos=True)[0].tolist() for p in problems]
     longest = max(len(p) for p in prompt_ids)
     if longest + max_new_tokens > model.cfg.n_ctx:
         raise ValueError(f"A prompt has {longest} tokens; with {max_new_tokens} new tokens that exceeds the "
                          f"model's context of {model.cfg.n_ctx}.")
-    outs = generate(twin, model.tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
                     stops=DEFAULT_STOPS if stops is None else stops, progress=progress)
     records = []
     for p, o in zip(problems, outs):
@@ -104,3 +104,34 @@ def general_text_scores(model: HookedTransformer, texts: Sequence[str] | Sequenc
         hits += int((logits.argmax(-1) == target).sum())
         count += target.numel()
     return dict(general_nll=nll / count, general_top1=hits / count)
+
+
+@torch.no_grad()
+def retention_scores(model: HookedTransformer, base_weights: Callable[[], Any],
+                     texts: Sequence[str] | Sequence[torch.Tensor] | None = None, *,
+                     max_tokens: int = 128) -> dict[str, float]:
+    """Retention of an edited model against its own unedited weights, without a second model in memory.
+
+    ``base_weights()`` is a context manager under which ``model`` holds the unedited weights (e.g.
+    :meth:`cca_tl.pipeline.ModelSession.base_weights`, which swaps only the edited regions). Returns the
+    mean next-token KL(base ‖ edited) (``retention_kl``, nats per token) and the edited model's
+    general-text NLL and top-1 accuracy — the same numbers as :func:`retention_kl` and
+    :func:`general_text_scores`, one text at a time.
+    """
+    texts = list(texts) if texts is not None else general_text()
+    if not texts:
+        raise ValueError("No text to measure retention on.")
+    kl, nll, hits, positions, targets = 0.0, 0.0, 0, 0, 0
+    for text in texts:
+        tokens = (text.reshape(1, -1) if isinstance(text, torch.Tensor)
+                  else model.to_tokens(text, prepend_bos=True))[:, :max_tokens]
+        logq = torch.log_softmax(model(tokens).float(), dim=-1)
+        with base_weights():
+            logp = torch.log_softmax(model(tokens).float(), dim=-1)
+        kl += (logp.exp() * (logp - logq)).sum().item()
+        positions += tokens.shape[1]
+        target = tokens[0, 1:].to(logq.device)
+        nll -= logq[0, :-1].gather(-1, target[:, None]).sum().item()
+        hits += int((logq[0, :-1].argmax(-1) == target).sum())
+        targets += target.numel()
+    return dict(retention_kl=kl / positions, general_nll=nll / targets, general_top1=hits / targets)

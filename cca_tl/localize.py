@@ -132,17 +132,16 @@ def branching_records(
     return [w.result for w in walks]
 
 
-def localize_branching(traces, model, *, twin: Any = None, max_new_tokens: int = 256, batch_size: int = 8):
+def localize_branching(traces, model, *, max_new_tokens: int = 256, batch_size: int = 32):
     """Branching localization over a traces dataset with the model's greedy completions."""
     from cca_tl.tasks import extract_answer, is_correct as correct_answer
-    from cca_tl.traces import generate, hf_twin
+    from cca_tl.generation import generate
 
     tokenizer = model.tokenizer
-    twin = twin if twin is not None else hf_twin(model)
     rows_in = [t for t in traces if t["flipped"]]
 
     def complete(prefixes: list[list[int]], budgets: list[int]) -> list[list[int]]:
-        outs = generate(twin, tokenizer, prefixes, max_new_tokens=max(budgets), batch_size=batch_size)
+        outs = generate(model, prefixes, max_new_tokens=max(budgets), batch_size=batch_size)
         return [o.token_ids[:b] for o, b in zip(outs, budgets)]
 
     def grade(i: int, ids: list[int]) -> bool:

@@ -85,6 +85,52 @@ def cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Device and dtype
+# ----------------------------------------------------------------------------------------------------
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when torch sees a GPU, else CPU; an explicit CUDA device must exist."""
+    from cca_tl.errors import DeviceError
+
+    text = str(spec)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as exc:
+        raise DeviceError(f"Unknown device {text!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device={text!r} was requested but this torch ({torch.__version__}) sees no CUDA GPU. Use "
+                "--device cpu (or auto), or run on a machine with a GPU and a CUDA build of torch.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device={text!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    elif device.type not in ("cpu", "mps"):
+        raise DeviceError(f"Unsupported device {text!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
+def resolve_dtype(spec: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """A model dtype the device can run: float32 anywhere, bfloat16 on CPUs and on GPUs that support it,
+    float16 on GPUs only (torch's CPU float16 kernels are incomplete and far slower than float32)."""
+    from cca_tl.errors import DeviceError
+
+    dtype = spec if isinstance(spec, torch.dtype) else _DTYPES.get(str(spec).removeprefix("torch."))
+    if dtype not in _DTYPES.values():
+        raise DeviceError(f"Unsupported dtype {spec!r}: choose one of {', '.join(_DTYPES)}.")
+    if device.type == "cpu" and dtype == torch.float16:
+        raise DeviceError("float16 on the CPU is not supported here: use --dtype bfloat16 (half the memory of "
+                          "float32) or float32.")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16: use --dtype float16 or float32.")
+    return dtype
+
+
+# ----------------------------------------------------------------------------------------------------
 # HF model -> HookedTransformer
 # ----------------------------------------------------------------------------------------------------
 
@@ -155,6 +201,40 @@ def _tl_config_dict(hf_model: Any, arch: str, config_dir: Path) -> dict[str, Any
     return cfg
 
 
+#: Per parameter leaf: the permutation TransformerLens' forward applies before its matmul. Storing the
+#: parameter as a view of a contiguous tensor in that permuted layout makes TL's per-call copies
+#: (``W_in.T.contiguous()``, ``rearrange(W_Q, "n m h -> (n h) m")``, ``W_U.T.contiguous()``) no-ops.
+_FORWARD_LAYOUT: dict[str, tuple[int, ...]] = {
+    "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+    "W_O": (2, 0, 1), "W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0), "W_U": (1, 0),
+}
+
+
+def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(perm)), key=perm.__getitem__))
+
+
+@torch.no_grad()
+def relayout_(model: HookedTransformer) -> HookedTransformer:
+    """Store every matmul weight in the memory layout TransformerLens' forward reads it in (in place).
+
+    Values, shapes and names are unchanged; only strides differ. Why: TL 3.9 copies weights on every
+    call — the gated MLP runs ``F.linear(x, W_in.T.contiguous())`` for three matrices per layer, attention
+    rearranges W_Q/W_K/W_V/W_O, and ``Unembed`` copies the transposed unembedding (671 MB on Gemma-3-270M,
+    the largest single cost of a generated token). With the weights stored transposed those are views.
+    Measured on Gemma-3-270M, 2 CPU cores: see ``analyses/bench_generation.md``.
+    """
+    for name, param in list(model.named_parameters()):
+        perm = _FORWARD_LAYOUT.get(name.rsplit(".", 1)[-1])
+        if perm is None or param.dim() != len(perm):
+            continue
+        stored = param.detach().permute(perm).contiguous()
+        module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        fresh = torch.nn.Parameter(stored.permute(_inverse(perm)), requires_grad=param.requires_grad)
+        setattr(module, name.rsplit(".", 1)[-1], fresh)
+    return model
+
+
 @torch.no_grad()
 def hooked_from_hf(
     hf_model: Any,
@@ -184,7 +264,9 @@ def hooked_from_hf(
         config_dir = Path(tmp) / "cfg"
         hf_config.save_pretrained(config_dir)
         cfg_dict = _tl_config_dict(hf_model, arch, config_dir)
-        cfg_dict.update(model_name=name, tokenizer_name=None, dtype=dtype, device=str(device))
+        # init_weights=False: parameters stay untouched torch.empty pages until the converted weights are
+        # copied in one by one, so loading never holds a random-initialised copy beside the real one.
+        cfg_dict.update(model_name=name, tokenizer_name=None, dtype=dtype, device=str(device), init_weights=False)
         if n_ctx is not None:
             cfg_dict["n_ctx"] = n_ctx
         cfg = HookedTransformerConfig(**cfg_dict)
@@ -197,6 +279,7 @@ def hooked_from_hf(
         center_unembed=False,
         fold_value_biases=False,
     )
+    relayout_(model)
     if torch.device(device) != torch.device("cpu"):
         model.to(device)
     model.eval()
@@ -496,10 +579,11 @@ def known_models() -> list[str]:
 def load_model(
     name: str | Path | HookedTransformerConfig = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     n_ctx: int | None = None,
     seed: int = 0,
+    n_devices: int = 1,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer without weight processing (so edits can be exported).
 
@@ -507,9 +591,26 @@ def load_model(
     (optional extra), a ``.gguf`` file, a local HF model directory, ``"tiny-gemma3"`` /
     ``"tiny-qwen2"`` / ``"tiny-llama"`` (seeded random, ``seed``), a ``HookedTransformerConfig``
     (seeded random pure-TL model), or any TransformerLens model name when a hub is reachable.
+
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``; ``dtype``: float32, bfloat16 or
+    float16 (GPU only). ``n_devices > 1`` splits the layers over that many GPUs (TransformerLens'
+    ``n_devices``; the embedding on the first, the unembedding on the last), for models one GPU cannot hold.
     """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if n_devices > 1:
+        from cca_tl.errors import DeviceError
+
+        if device.type != "cuda" or torch.cuda.device_count() < n_devices:
+            raise DeviceError(f"n_devices={n_devices} needs that many CUDA GPUs; this machine has "
+                              f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}.")
+        model = load_model(name, dtype=dtype, device="cpu", n_ctx=n_ctx, seed=seed)
+        model.cfg.n_devices = n_devices
+        model.move_model_modules_to_device()
+        return model
     if isinstance(name, HookedTransformerConfig):
-        return tiny_tl_model(name, seed=seed)
+        model = tiny_tl_model(name, seed=seed)
+        return model.to(device=device, dtype=dtype) if (dtype, device.type) != (torch.float32, "cpu") else model
     text = str(name)
     key = _ALIASES.get(text.lower())
     if key == "gemma-3-270m":
@@ -520,7 +621,7 @@ def load_model(
                          sha256=QWEN_EXTRA_SHA256, dtype=dtype, device=device, n_ctx=n_ctx)
     if text in TINY_ARCHITECTURES:
         model = tiny_model(text, seed=seed)
-        return model.to(dtype) if dtype != torch.float32 else model
+        return model.to(device=device, dtype=dtype) if (dtype, device.type) != (torch.float32, "cpu") else model
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return load_gguf(path, dtype=dtype, device=device, n_ctx=n_ctx)

@@ -94,6 +94,7 @@ def targeted_update(
     seed: int = 0,
     shared_prefix: bool = True,
     progress: bool = True,
+    protect: Callable[[dict[str, Tensor | None]], None] | None = None,
 ) -> UpdateResult:
     """Update ``model`` in place (see module doc) and leave it at the best-validation step.
 
@@ -141,6 +142,11 @@ def targeted_update(
                 else:
                     params[n].copy_(snap[n])
 
+    if protect is not None:
+        protect(dict(emasks))
+    low_precision = {n for n, p in params.items() if p.dtype in (torch.bfloat16, torch.float16)}
+    master = {n: (params[n].detach()[m] if m is not None else params[n].detach()).float().clone()
+              for n, m in emasks.items() if n in low_precision}
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
         p.requires_grad_(n in emasks)
@@ -164,7 +170,13 @@ def targeted_update(
             with torch.no_grad():
                 for n, m in emasks.items():
                     p, g = params[n], params[n].grad
-                    if m is None:
+                    if n in master:  # float32 master copy of the selected entries (see the docstring)
+                        master[n].sub_(lr * (g[m] if m is not None else g).float())
+                        if m is None:
+                            p.copy_(master[n])
+                        else:
+                            p[m] = master[n].to(p.dtype)
+                    elif m is None:
                         p.sub_(lr * g)
                     else:
                         p.copy_(torch.where(m, p - lr * g, p))

@@ -8,7 +8,7 @@ import pytest
 
 from cca_tl.localize import localize_branching, localize_prefix
 from cca_tl.tasks import ARITHMETIC_EXEMPLARS, arithmetic_problems, few_shot_prompt
-from cca_tl.traces import generate_traces, hf_twin
+from cca_tl.traces import generate_traces
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,7 @@ PROMPT = functools.partial(few_shot_prompt, exemplars=ARITHMETIC_EXEMPLARS)
 
 def test_traces_and_localization_on_gemma(gemma):
     problems = arithmetic_problems(2, seed=0, max_value=9)[:6]
-    twin = hf_twin(gemma)
-    traces = generate_traces(gemma, problems, PROMPT, n_samples=2, max_new_tokens=40, twin=twin, progress=False)
+    traces = generate_traces(gemma, problems, PROMPT, n_samples=2, max_new_tokens=40, progress=False)
     assert len(traces) == 6
     assert {"greedy_ids", "greedy_correct", "sampled_ids", "flipped", "prompt_ids"} <= set(traces.column_names)
     for t in traces:
@@ -26,7 +25,7 @@ def test_traces_and_localization_on_gemma(gemma):
         if t["flipped"]:
             assert t["sampled_correct"] != t["greedy_correct"]
     prefix = localize_prefix(traces, gemma.tokenizer)
-    branching = localize_branching(traces, gemma, twin=twin, max_new_tokens=40)
+    branching = localize_branching(traces, gemma, max_new_tokens=40)
     for ds in (prefix, branching):
         assert set(ds.column_names) >= {"prefix_ids", "prefix_text", "desired_id", "undesired_id", "method"}
         for r in ds:
@@ -38,7 +37,7 @@ def test_prompt_longer_than_the_context_is_refused(gemma):
     problems = arithmetic_problems(1, seed=0)[:1]
     long_prompt = lambda q: "word " * (gemma.cfg.n_ctx + 10) + q  # noqa: E731
     with pytest.raises(ValueError, match="exceed the model's context"):
-        generate_traces(gemma, problems, long_prompt, twin=object(), progress=False)
+        generate_traces(gemma, problems, long_prompt, progress=False)
     with pytest.raises(ValueError, match="empty"):
         from cca_tl.evaluate import accuracy
 

@@ -1,9 +1,59 @@
-"""Generation on a tiny model with a character tokenizer: per-row temperatures, stops, balanced batches."""
+"""Generation on tiny models with a character tokenizer: exactness against unbatched decoding and HF,
+per-row temperatures, stops, balanced batches, edits seen at once."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+
+from cca_tl.generation import balanced_chunks as _balanced_chunks
+from cca_tl.generation import generate
 from cca_tl.models import load_model
-from cca_tl.traces import _balanced_chunks, generate, hf_twin
+from cca_tl.traces import hf_twin
+
+SHARED = "Q: 1 + 2 = 3. The answer is 3.\n"
+QUESTIONS = ("Q: 3 + 4", "Q: 12 + 40 =", "Q: x", "Q: 99 - 1 = ?", "hello there")
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral"])
+def test_batched_generation_equals_one_row_at_a_time_and_hf(arch):
+    """Shared-prompt cache, padding between the shared part and each row's own tail, rows leaving the batch
+    early: none of it changes a row's greedy tokens (tiny-gemma3's 8-token sliding window is the hard case)."""
+    model = load_model(arch, seed=3)
+    prompts = [model.to_tokens(SHARED + q)[0].tolist() for q in QUESTIONS] + [model.to_tokens("zz")[0].tolist()]
+    batched = generate(model, prompts, max_new_tokens=12, batch_size=4, stops=("e",))
+    alone = [generate(model, [p], max_new_tokens=12, stops=("e",))[0] for p in prompts]
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    twin = hf_twin(model)
+    for prompt, ours in zip(prompts, generate(model, prompts, max_new_tokens=12, batch_size=8, stops=())):
+        ids = torch.tensor([prompt])
+        reference = twin.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                  do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+        special = set(model.tokenizer.all_special_ids)
+        cut = next((i for i, t in enumerate(reference) if t in special), len(reference))
+        assert ours.token_ids == reference[:cut]
+
+
+def test_grouped_attention_without_copies_is_tl_attention():
+    from cca_tl.generation import _grouped_attention_without_copies
+
+    model = load_model("tiny-gemma3", seed=1)  # 4 query heads share 1 key/value head
+    ids = torch.randint(4, 256, (2, 20), generator=torch.Generator().manual_seed(0))
+    _, reference = model.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern")))
+    with _grouped_attention_without_copies():
+        _, ours = model.run_with_cache(ids, names_filter=lambda n: n.endswith(("hook_z", "hook_pattern")))
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], atol=1e-6, rtol=1e-5)
+
+
+def test_generation_sees_an_edit_immediately():
+    model = load_model("tiny-llama", seed=2)
+    prompt = [model.to_tokens("Q: 5 + 5")[0].tolist()]
+    before = generate(model, prompt, max_new_tokens=8, stops=())[0].token_ids
+    with torch.no_grad():
+        model.W_U[:, before[0]] -= 100.0  # the first greedy token can no longer win
+    after = generate(model, prompt, max_new_tokens=8, stops=())[0].token_ids
+    assert after[0] != before[0]
 
 
 def test_balanced_chunks_cover_everything_once():
@@ -17,25 +67,23 @@ def test_balanced_chunks_cover_everything_once():
 
 def test_zero_temperature_rows_are_greedy_and_others_sample():
     model = load_model("tiny-gemma3")
-    twin = hf_twin(model)
     prompts = [model.to_tokens(t)[0].tolist() for t in ("Q: 1 + 2", "Q: 3 + 4", "Q: 5 + 1", "Q: 2 + 2")]
-    greedy = generate(twin, model.tokenizer, prompts, max_new_tokens=10, stops=())
-    mixed = generate(twin, model.tokenizer, prompts, max_new_tokens=10, temperature=[0.0, 5.0, 0.0, 5.0], stops=(),
+    greedy = generate(model, prompts, max_new_tokens=10, stops=())
+    mixed = generate(model, prompts, max_new_tokens=10, temperature=[0.0, 5.0, 0.0, 5.0], stops=(),
                      seed=3)
     assert mixed[0].token_ids == greedy[0].token_ids and mixed[2].token_ids == greedy[2].token_ids
     assert mixed[1].token_ids != greedy[1].token_ids or mixed[3].token_ids != greedy[3].token_ids
-    again = generate(twin, model.tokenizer, prompts, max_new_tokens=10, temperature=[0.0, 5.0, 0.0, 5.0], stops=(),
+    again = generate(model, prompts, max_new_tokens=10, temperature=[0.0, 5.0, 0.0, 5.0], stops=(),
                      seed=3)
     assert [g.token_ids for g in again] == [g.token_ids for g in mixed]  # seeded
 
 
 def test_generation_stops_at_a_stop_string():
     model = load_model("tiny-gemma3")
-    twin = hf_twin(model)
     prompt = model.to_tokens("Q: 1")[0].tolist()
-    free = generate(twin, model.tokenizer, [prompt], max_new_tokens=30, temperature=1.0, stops=(), seed=1)[0]
+    free = generate(model, [prompt], max_new_tokens=30, temperature=1.0, stops=(), seed=1)[0]
     stop = free.text[3:5]  # a string the unconstrained output contains
-    cut = generate(twin, model.tokenizer, [prompt], max_new_tokens=30, temperature=1.0, stops=(stop,), seed=1)[0]
+    cut = generate(model, [prompt], max_new_tokens=30, temperature=1.0, stops=(stop,), seed=1)[0]
     assert stop not in cut.text and free.text.startswith(cut.text) and len(cut.text) < len(free.text)
 
 
@@ -55,22 +103,3 @@ def test_sample_rows_matches_the_distribution_and_greedy_rows():
     hot = sample_rows(torch.log(probs).repeat(20000, 1), torch.full((20000,), 2.0), torch.Generator().manual_seed(1))
     tempered = probs[:4] ** 0.5 / (probs[:4] ** 0.5).sum()  # temperature 2 flattens the distribution
     torch.testing.assert_close(torch.bincount(hot, minlength=4).float()[:4] / 20000, tempered, atol=0.015, rtol=0)
-
-
-def test_sync_twin_follows_an_edit():
-    import torch
-
-    from cca_tl.traces import sync_twin
-
-    model = load_model("tiny-gemma3")
-    twin = hf_twin(model)
-    ids = torch.randint(4, 256, (1, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model.blocks[1].mlp.W_in[:, 3] += 0.5
-        synced = sync_twin(twin, model)
-        assert synced is twin
-        torch.testing.assert_close(synced(ids).logits, model(ids), atol=1e-4, rtol=0)
-        model.W_U[:, 7] += 1.0  # unties the embedding: the twin is rebuilt
-        rebuilt = sync_twin(twin, model)
-        assert rebuilt is not twin
-        torch.testing.assert_close(rebuilt(ids).logits, model(ids), atol=1e-4, rtol=0)

@@ -1,0 +1,331 @@
+"""Batched, KV-cached text generation on the HookedTransformer itself (no HF twin).
+
+Traces, validation accuracy and test accuracy all generate from the model *as it is now*, so an edit is
+visible to the next generation without any copy to keep fresh. Three things make this fast enough to
+replace ``transformers.generate`` on an HF copy of the weights (``analyses/bench_generation.md``):
+
+* **the shared prompt runs once**: rows of a batch that start with the same tokens (a few-shot prompt is
+  most of every row) share one key/value computation at batch size 1, expanded to the batch;
+* **logits only where needed**: the forward pass stops after the last block and only the last position
+  goes through the final norm and the unembedding — TransformerLens' own ``Unembed`` copies the transposed
+  unembedding on every call (26 s of 48 s in the profile of ``HookedTransformer.generate``);
+* **finished rows leave the batch**, and the key/value cache is a preallocated buffer written in place
+  (TransformerLens' own cache concatenates, copying the whole cache every token).
+
+Rows are assembled as ``[shared prompt] [pads] [own prompt tail]``: the attention mask hides the pads and
+TransformerLens derives rotary positions from the mask's cumulative sum, so every row sees exactly its
+unpadded positions (checked against unbatched greedy decoding in the tests).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+DEFAULT_STOPS = ("\nQ:", "\n\n")
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+
+
+def sample_rows(logits: Float[Tensor, "rows vocab"], temperatures: Float[Tensor, "rows"], generator: torch.Generator,
+                *, block: int = 512) -> Int[Tensor, "rows"]:
+    """One token id per row: sampled from ``softmax(logits / t)``, or the argmax where ``t == 0``.
+
+    Exact categorical sampling in two levels — pick a block of ``block`` ids by its total probability,
+    then an id inside it — because ``torch.multinomial`` over a 262k vocabulary costs ~0.5 s per step for
+    a batch of 64 on this CPU (more than the model's forward pass); this costs a softmax and two small
+    cumulative sums.
+    """
+    rows, vocab = logits.shape
+    t = temperatures.to(logits.device, torch.float32)
+    choice = logits.argmax(-1)
+    hot = (t > 0).nonzero().flatten()
+    if len(hot) == 0:
+        return choice
+    probs = torch.softmax(logits[hot].float() / t[hot, None], dim=-1).cpu()
+    pad = (-vocab) % block
+    if pad:
+        probs = torch.nn.functional.pad(probs, (0, pad))
+    blocks = probs.view(len(hot), -1, block)
+    block_mass = blocks.sum(-1, dtype=torch.float64)
+    cdf = block_mass.cumsum(-1)
+    u = torch.rand(len(hot), 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+    b = torch.searchsorted(cdf, u).clamp_max(cdf.shape[1] - 1)
+    rest = u - (cdf.gather(1, b) - block_mass.gather(1, b))
+    inner = blocks[torch.arange(len(hot)), b[:, 0]].double().cumsum(-1)
+    j = torch.searchsorted(inner, rest).clamp_max(block - 1)
+    choice[hot] = (b * block + j).flatten().clamp_max(vocab - 1).to(choice.device, choice.dtype)
+    return choice
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    if not sequences:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
+
+
+def balanced_chunks(n: int, batch_size: int) -> list[range]:
+    """``ceil(n / batch_size)`` chunks of near-equal size (17 prompts at batch 16: 9 + 8, not 16 + 1)."""
+    if n == 0:
+        return []
+    n_chunks = -(-n // batch_size)
+    size = -(-n // n_chunks)
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class _BufferEntry:
+    """A TransformerLens key/value cache entry over a preallocated buffer, appended in place.
+
+    Duck-types ``TransformerLensKeyValueCacheEntry`` (``past_keys``, ``past_values``, ``append``, ``frozen``).
+    The buffer is stored ``[batch, kv_head, pos, d_head]`` and handed out as a permuted view in TL's
+    ``[batch, pos, kv_head, d_head]`` layout, so the attention matmuls read it as a plain transpose (no copy).
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, length: int):
+        self.keys, self.values, self.length, self.frozen = keys, values, length, False
+
+    @property
+    def past_keys(self) -> Tensor:
+        return self.keys[:, :, :self.length].transpose(1, 2)
+
+    @property
+    def past_values(self) -> Tensor:
+        return self.values[:, :, :self.length].transpose(1, 2)
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        start, self.length = self.length, self.length + new_keys.shape[1]
+        self.keys[:, :, start:self.length] = new_keys.transpose(1, 2)
+        self.values[:, :, start:self.length] = new_values.transpose(1, 2)
+        return self.past_keys, self.past_values
+
+    def keep(self, rows: Tensor) -> None:
+        self.keys, self.values = self.keys[rows], self.values[rows]
+
+
+def _grouped_scores(self: Any, q: Float[Tensor, "batch qpos head d_head"],
+                    k: Float[Tensor, "batch kpos kv_head d_head"]) -> Float[Tensor, "batch head qpos kpos"]:
+    """Grouped-query attention scores without repeating the keys per query head (TransformerLens'
+    ``repeat_interleave`` copies the whole cache four times per layer and token on Gemma-3)."""
+    from transformer_lens.utilities.activation_functions import apply_softcap
+
+    batch, qpos, heads, d_head = q.shape
+    kv = k.shape[2]
+    group = heads // kv
+    q_ = q.reshape(batch, qpos, kv, group, d_head).permute(0, 2, 3, 1, 4).reshape(batch, kv, group * qpos, d_head)
+    scores = (q_ @ k.permute(0, 2, 3, 1)) / self.attn_scale  # query head h reads kv head h // group
+    scores = scores.reshape(batch, heads, qpos, k.shape[1])
+    return apply_softcap(scores, self.cfg.attn_scores_soft_cap)
+
+
+def _grouped_z(self: Any, v: Float[Tensor, "batch kpos kv_head d_head"],
+               pattern: Float[Tensor, "batch head qpos kpos"]) -> Float[Tensor, "batch qpos head d_head"]:
+    batch, heads, qpos, kpos = pattern.shape
+    kv = v.shape[2]
+    z = pattern.reshape(batch, kv, (heads // kv) * qpos, kpos) @ v.permute(0, 2, 1, 3)
+    return self.hook_z(z.reshape(batch, heads, qpos, -1).permute(0, 2, 1, 3))
+
+
+@contextmanager
+def _grouped_attention_without_copies() -> Iterator[None]:
+    """Swap in :func:`_grouped_scores` / :func:`_grouped_z` for TransformerLens' grouped-query attention
+    while generating (same function: checked against TL's own in the tests; hooks still fire)."""
+    from transformer_lens.components.grouped_query_attention import GroupedQueryAttention as GQA
+
+    saved = GQA.calculate_attention_scores, GQA.calculate_z_scores
+    GQA.calculate_attention_scores, GQA.calculate_z_scores = _grouped_scores, _grouped_z
+    try:
+        yield
+    finally:
+        GQA.calculate_attention_scores, GQA.calculate_z_scores = saved
+
+
+class _Decoder:
+    """One batch of rows decoding together over a shared key/value buffer."""
+
+    def __init__(self, model: HookedTransformer, prompts: Sequence[Sequence[int]], capacity: int, pad_id: int):
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cfg = model.cfg
+        self.model, device = model, cfg.device
+        shared = common_prefix_length(prompts)
+        rows = len(prompts)
+        tails = [list(p[shared:]) for p in prompts]
+        width = max(len(t) for t in tails)
+        kv_heads = cfg.n_key_value_heads or cfg.n_heads
+        shape = (rows, kv_heads, shared + width + capacity, cfg.d_head)
+        entries = []
+        for layer in range(cfg.n_layers):
+            layer_device = model.blocks[layer].attn.W_Q.device
+            entries.append(_BufferEntry(torch.empty(shape, dtype=cfg.dtype, device=layer_device),
+                                        torch.empty(shape, dtype=cfg.dtype, device=layer_device), 0))
+        self.cache = TransformerLensKeyValueCache(entries=entries,  # type: ignore[arg-type]
+                                                  previous_attention_mask=torch.ones(rows, 0, dtype=torch.long,
+                                                                                     device=device))
+        if shared:
+            head = TransformerLensKeyValueCache.init_cache(cfg, device, 1)
+            model(torch.tensor([list(prompts[0][:shared])], device=device), past_kv_cache=head,
+                  attention_mask=torch.ones(1, shared, dtype=torch.long, device=device), stop_at_layer=cfg.n_layers)
+            for entry, computed in zip(entries, head.entries):
+                entry.keys[:, :, :shared] = computed.past_keys.transpose(1, 2)
+                entry.values[:, :, :shared] = computed.past_values.transpose(1, 2)
+                entry.length = shared
+            self.cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=device)
+        tokens = torch.full((rows, width), pad_id, dtype=torch.long)
+        attention = torch.zeros(rows, width, dtype=torch.long)
+        for row, tail in enumerate(tails):
+            tokens[row, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+            attention[row, width - len(tail):] = 1
+        self.first_step = (tokens.to(device), attention.to(device))
+
+    def logits(self, tokens: Int[Tensor, "rows pos"], attention: Int[Tensor, "rows pos"]) -> Float[Tensor, "rows vocab"]:
+        """Next-token logits (float32) after feeding ``tokens``; only the last position is unembedded."""
+        model, cfg = self.model, self.model.cfg
+        resid = model(tokens, past_kv_cache=self.cache, attention_mask=attention, stop_at_layer=cfg.n_layers)
+        final = resid[:, -1:]
+        if cfg.normalization_type is not None:
+            final = model.ln_final(final)
+        final = final[:, 0].to(model.W_U.device)
+        logits = torch.nn.functional.linear(final, model.W_U.T, model.b_U).float()  # 1.3x faster than final @ W_U here
+        cap = cfg.output_logits_soft_cap
+        if cap and cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def keep(self, rows: Tensor) -> None:
+        for entry in self.cache.entries:
+            entry.keep(rows.to(entry.keys.device))  # type: ignore[attr-defined]
+        self.cache.previous_attention_mask = self.cache.previous_attention_mask[rows]
+
+
+class _StopCheck:
+    """Whether a row's generated text contains a stop string, decoding only its newest tokens.
+
+    (``transformers``' own ``stop_strings`` builds a table over the whole vocabulary per call: 6.6 s for
+    Gemma's 262k vocabulary.)
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str]):
+        self.tokenizer, self.stops = tokenizer, tuple(stops)
+        self.tail = max((len(s) for s in stops), default=0) + 8
+
+    def __call__(self, ids: list[int]) -> bool:
+        return bool(self.stops) and any(s in self.tokenizer.decode(ids[-self.tail:]) for s in self.stops)
+
+
+def _cut_at_stop(ids: list[int], tokenizer: Any, stops: Sequence[str], special: set[int]) -> list[int]:
+    """Generated ids up to (not including) the first token that completes a stop string or is special."""
+    text = ""
+    for i, tok in enumerate(ids):
+        if tok in special:
+            return ids[:i]
+        text += tokenizer.decode([tok])
+        if any(s in text for s in stops):
+            return ids[:i]
+    return ids
+
+
+@torch.no_grad()
+def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 256,
+             temperature: float | Sequence[float] = 0.0, seed: int = 0, batch_size: int = 32,
+             stops: Sequence[str] = DEFAULT_STOPS, progress: bool = False) -> list[Generation]:
+    """Generate from token-id prompts with ``model``'s current weights; greedy where ``temperature`` is 0.
+
+    ``temperature`` may be one value per prompt (0 = greedy for that prompt). Batches are balanced in size;
+    a row stops at a special token (end of turn, EOS) or when its text contains a stop string (default: a
+    new "Q:" or a blank line), and its output is cut before that token. Sampling is seeded per batch.
+    """
+    from tqdm.auto import tqdm
+
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("Generation needs a tokenizer on the model (model.tokenizer is None).")
+    temps = torch.tensor([float(temperature)] * len(prompts) if isinstance(temperature, (int, float))
+                         else [float(t) for t in temperature])
+    if len(temps) != len(prompts):
+        raise ValueError(f"{len(temps)} temperatures for {len(prompts)} prompts")
+    if (temps < 0).any():
+        raise ValueError("Temperatures must be >= 0 (0 = greedy).")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("Every prompt needs at least one token.")
+    longest = max((len(p) for p in prompts), default=0)
+    if longest + max_new_tokens > model.cfg.n_ctx:
+        raise ValueError(f"A prompt has {longest} tokens; with {max_new_tokens} new tokens that exceeds the "
+                         f"model's context of {model.cfg.n_ctx}.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    special = set(tokenizer.all_special_ids)
+    stop_check = _StopCheck(tokenizer, stops)
+    out: list[Generation | None] = [None] * len(prompts)
+    for chunk in tqdm(_chunks(model, prompts, batch_size, max_new_tokens), desc="generate", disable=not progress,
+                      leave=False):
+        generator = torch.Generator().manual_seed(seed + chunk[0])
+        rows = [list(prompts[i]) for i in chunk]
+        with _grouped_attention_without_copies():
+            new = _decode_rows(model, rows, temps[chunk], generator, max_new_tokens, pad, special, stop_check)
+        for i, ids in zip(chunk, new):
+            kept = _cut_at_stop(ids, tokenizer, stops, special)
+            out[i] = Generation(kept, tokenizer.decode(kept))
+    return out  # type: ignore[return-value]
+
+
+def _chunks(model: HookedTransformer, prompts: Sequence[Sequence[int]], batch_size: int,
+            max_new_tokens: int) -> list[list[int]]:
+    """Batches of prompt indices. Balanced in size; padding-free (equal prompt lengths) when the model has
+    sliding-window layers whose window the rows could outgrow, because TransformerLens counts the window
+    in columns, so pads would take real tokens' places in it."""
+    cfg = model.cfg
+    windowed = any(t == "local" for t in (cfg.attn_types or [])) and cfg.window_size is not None
+    longest = max((len(p) for p in prompts), default=0)
+    if not (windowed and longest + max_new_tokens > cfg.window_size):
+        return [list(r) for r in balanced_chunks(len(prompts), batch_size)]
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    return [[group[i] for i in r] for group in by_length.values() for r in balanced_chunks(len(group), batch_size)]
+
+
+def _decode_rows(model: HookedTransformer, prompts: list[list[int]], temps: Tensor, generator: torch.Generator,
+                 max_new_tokens: int, pad: int, special: set[int], stop_check: _StopCheck) -> list[list[int]]:
+    """New token ids per row (up to and including the token that finished it).
+
+    Finished rows leave the batch once they are a quarter of it: compacting copies the whole cache, so
+    doing it for every finished row would cost more than decoding a few idle rows.
+    """
+    device = model.cfg.device
+    decoder = _Decoder(model, prompts, max_new_tokens, pad)
+    generated: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))  # the prompt index of each row still in the batch
+    done: set[int] = set()
+    tokens, attention = decoder.first_step
+    for step in range(max_new_tokens):
+        chosen = sample_rows(decoder.logits(tokens, attention), temps[live], generator).tolist()
+        for row, tok in zip(live, chosen):
+            if row in done:
+                continue
+            generated[row].append(tok)
+            if tok in special or stop_check(generated[row]):
+                done.add(row)
+        if len(done) == len(prompts) or step + 1 == max_new_tokens:
+            break
+        idle = [slot for slot, row in enumerate(live) if row in done]
+        if idle and len(idle) * 4 >= len(live):
+            keep = [slot for slot, row in enumerate(live) if row not in done]
+            decoder.keep(torch.tensor(keep, device=device))
+            live, chosen = [live[s] for s in keep], [chosen[s] for s in keep]
+        tokens = torch.tensor([[tok] for tok in chosen], device=device)
+        attention = torch.ones_like(tokens)
+    return generated

@@ -1,0 +1,220 @@
+"""A run directory: its config lock, stage markers, resume, and typed access to the artifacts in it."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from cca_tl._io import atomic_write_text
+from cca_tl.errors import CCAError, OutOfMemory, RunConfigMismatch
+from cca_tl.pipeline.artifacts import ProblemSplits, WeightEdit, load_dcm
+from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
+from cca_tl.pipeline.session import ModelSession
+
+
+class Run:
+    """A run directory and its config; ``run.execute()`` does whatever is not done yet.
+
+    ``run.session`` owns the model (device, dtype, unedited weights); stages reach the model only through it.
+    """
+
+    def __init__(self, config: RunConfig, directory: str | Path, *, progress: bool = True,
+                 model: HookedTransformer | None = None):
+        import datasets
+
+        self.config, self.dir, self.progress = config, Path(directory), progress
+        datasets.disable_progress_bars()  # the stages have their own progress output
+        self._check_config()
+        start_edit = self._start_edit()
+        self.session = ModelSession(config.model, device=config.device, dtype=config.dtype,
+                                    n_devices=config.n_devices, seed=config.seed, model=model,
+                                    base_edit=start_edit, log=self.log)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "config.json").exists():
+            atomic_write_text(self.dir / "config.json", json.dumps(config.to_dict(), indent=1))
+        self.base_val_accuracy: float | None = None
+
+    def _check_config(self) -> None:
+        existing = self.dir / "config.json"
+        if not existing.exists():
+            return
+        # Keys added to RunConfig after the run started take their defaults; execution settings may differ.
+        previous = RunConfig.from_dict(json.loads(existing.read_text())).identity()
+        now = self.config.identity()
+        if previous != now:
+            diff = {k: (previous.get(k), v) for k, v in now.items() if previous.get(k) != v}
+            raise RunConfigMismatch(
+                f"{self.dir} was started with a different config (key: (then, now)): {diff}. Use a new run "
+                "directory, or rerun with the same config to resume.")
+
+    def _start_edit(self) -> WeightEdit | None:
+        if not self.config.start_from:
+            return None
+        previous = Path(self.config.start_from) / "update"
+        if not (previous / "edit.safetensors").exists():
+            raise CCAError(f"start_from={self.config.start_from!r} has no finished update stage to start from.")
+        return WeightEdit.load(previous)
+
+    @classmethod
+    def open(cls, directory: str | Path, **kwargs: Any) -> "Run":
+        """An existing run directory with its own config."""
+        path = Path(directory) / "config.json"
+        if not path.exists():
+            raise CCAError(f"{directory} is not a cca_tl run directory (no config.json).")
+        return cls(RunConfig.from_dict(json.loads(path.read_text())), directory, **kwargs)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def marker(self, stage: str) -> Path:
+        return self.dir / "stages" / f"{stage}.json"
+
+    def done(self, stage: str) -> bool:
+        return self.marker(stage).exists()
+
+    def stage_info(self, stage: str) -> dict:
+        return json.loads(self.marker(stage).read_text()) if self.done(stage) else {}
+
+    def log(self, text: str) -> None:
+        if self.progress:
+            print(f"[cca-tl] {text}", flush=True)
+
+    @property
+    def model(self) -> HookedTransformer:
+        """The session's model as it is now (edited or not)."""
+        return self.session.model
+
+    def reset_model(self) -> HookedTransformer:
+        """The model with its unedited weights (the loaded model, plus ``start_from``'s edit)."""
+        return self.session.restore()
+
+    def edited_model(self) -> HookedTransformer:
+        """The base model with the CCA edit applied (in place on this run's model)."""
+        return self.session.apply(WeightEdit.load(self.dir / "update"))
+
+    def prompt_fn(self) -> Callable[[str], str]:
+        from cca_tl.tasks import ARITHMETIC_EXEMPLARS, GSM8K_EXEMPLARS, chat_prompt, few_shot_prompt
+
+        cfg = self.config
+        if cfg.prompt == "chat":
+            return functools.partial(chat_prompt, self.model.tokenizer)
+        exemplars = ARITHMETIC_EXEMPLARS if cfg.task == "arithmetic" else GSM8K_EXEMPLARS
+        exemplars = exemplars if cfg.shots is None else exemplars[:cfg.shots]
+        return functools.partial(few_shot_prompt, exemplars=exemplars)
+
+    def stops(self) -> tuple[str, ...]:
+        from cca_tl.generation import DEFAULT_STOPS
+
+        return () if self.config.prompt == "chat" else DEFAULT_STOPS
+
+    # -- artifacts ----------------------------------------------------------------------------------
+    def problems(self) -> ProblemSplits:
+        return ProblemSplits.load(self.dir / "problems.json")
+
+    def traces(self):
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.dir / "traces"))
+
+    def localization(self, split: str | None = None):
+        from datasets import load_from_disk
+
+        records = load_from_disk(str(self.dir / "localization"))
+        return records if split is None else records.filter(lambda r: r["split"] == split, keep_in_memory=True)
+
+    def contrast(self, split: str):
+        from cca_tl.dcm import ContrastSet
+
+        records = self.localization(split)
+        return ContrastSet.from_dataset(records) if len(records) else None
+
+    def dcm(self):
+        return load_dcm(self.dir / "dcm")
+
+    def evaluations(self) -> dict[str, dict]:
+        out = {}
+        for path in sorted((self.dir / "evaluate").glob("*.json")):
+            info = json.loads(path.read_text())
+            out[info["variant"]] = info
+        return out
+
+    def accuracy_table(self) -> pd.DataFrame:
+        """One row per variant: macro test accuracy, per-template accuracy, logit differences, % updated."""
+        rows = []
+        order = ["base", "cca", *[f"control-{c}" for c in CONTROL_VARIANTS]]
+        evals = self.evaluations()
+        for variant in [v for v in order if v in evals]:
+            info = evals[variant]
+            upd = info.get("update") or (json.loads((self.dir / "update" / "result.json").read_text())
+                                         if variant == "cca" else {})
+            row = dict(variant=variant, macro_accuracy=info["macro_accuracy"], n_test=info["n_test"],
+                       train_logit_diff=info["train_logit_diff"], val_logit_diff=info["val_logit_diff"],
+                       pct_components=100 * upd["fraction_components"] if upd else 0.0,
+                       pct_params=100 * upd["fraction_params"] if upd else 0.0,
+                       best_step=upd.get("best_step") if upd else None,
+                       retention_kl=info.get("retention_kl"), general_top1=info.get("general_top1"))
+            row.update({f"acc[{t}]": a for t, a in info["per_template"].items()})
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("variant")
+
+    def headline(self) -> dict:
+        evals = self.evaluations()
+        head = {v: round(info["macro_accuracy"], 4) for v, info in evals.items()}
+        dcm = self.stage_info("dcm")
+        return dict(macro_accuracy=head, selected=dcm.get("selected"), pct_components=dcm.get("pct_components"))
+
+    # -- execution ----------------------------------------------------------------------------------
+    def execute(self, *, stop_after: str | None = None) -> dict[str, Any]:
+        """Run every stage not yet done (in order); ``stop_after`` ends after that stage (as a kill would).
+
+        Returns the summary: stages run and skipped, headline numbers, report path.
+        """
+        from cca_tl.pipeline.stages import STAGES, stage_names
+
+        if stop_after is not None and stop_after not in stage_names():
+            raise ValueError(f"stop_after must be one of {stage_names()}")
+        ran, skipped = [], []
+        for stage in STAGES:
+            if self.done(stage.name):
+                skipped.append(stage.name)
+            else:
+                start = time.perf_counter()
+                self.log(f"stage {stage.name} ...")
+                info = self._run_stage(stage)
+                info = dict(info, seconds=round(time.perf_counter() - start, 2))
+                atomic_write_text(self.marker(stage.name), json.dumps(info, indent=1, default=str))
+                self.log(f"stage {stage.name} done in {info['seconds']:.1f} s")
+                ran.append(stage.name)
+            if stage.name == stop_after:
+                break
+        return dict(ran=ran, skipped=skipped, run_dir=str(self.dir), report=str(self.dir / "report.md"),
+                    headline=self.headline() if self.done("evaluate") else None)
+
+    def _run_stage(self, stage) -> dict:
+        """One stage; running out of memory becomes an :class:`OutOfMemory` that says what to lower (the
+        stage's artifacts are written atomically, so nothing half-written is left behind)."""
+        try:
+            return stage.run(self) or {}
+        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+            self.session.close()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg = self.config
+            raise OutOfMemory(
+                f"Stage {stage.name} ran out of memory on {self.session.device} ({type(exc).__name__}). Every "
+                f"finished stage in {self.dir} is kept; rerun the same command to resume after lowering "
+                f"gen_batch_size (now {cfg.gen_batch_size}), update_batch_size ({cfg.update_batch_size}) or "
+                f"dcm_batch_size ({cfg.dcm_batch_size}) with --set, or run on a larger device (--device).") from exc
+
+
+def run(config: RunConfig | None = None, directory: str | Path = "runs/easy", *, stop_after: str | None = None,
+        progress: bool = True, model: HookedTransformer | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline; see :mod:`cca_tl.pipeline`."""
+    return Run(config or RunConfig(), directory, progress=progress, model=model).execute(stop_after=stop_after)

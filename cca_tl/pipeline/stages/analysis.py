@@ -1,0 +1,45 @@
+"""Stage ``analysis``: component tables and plots, ablation checks, the faithfulness curve and an
+attention view of the top DCM heads, all on the unedited model."""
+
+from __future__ import annotations
+
+from cca_tl._io import atomic_directory, atomic_write_text
+from cca_tl.pipeline.stages import Stage
+
+
+def run(run) -> dict:
+    import matplotlib.pyplot as plt
+
+    from cca_tl.analysis import (ablation_checks, attention_view, count_table, default_sizes, faithfulness_area,
+                                 faithfulness_curve, layer_table, plot_faithfulness, plot_mask, save_html, top_heads)
+    from cca_tl.components import ComponentRegistry
+
+    cfg = run.config
+    model = run.session.restore()
+    dcm = run.dcm()
+    data = run.contrast("train")
+    with atomic_directory(run.dir / "analysis", overwrite=True) as out:
+        atomic_write_text(out / "components.csv", count_table({"cca": dcm.mask}).to_csv())
+        atomic_write_text(out / "components_per_layer.csv", layer_table(dcm.mask).to_csv())
+        fig = plot_mask(dcm.mask, dcm.gains, title=f"DCM mask, {cfg.model}, λ={cfg.lam:g}")
+        fig.savefig(out / "mask.png", dpi=110)
+        checks = ablation_checks(model, data, dcm.mask, seed=cfg.seed, n_random=cfg.ablation_random_sets)
+        atomic_write_text(out / "ablation.csv", checks.to_csv())
+        total = sum(v.numel() for v in dcm.gains.values())
+        sizes = default_sizes(total, extra=[dcm.mask.count()], points=cfg.faithfulness_points)
+        curve = faithfulness_curve(model, data, dcm.gains, sizes=sizes, progress=run.progress)
+        atomic_write_text(out / "faithfulness.csv", curve.to_csv(index=False))
+        plot_faithfulness(curve, mark=dcm.mask.count()).savefig(out / "faithfulness.png", dpi=110)
+        area = faithfulness_area(curve)
+        heads = top_heads(ComponentRegistry.from_model(model), dcm.gains, cfg.attention_heads)
+        example = run.localization("train")[0]
+        view = attention_view(model, example["prefix_ids"], heads)
+        tok = model.tokenizer
+        save_html(view, out / "attention.html", title=f"Top DCM heads of {cfg.model}: {heads}",
+                  caption=f"Last 64 tokens of a training prefix; desired next token "
+                          f"{tok.decode([example['desired_id']])!r}, undesired {tok.decode([example['undesired_id']])!r}.")
+        plt.close("all")
+    return dict(cpr=area["cpr"], cmd=area["cmd"], heads=heads)
+
+
+STAGE = Stage("analysis", ("ablation_random_sets", "faithfulness_points", "attention_heads"), run)

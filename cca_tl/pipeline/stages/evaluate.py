@@ -1,0 +1,58 @@
+"""Stage ``evaluate``: test accuracy, logit differences and retention of the base model, the CCA edit
+and each control (the same update on a random mask of equal size, or on every parameter)."""
+
+from __future__ import annotations
+
+import json
+
+from cca_tl._io import atomic_write_text
+from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stages.update import update_summary, update_variant
+
+
+def variants(cfg) -> list[str]:
+    return ["base", "cca", *[f"control-{c}" for c in cfg.controls]]
+
+
+def prepare(run, variant: str) -> dict:
+    """Put the run's model in the variant's state; returns the control's update summary (if any)."""
+    if variant == "base":
+        run.session.restore()
+        return {}
+    if variant == "cca":
+        run.edited_model()
+        return {}
+    result = update_variant(run, variant.removeprefix("control-"))
+    return update_summary(result, run.contrast("val"))
+
+
+def run(run) -> dict:
+    from cca_tl.evaluate import accuracy, localization_logit_diff, retention_scores
+
+    cfg, splits = run.config, run.problems()
+    out_dir = run.dir / "evaluate"
+    out_dir.mkdir(exist_ok=True)
+    val, train = run.localization("val"), run.localization("train")
+    trained_templates = sorted(set(train["template_id"]))
+    for variant in variants(cfg):
+        path = out_dir / f"{variant}.json"
+        if path.exists():  # per-variant resume
+            continue
+        update_info = prepare(run, variant)
+        model = run.model
+        run.log(f"evaluating {variant} on {len(splits.test)} test questions")
+        macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
+                                         batch_size=cfg.gen_batch_size, stops=run.stops(), progress=run.progress)
+        info = dict(variant=variant, macro_accuracy=macro, n_test=len(records),
+                    per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
+                    **retention_scores(model, run.session.base_weights),
+                    val_logit_diff=localization_logit_diff(model, val) if len(val) else None,
+                    train_logit_diff=localization_logit_diff(model, train), update=update_info)
+        atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
+        atomic_write_text(path, json.dumps(info, indent=1))
+    atomic_write_text(out_dir / "accuracy.csv", run.accuracy_table().to_csv())
+    run.session.restore()
+    return run.headline()
+
+
+STAGE = Stage("evaluate", ("controls",), run)

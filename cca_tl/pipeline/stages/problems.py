@@ -1,0 +1,47 @@
+"""Stage ``problems``: the task's questions, split train / val / test and capped per template."""
+
+from __future__ import annotations
+
+from cca_tl.errors import CCAError
+from cca_tl.pipeline.artifacts import ProblemSplits
+from cca_tl.pipeline.stages import Stage
+
+
+def cap_per_template(items: list, cap: int | None) -> list:
+    """The first ``cap`` problems of every template (all of them for ``None``)."""
+    if cap is None:
+        return list(items)
+    seen: dict[str, int] = {}
+    out = []
+    for p in items:
+        if seen.get(p.template_id, 0) < cap:
+            out.append(p)
+            seen[p.template_id] = seen.get(p.template_id, 0) + 1
+    return out
+
+
+def run(run) -> dict:
+    from cca_tl.tasks import arithmetic_problems, gsm_symbolic, split_problems
+
+    cfg = run.config
+    if cfg.task == "arithmetic":
+        problems = arithmetic_problems(cfg.n_per_template, seed=cfg.seed, max_value=cfg.max_value,
+                                       templates=cfg.templates)
+    else:
+        problems = gsm_symbolic(cfg.n_per_template, seed=cfg.seed, templates=cfg.templates)
+    if cfg.n_templates is not None:
+        keep = sorted({p.template_id for p in problems})[:cfg.n_templates]
+        problems = [p for p in problems if p.template_id in keep]
+    splits = split_problems(problems, seed=cfg.seed)
+    caps = dict(train=cfg.train_per_template, val=cfg.val_per_template, test=cfg.test_per_template)
+    capped = {name: cap_per_template(items, caps[name]) for name, items in splits.items()}
+    artifact = ProblemSplits(**capped)
+    if not artifact.train or not artifact.test:
+        raise CCAError(f"The split left {len(artifact.train)} train and {len(artifact.test)} test problems; "
+                       "raise n_per_template.")
+    artifact.save(run.dir / "problems.json")
+    return {name: len(items) for name, items in capped.items()}
+
+
+STAGE = Stage("problems", ("task", "n_per_template", "max_value", "templates", "n_templates", "seed",
+                           "train_per_template", "val_per_template", "test_per_template"), run)
