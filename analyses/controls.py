@@ -78,7 +78,7 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
 
     def val_accuracy(hf_model) -> float:
         macro, _, _ = accuracy(base, splits.val, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.gen_batch_size, twin=hf_model, stops=run.stops(), progress=False)
+                               batch_size=cfg.gen_batch_size, hf_model=hf_model, stops=run.stops(), progress=False)
         return macro
 
     from cca_tl.traces import hf_twin
@@ -100,7 +100,7 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
                                        batch_size=cfg.gen_batch_size, stops=run.stops(), progress=False)
             info = dict(variant=name, macro_accuracy=macro, n_test=len(splits.test),
                         per_template=table["accuracy"].to_dict(), trained_templates=sorted(table.index),
-                        retention_kl=retention_kl(run.base_copy(), result.model), **general_text_scores(result.model),
+                        retention_kl=retention_kl(run.reset_model(), result.model), **general_text_scores(result.model),
                         trainable_params=result.trainable_params, fraction_params=result.fraction_params,
                         best_epoch=result.best_epoch, history=result.history.to_dict("records"), config=result.config,
                         seconds=time.perf_counter() - start)
@@ -112,11 +112,10 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
 
 
 def release(run: Run) -> None:
-    """Drop a run's models (model, HF twin, base copy: ~3 GB for Gemma) once its seed is done."""
+    """Drop a run's model (and what restoring it needed) once its seed is done."""
     import gc
 
-    run._model = run._twin = run._base_copy = None
-    run._base_state = None
+    run.session.close()
     gc.collect()
 
 

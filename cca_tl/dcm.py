@@ -303,8 +303,8 @@ def two_logit_diff(model: HookedTransformer, batch: Batch,
     if model.cfg.normalization_type is not None:
         final = model.ln_final(final[:, None, :])[:, 0]
     targets = torch.stack([batch.desired, batch.undesired], dim=1)  # [batch, 2]
-    columns = model.W_U[:, targets]  # [d_model, batch, 2]
-    logits = torch.einsum("bm,mbk->bk", final, columns) + model.b_U[targets]
+    columns = model.W_U[:, targets].float()  # [d_model, batch, 2]; the readout is float32 in any model dtype
+    logits = torch.einsum("bm,mbk->bk", final.float(), columns) + model.b_U[targets].float()
     cap = model.cfg.output_logits_soft_cap
     if cap and cap > 0:
         logits = cap * torch.tanh(logits / cap)
@@ -372,10 +372,11 @@ class DCMMask(nn.Module):
             gain = self.gain(kind, layer)  # [units]
             if kind is not Kind.NEURON:
                 gain = gain[:, None]  # heads: [units, d_head]
+            # Gains are float32 whatever the model dtype; the scaled activation goes back in the model's dtype.
             if self.positions == "all":
-                return activation * gain
+                return (activation.float() * gain).to(activation.dtype)
             rows = torch.arange(activation.shape[0], device=activation.device)
-            scaled = activation[rows, last_pos] * gain
+            scaled = (activation[rows, last_pos].float() * gain).to(activation.dtype)
             return activation.index_put((rows, last_pos), scaled)
         return hook
 

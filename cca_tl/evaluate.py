@@ -17,14 +17,15 @@ from cca_tl.tasks import Problem, macro_accuracy
 
 
 def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: Callable[[str], str], *,
-             max_new_tokens: int = 256, batch_size: int = 32,
+             max_new_tokens: int = 256, batch_size: int = 32, hf_model: Any = None,
              stops: Sequence[str] | None = None, progress: bool = True) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     """Greedy accuracy: (macro over templates, per-template table, per-problem records).
 
     ``stops``: strings that end an answer (default: a new "Q:" or a blank line, for few-shot prompts; pass
-    ``()`` for chat prompts, which end at the end-of-turn token).
+    ``()`` for chat prompts, which end at the end-of-turn token). ``hf_model``: generate with this
+    ``transformers`` model instead (e.g. a ``peft`` model during fine-tuning); ``model`` then only tokenises.
     """
-    from cca_tl.generation import DEFAULT_STOPS, generate
+    from cca_tl.generation import DEFAULT_STOPS, generate, generate_hf
     from cca_tl.traces import grade
 
     if not problems:
@@ -34,8 +35,13 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
     if longest + max_new_tokens > model.cfg.n_ctx:
         raise ValueError(f"A prompt has {longest} tokens; with {max_new_tokens} new tokens that exceeds the "
                          f"model's context of {model.cfg.n_ctx}.")
-    outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    stops=DEFAULT_STOPS if stops is None else stops, progress=progress)
+    stops = DEFAULT_STOPS if stops is None else stops
+    if hf_model is not None:
+        outs = generate_hf(hf_model, model.tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, stops=stops, progress=progress)
+    else:
+        outs = generate(model, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size, stops=stops,
+                        progress=progress)
     records = []
     for p, o in zip(problems, outs):
         pred, ok = grade(o.text, p)

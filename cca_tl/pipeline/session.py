@@ -182,7 +182,8 @@ class ModelSession:
         self._clear_scratch()
 
     def __del__(self) -> None:
-        self._clear_scratch()
+        if getattr(self, "_scratch", None) is not None:
+            self._clear_scratch()
 
 
 def _write(param: Tensor, region: Region, values: Tensor | Path) -> None:
