@@ -59,6 +59,9 @@ def build(name: str, device: torch.device, dtype: torch.dtype, layers: int | Non
 
     official, config_class, fields = PUBLISHED[name]
     fields = dict(fields, **({"num_hidden_layers": layers} if layers else {}), **({"vocab_size": vocab} if vocab else {}))
+    for key in ("pad_token_id", "eos_token_id"):  # a shrunk vocabulary must still contain the special ids
+        if fields.get(key) is not None and fields[key] >= fields["vocab_size"]:
+            fields[key] = fields["vocab_size"] - 1
     hf_config = getattr(transformers, config_class)(**fields)
     hf_config.architectures = [config_class.replace("Config", "ForCausalLM")]
     # TransformerLens derives configs of official names from the hub's config.json; hand it the published one.
@@ -157,6 +160,7 @@ class _NumberTokenizer:
     """Enough of a tokenizer for ``generate`` on random weights: no stops, no special ids but 0."""
 
     pad_token_id = 0
+    padding_side = "right"
     all_special_ids: list[int] = []
 
     def decode(self, ids):

@@ -272,7 +272,7 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
         return Batch.collate(subset, pad_id=pad_id, device=cfg.device)
     cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
     head = torch.tensor([subset.prefix_ids[0][:shared]], device=cfg.device)
-    model(head, past_kv_cache=cache, stop_at_layer=cfg.n_layers)
+    model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head), stop_at_layer=cfg.n_layers)
     rows = len(subset)
     for entry in cache.entries:
         entry.past_keys = entry.past_keys.expand(rows, *entry.past_keys.shape[1:])
