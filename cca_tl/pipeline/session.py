@@ -16,8 +16,8 @@ weights needs — nothing more:
 * **the retention reference** is the base model itself, reached by swapping the (small) edited regions
   out and back (:meth:`base_weights`), not a deep copy.
 
-Measured on the main job (Gemma-3-270M, 2 CPU cores): peak RSS from 12.4 GB (model + full base state +
-deep-copied base model + fp32 HF twin) to the figures in ``analyses/bench_main_job.md``.
+Before this, the main job held the model, a full base state, a deep-copied base model and an fp32 HF twin
+(12.4 GB peak RSS on Gemma-3-270M); ``analyses/bench_main_job.py`` measures it now.
 """
 
 from __future__ import annotations
