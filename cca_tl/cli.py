@@ -20,30 +20,50 @@ def _cmd_components(args: argparse.Namespace) -> int:
     from cca_tl.components import ComponentRegistry
     from cca_tl.models import load_model
 
+    from cca_tl.families import config_registry, paper_shares
+
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device)
-    load_s = time.perf_counter() - start
-    reg = ComponentRegistry.from_model(model)
+    if args.config:  # numbers only: no weights are read
+        reg = config_registry(args.config)
+        how = "from its config alone (no weights)"
+    else:
+        reg = ComponentRegistry.from_model(load_model(args.model, device=args.device))
+        how = f"loaded in {time.perf_counter() - start:.1f} s"
     summary = reg.summary(args.weights)
     per_layer = reg.table()
+    shares = paper_shares(reg)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    arch = model.cfg.original_architecture or "pure TransformerLens"
+    arch = reg.identity.architecture or "pure TransformerLens"
     print(f"{reg.identity.name} ({arch}): {reg.n_layers} layers, {reg.total_model_params:,} parameters; "
-          f"loaded in {load_s:.1f} s, peak RSS {peak_mb:,.0f} MB\n")
+          f"{how}, peak RSS {peak_mb:,.0f} MB\n")
     print(f"Maskable components ({args.weights} weight set):")
-    print(summary.to_string())
-    print("\nPer layer:")
-    print(per_layer.to_string())
+    with _wide_tables():
+        print(summary.to_string())
+        print("\nWhat the paper's shares of components (q, k, v heads and neurons) would be here:")
+        print(shares.to_string(formatters={"pct": "{:.2f} %".format, "pct_params": "{:.3f} %".format}))
+        if not args.config:
+            print("\nPer layer:")
+            print(per_layer.to_string())
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        shares.to_csv(out / "components_paper_shares.csv")
         summary.to_csv(out / "components_summary.csv")
         per_layer.to_csv(out / "components_per_layer.csv")
         (out / "components.md").write_text(
-            f"# Components of {reg.identity.name}\n\n{summary.to_markdown()}\n\n{per_layer.to_markdown()}\n"
+            f"# Components of {reg.identity.name}\n\n{summary.to_markdown()}\n\n"
+            f"What the paper's shares of components would be here:\n\n{shares.to_markdown()}\n\n"
+            f"{per_layer.to_markdown()}\n"
         )
-        print(f"\nwrote {out}/components_summary.csv, components_per_layer.csv, components.md")
+        print(f"\nwrote {out}/components_summary.csv, components_per_layer.csv, components_paper_shares.csv, "
+              "components.md")
     return 0
+
+
+def _wide_tables():
+    import pandas as pd
+
+    return pd.option_context("display.width", 250, "display.max_colwidth", 120, "display.max_columns", 20)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -152,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("components", help="print a model's component table")
     p.add_argument("--model", default="gemma-3-270m", help="model name, .gguf file or HF directory")
+    p.add_argument("--config", help="count from an HF config alone, offline: a config.json, a model directory, "
+                                    "or a shipped name (gemma-2-2b-it, gemma-2-9b-it, olmo-2-1124-7b-instruct, "
+                                    "olmo-2-1124-13b-instruct, gpt2, pythia-160m, qwen2.5-0.5b-instruct, qwen3-0.6b)")
     p.add_argument("--device", default="cpu", help="where to load it: cpu (default), cuda, auto")
     p.add_argument("--weights", choices=("authors", "extended"), default="authors",
                    help="which weight set belongs to a component (SPEC A4)")

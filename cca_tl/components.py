@@ -105,30 +105,17 @@ KIND_SPECS: dict[Kind, KindSpec] = {
     ),
 }
 
-# Which TL biases are real parameters of the HF architecture (others are TL's zero placeholders).
-_HF_BIASES: dict[str, frozenset[str]] = {
-    "Gemma3ForCausalLM": frozenset(),
-    "Gemma2ForCausalLM": frozenset(),
-    "GemmaForCausalLM": frozenset(),
-    "Qwen2ForCausalLM": frozenset({"qkv"}),
-    "LlamaForCausalLM": frozenset(),
-    "MistralForCausalLM": frozenset(),
-}
-
-
 def _hf_biases(model: HookedTransformer) -> frozenset[str]:
-    """The bias families (``qkv``, ``o``, ``mlp``) that really exist in the model."""
+    """The bias families (``qkv``, ``o``, ``mlp``) that really exist in the model (from the family table)."""
+    from cca_tl.families import FAMILIES
+
     arch = model.cfg.original_architecture
     if arch is None:  # a pure TransformerLens model: every TL bias takes part in the computation
         return frozenset({"qkv", "o", "mlp"})
-    biases = set(_HF_BIASES.get(arch, {"qkv", "o", "mlp"}))
-    prov = getattr(model, "cca_provenance", None)
-    hf_config = getattr(prov, "hf_config", None)
-    if arch in ("LlamaForCausalLM", "MistralForCausalLM") and getattr(hf_config, "attention_bias", False):
-        biases |= {"qkv", "o"}
-    if arch == "LlamaForCausalLM" and getattr(hf_config, "mlp_bias", False):
-        biases.add("mlp")
-    return frozenset(biases)
+    if arch not in FAMILIES:  # loaded elsewhere (e.g. TL's hub loader): trust TL's non-zero biases
+        return frozenset({"qkv", "o", "mlp"})
+    hf_config = getattr(getattr(model, "cca_provenance", None), "hf_config", None)
+    return FAMILIES[arch].biases(hf_config)
 
 
 @dataclass(frozen=True)
@@ -297,7 +284,10 @@ class ComponentRegistry:
         return _with_total(pd.DataFrame(data, index=pd.RangeIndex(self.n_layers, name="layer")))
 
     def summary(self, weight_set: WeightSet = "authors") -> pd.DataFrame:
-        """Per kind: hook, units per layer, total components, parameters per unit and in all."""
+        """Per kind: hook, units per layer, total components, parameters per unit and in all, the TL
+        parameter slices of one unit and where they sit in the HF checkpoint."""
+        from cca_tl.families import hf_slices
+
         rows = []
         for kind in self.kinds():
             per_unit = self.params_per_unit(kind, weight_set)
@@ -313,6 +303,7 @@ class ComponentRegistry:
                     s.param.format(layer="{L}").split(".", 2)[-1] + f"[axis {s.axis}]"
                     for s in self.slice_specs(kind, weight_set)
                 ),
+                hf_slices=hf_slices(self.identity.architecture, kind.value, weight_set),
             ))
         return pd.DataFrame(rows).set_index("kind")
 

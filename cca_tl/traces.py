@@ -21,11 +21,12 @@ def hf_twin(model: HookedTransformer) -> Any:
     """A transformers model holding exactly ``model``'s current weights (fp32), e.g. for ``peft``."""
     from transformers import AutoModelForCausalLM
 
-    from cca_tl.export import hf_config_for, hf_state_dict
+    from cca_tl.export import _check_against_hf_layout, hf_config_for, hf_state_dict
 
     state_dict, tied = hf_state_dict(model)
     config = hf_config_for(model)
     config.tie_word_embeddings = tied
+    state_dict = _check_against_hf_layout(state_dict, config, tied)  # names as the installed transformers has them
     try:
         from transformers.initialization import no_init_weights  # transformers >= 5
     except ImportError:  # pragma: no cover - older transformers
@@ -33,7 +34,7 @@ def hf_twin(model: HookedTransformer) -> Any:
     with no_init_weights():
         twin = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = twin.load_state_dict(state_dict, strict=False)
-    if unexpected or [k for k in missing if not (tied and k == "lm_head.weight")]:
+    if unexpected or [k for k in missing if not (tied and k in ("lm_head.weight", "embed_out.weight"))]:
         raise RuntimeError(f"HF twin does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
     if tied:
         twin.tie_weights()

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformer_lens import HookedTransformerConfig
 
-from cca_tl.models import load_model, tiny_tl_model
+from cca_tl.models import TINY_ARCHITECTURES, load_model, tiny_tl_model
 
-TINY_HF = ("tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral")
+TINY_HF = TINY_ARCHITECTURES  # one tiny random model per supported HF family
 
 
 def tl_config(**overrides) -> HookedTransformerConfig:

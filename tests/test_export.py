@@ -119,8 +119,8 @@ def test_unsupported_architecture_is_refused(tmp_path):
     with pytest.raises(ExportError, match="pure TransformerLens model has no HF counterpart"):
         export_hf(tiny_tl_model(tl_config()), tmp_path / "out")
     model = load_model("tiny-llama")
-    model.cfg.original_architecture = "GPT2LMHeadModel"
-    with pytest.raises(ExportError, match="supports Gemma3ForCausalLM, Qwen2ForCausalLM.*'GPT2LMHeadModel'"):
+    model.cfg.original_architecture = "GPTJForCausalLM"
+    with pytest.raises(ExportError, match="supports Gemma3ForCausalLM, Gemma2ForCausalLM.*'GPTJForCausalLM'"):
         export_hf(model, tmp_path / "out")
 
 

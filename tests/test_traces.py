@@ -8,14 +8,14 @@ import torch
 
 from cca_tl.generation import balanced_chunks as _balanced_chunks
 from cca_tl.generation import generate
-from cca_tl.models import load_model
+from cca_tl.models import TINY_ARCHITECTURES, load_model
 from cca_tl.traces import hf_twin
 
 SHARED = "Q: 1 + 2 = 3. The answer is 3.\n"
 QUESTIONS = ("Q: 3 + 4", "Q: 12 + 40 =", "Q: x", "Q: 99 - 1 = ?", "hello there")
 
 
-@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2", "tiny-llama", "tiny-mistral"])
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_batched_generation_equals_one_row_at_a_time_and_hf(arch):
     """Shared-prompt cache, padding between the shared part and each row's own tail, rows leaving the batch
     early: none of it changes a row's greedy tokens (tiny-gemma3's 8-token sliding window is the hard case)."""
@@ -51,7 +51,7 @@ def test_generation_sees_an_edit_immediately():
     prompt = [model.to_tokens("Q: 5 + 5")[0].tolist()]
     before = generate(model, prompt, max_new_tokens=8, stops=())[0].token_ids
     with torch.no_grad():
-        model.W_U[:, before[0]] -= 100.0  # the first greedy token can no longer win
+        model.b_U[before[0]] -= 1e4  # the first greedy token can no longer win
     after = generate(model, prompt, max_new_tokens=8, stops=())[0].token_ids
     assert after[0] != before[0]
 
