@@ -255,6 +255,8 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
     """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+    from cca_tl.generation import grouped_attention_without_copies
+
     subset = data.subset(indices)
     shared = common_prefix_length(subset.prefix_ids)
     cfg = model.cfg
@@ -262,7 +264,8 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
         return Batch.collate(subset, pad_id=pad_id, device=cfg.device)
     cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
     head = torch.tensor([subset.prefix_ids[0][:shared]], device=cfg.device)
-    model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head), stop_at_layer=cfg.n_layers)
+    with grouped_attention_without_copies():
+        model(head, past_kv_cache=cache, attention_mask=torch.ones_like(head), stop_at_layer=cfg.n_layers)
     rows = len(subset)
     for entry in cache.entries:
         entry.past_keys = entry.past_keys.expand(rows, *entry.past_keys.shape[1:])
@@ -282,12 +285,15 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
 def two_logit_diff(model: HookedTransformer, batch: Batch,
                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
     """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
-    if batch.past_kv is not None:
-        resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks),
-                                     past_kv_cache=batch.past_kv,
-                                     attention_mask=torch.ones_like(batch.tokens))
-    else:
-        resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
+    from cca_tl.generation import grouped_attention_without_copies
+
+    with grouped_attention_without_copies():
+        if batch.past_kv is not None:
+            resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers,
+                                         fwd_hooks=list(fwd_hooks), past_kv_cache=batch.past_kv,
+                                         attention_mask=torch.ones_like(batch.tokens))
+        else:
+            resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers, fwd_hooks=list(fwd_hooks))
     rows = torch.arange(len(batch), device=resid.device)
     final = resid[rows, batch.last_pos]  # [batch, d_model]
     if model.cfg.normalization_type is not None:

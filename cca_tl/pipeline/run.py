@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from cca_tl._io import atomic_write_text
+from cca_tl._io import atomic_write_text, release_freed_memory
 from cca_tl.errors import CCAError, OutOfMemory, RunConfigMismatch
 from cca_tl.pipeline.artifacts import ProblemSplits, WeightEdit, load_dcm
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
@@ -212,6 +212,8 @@ class Run:
                 f"finished stage in {self.dir} is kept; rerun the same command to resume after lowering "
                 f"gen_batch_size (now {cfg.gen_batch_size}), update_batch_size ({cfg.update_batch_size}) or "
                 f"dcm_batch_size ({cfg.dcm_batch_size}) with --set, or run on a larger device (--device).") from exc
+        finally:
+            release_freed_memory()
 
 
 def run(config: RunConfig | None = None, directory: str | Path = "runs/easy", *, stop_after: str | None = None,

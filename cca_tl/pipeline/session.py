@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from cca_tl._io import release_freed_memory
 from cca_tl.errors import CCAError
 
 Region = Tensor | None  # an element mask over a parameter, or None for all of it
@@ -70,6 +71,7 @@ class ModelSession:
             if self._base_edit is not None:
                 self._base_edit.apply(self._model)
             self._mark_base()
+            release_freed_memory()
         return self._model
 
     @property
