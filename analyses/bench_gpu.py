@@ -23,65 +23,38 @@ import argparse
 import json
 import time
 from pathlib import Path
-from unittest import mock
 
 import pandas as pd
 import torch
 
 HERE = Path(__file__).resolve().parent
 
-#: Published HF configs (config.json of each checkpoint), the fields that set shapes and numerics.
-PUBLISHED = {
-    "gemma-2-2b": ("google/gemma-2-2b", "Gemma2Config", dict(
-        vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-        num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
-        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192,
-        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0)),
-    "gemma-2-9b": ("google/gemma-2-9b", "Gemma2Config", dict(
-        vocab_size=256000, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
-        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192,
-        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0)),
-    "olmo-2-7b": ("allenai/OLMo-2-1124-7B", "Olmo2Config", dict(
-        vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=500000.0,
-        hidden_act="silu", pad_token_id=100277, bos_token_id=None, eos_token_id=100257)),
-}
+#: Benchmark name -> the published config shipped in cca_tl/model_configs/ (the base models share the
+#: -It/-Instruct models' shapes).
+PUBLISHED = {"gemma-2-2b": "gemma-2-2b-it", "gemma-2-9b": "gemma-2-9b-it", "olmo-2-7b": "olmo-2-1124-7b-instruct"}
 
 
 def build(name: str, device: torch.device, dtype: torch.dtype, layers: int | None, vocab: int | None):
-    """(HF model, HookedTransformer) with the same random weights at the published shapes."""
+    """(HF model, HookedTransformer) with the same random weights at the published shapes, converted by
+    cca_tl's own loader (the family table), as a user's checkpoint would be."""
     import transformers
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_pretrained_state_dict
 
-    from cca_tl.models import relayout_
+    from cca_tl.families import load_hf_config
+    from cca_tl.models import hooked_from_hf
 
-    official, config_class, fields = PUBLISHED[name]
-    fields = dict(fields, **({"num_hidden_layers": layers} if layers else {}), **({"vocab_size": vocab} if vocab else {}))
-    for key in ("pad_token_id", "eos_token_id"):  # a shrunk vocabulary must still contain the special ids
-        if fields.get(key) is not None and fields[key] >= fields["vocab_size"]:
-            fields[key] = fields["vocab_size"] - 1
-    hf_config = getattr(transformers, config_class)(**fields)
-    hf_config.architectures = [config_class.replace("Config", "ForCausalLM")]
-    # TransformerLens derives configs of official names from the hub's config.json; hand it the published one.
-    with mock.patch("transformers.AutoConfig.from_pretrained", return_value=hf_config), \
-            mock.patch("transformer_lens.loading_from_pretrained.AutoConfig.from_pretrained", return_value=hf_config):
-        cfg = convert_hf_model_config(official)
-    cfg.update(n_layers=hf_config.num_hidden_layers, d_vocab=hf_config.vocab_size, d_vocab_out=hf_config.vocab_size,
-               n_ctx=512, dtype=dtype, device=str(device), init_weights=False, tokenizer_name=None)
-    if "attn_types" in cfg and cfg["attn_types"]:
-        cfg["attn_types"] = cfg["attn_types"][:cfg["n_layers"]]
+    overrides = dict(**({"num_hidden_layers": layers} if layers else {}), **({"vocab_size": vocab} if vocab else {}))
+    hf_config = load_hf_config(PUBLISHED[name], **overrides)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):  # a shrunk vocabulary must still hold them
+        ids = getattr(hf_config, key, None)
+        if isinstance(ids, int) and ids >= hf_config.vocab_size:
+            setattr(hf_config, key, hf_config.vocab_size - 1)
+        elif isinstance(ids, list):
+            setattr(hf_config, key, [min(i, hf_config.vocab_size - 1) for i in ids])
     torch.manual_seed(0)
     with torch.device(device):
         hf = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=dtype).eval()
-    model = HookedTransformer(HookedTransformerConfig(**cfg), move_to_device=False)
-    with mock.patch("transformers.AutoConfig.from_pretrained", return_value=hf_config):
-        state = get_pretrained_state_dict(official, model.cfg, hf_model=hf, dtype=dtype)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False)
-    model.to(device)
-    return hf, relayout_(model).eval()
+    model = hooked_from_hf(hf, name=name, source="random-published-config", dtype=dtype, device=device, n_ctx=512)
+    return hf, model
 
 
 def timed(fn, device: torch.device, reps: int = 3) -> tuple[float, float]:

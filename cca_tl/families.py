@@ -291,9 +291,9 @@ def published_config_names() -> list[str]:
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load_hf_config(name_or_path: str | Path) -> Any:
+def load_hf_config(name_or_path: str | Path, **overrides: Any) -> Any:
     """An HF config from a shipped name (``gemma-2-2b-it``), a ``config.json`` file or a model directory,
-    offline."""
+    offline; ``overrides`` replace fields (e.g. fewer layers for a benchmark at shrunken depth)."""
     from transformers import AutoConfig
 
     path = Path(name_or_path).expanduser()
@@ -310,6 +310,9 @@ def load_hf_config(name_or_path: str | Path) -> Any:
     try:
         doc = json.loads(path.read_text())
         doc.pop("_source", None)
+        if "num_hidden_layers" in overrides:
+            doc.pop("layer_types", None)  # derived again for the new depth
+        doc.update(overrides)
         return AutoConfig.for_model(doc.pop("model_type"), **doc)
     except (KeyError, ValueError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path} is not an HF model config: {type(exc).__name__}: {exc}") from exc

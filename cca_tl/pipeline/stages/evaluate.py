@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from cca_tl._io import atomic_write_text
+from cca_tl._io import atomic_write_text, release_freed_memory
 from cca_tl.pipeline.stages import Stage
 from cca_tl.pipeline.stages.update import update_summary, update_variant
 
@@ -60,6 +60,7 @@ def run(run) -> dict:
                     train_logit_diff=localization_logit_diff(model, train), update=update_info)
         atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
         atomic_write_text(path, json.dumps(info, indent=1))
+        release_freed_memory()  # generation buffers, before the next variant's update allocates its own
     atomic_write_text(out_dir / "accuracy.csv", run.accuracy_table().to_csv())
     run.session.restore()
     return run.headline()
