@@ -15,6 +15,8 @@ it, so loading (:mod:`cca_tl.models`), the component registry (:mod:`cca_tl.comp
 * ``biases``: which bias families really exist (TL keeps zero placeholders for the others, and a
   component's weights never include a placeholder, or the edit could not be exported).
 
+* ``convert``: the HF → TL weight mapping where TL's own converter falls short (grouped-query OLMo-2).
+
 Families TL 3.9 cannot represent are refused at load with the reason (:class:`~cca_tl.errors.ModelLoadError`).
 """
 
@@ -50,6 +52,8 @@ class Family:
     embed_scale: bool = False  # TL's W_E = embed_tokens * sqrt(d_model)  (Gemma)
     norm_offset: float = 0.0  # TL's norm weight = HF weight + offset     (Gemma's 1 + w)
     layer_norm: bool = False  # LayerNorm with biases (GPT-2, NeoX) rather than RMSNorm
+    #: HF model -> TL state dict, where TL 3.9's own converter cannot be used (``None``: TL's)
+    convert: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,19 +132,50 @@ def gemma3_tl_config(c: Any) -> dict[str, Any]:
 
 
 def olmo2_tl_config(c: Any) -> dict[str, Any]:
-    """OLMo-2: norms *after* attention and MLP only, q/k RMSNorm over the whole projection width."""
-    if c.num_key_value_heads not in (None, c.num_attention_heads):
-        raise ModelLoadError(
-            f"OLMo-2 with grouped-query attention ({c.num_key_value_heads} kv heads for "
-            f"{c.num_attention_heads} query heads, e.g. OLMo-2-0325-32B) cannot be converted: TransformerLens "
-            "3.9's OLMo-2 weight conversion reshapes K and V with the query head count. The 1B, 7B and 13B "
-            "checkpoints (multi-head attention) load."
-        )
+    """OLMo-2: norms *after* attention and MLP only, q/k RMSNorm over the whole projection width; with
+    grouped-query attention (OLMo-2-0325-32B) the k norm spans the kv heads only."""
     if getattr(c, "attention_bias", False):
         raise ModelLoadError("OLMo-2 with attention_bias=True is not supported (TL's conversion drops biases).")
     cfg = _rotary_rms(c, c.hidden_size // c.num_attention_heads)
     cfg.update(act_fn=c.hidden_act, original_architecture="Olmo2ForCausalLM")
+    if c.num_key_value_heads not in (None, c.num_attention_heads):
+        cfg["n_key_value_heads"] = c.num_key_value_heads
     return cfg
+
+
+def convert_olmo2(hf_model: Any, cfg: Any) -> dict[str, Any]:
+    """OLMo-2 HF weights -> TL names. TL 3.9's ``convert_olmo2_weights`` reshapes K and V with the query
+    head count, which fails for grouped-query OLMo-2 (32B); this is the same mapping with K/V per kv head
+    (``_W_K``/``_W_V``, the names TL's grouped-query attention uses)."""
+    import einops
+    import torch
+
+    kv_heads = cfg.n_key_value_heads or cfg.n_heads
+    grouped = "_" if cfg.n_key_value_heads else ""
+    zeros = lambda *shape: torch.zeros(*shape, dtype=cfg.dtype)  # noqa: E731  TL's bias placeholders
+    base = hf_model.model
+    sd: dict[str, Any] = {"embed.W_E": base.embed_tokens.weight, "ln_final.w": base.norm.weight,
+                          "unembed.W_U": hf_model.lm_head.weight.T, "unembed.b_U": zeros(cfg.d_vocab)}
+    for layer, block in enumerate(base.layers):
+        attn, mlp, pre = block.self_attn, block.mlp, f"blocks.{layer}"
+        sd[f"{pre}.attn.W_Q"] = einops.rearrange(attn.q_proj.weight, "(n h) m -> n m h", n=cfg.n_heads)
+        sd[f"{pre}.attn.{grouped}W_K"] = einops.rearrange(attn.k_proj.weight, "(n h) m -> n m h", n=kv_heads)
+        sd[f"{pre}.attn.{grouped}W_V"] = einops.rearrange(attn.v_proj.weight, "(n h) m -> n m h", n=kv_heads)
+        sd[f"{pre}.attn.W_O"] = einops.rearrange(attn.o_proj.weight, "m (n h) -> n h m", n=cfg.n_heads)
+        sd[f"{pre}.attn.b_Q"] = zeros(cfg.n_heads, cfg.d_head)
+        sd[f"{pre}.attn.{grouped}b_K"] = zeros(kv_heads, cfg.d_head)
+        sd[f"{pre}.attn.{grouped}b_V"] = zeros(kv_heads, cfg.d_head)
+        sd[f"{pre}.attn.b_O"] = zeros(cfg.d_model)
+        sd[f"{pre}.attn.q_norm.w"] = attn.q_norm.weight
+        sd[f"{pre}.attn.k_norm.w"] = attn.k_norm.weight
+        sd[f"{pre}.ln1.w"] = block.post_attention_layernorm.weight  # TL applies ln1/ln2 after the sublayer
+        sd[f"{pre}.ln2.w"] = block.post_feedforward_layernorm.weight
+        sd[f"{pre}.mlp.W_in"] = mlp.up_proj.weight.T
+        sd[f"{pre}.mlp.W_gate"] = mlp.gate_proj.weight.T
+        sd[f"{pre}.mlp.W_out"] = mlp.down_proj.weight.T
+        sd[f"{pre}.mlp.b_in"] = zeros(cfg.d_mlp)
+        sd[f"{pre}.mlp.b_out"] = zeros(cfg.d_model)
+    return sd
 
 
 def gpt2_tl_config(c: Any) -> dict[str, Any]:
@@ -210,7 +245,8 @@ FAMILIES: dict[str, Family] = {f.architecture: f for f in (
            embed_scale=True, norm_offset=1.0),
     Family("Gemma2ForCausalLM", "llama", gemma2_tl_config, _none, norms="sandwich",
            embed_scale=True, norm_offset=1.0),
-    Family("Olmo2ForCausalLM", "llama", olmo2_tl_config, _none, norms="post", qk_norm="full"),
+    Family("Olmo2ForCausalLM", "llama", olmo2_tl_config, _none, norms="post", qk_norm="full",
+           convert=convert_olmo2),
     Family("Qwen3ForCausalLM", "llama", _qwen3_tl_config, _none, qk_norm="head"),
     Family("Qwen2ForCausalLM", "llama", _tl_derived("Qwen2ForCausalLM"), lambda c: frozenset({"qkv"})),
     Family("LlamaForCausalLM", "llama", _tl_derived("LlamaForCausalLM"), _llama_biases),

@@ -245,7 +245,11 @@ def hooked_from_hf(
             cfg_dict["n_ctx"] = n_ctx
         cfg = HookedTransformerConfig(**cfg_dict)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-        state_dict = get_pretrained_state_dict(str(config_dir), cfg, hf_model=hf_model, dtype=dtype)
+        from cca_tl.families import FAMILIES
+
+        convert = FAMILIES[arch].convert if arch in FAMILIES else None
+        state_dict = (convert(hf_model, cfg) if convert is not None
+                      else get_pretrained_state_dict(str(config_dir), cfg, hf_model=hf_model, dtype=dtype))
     if release_hf:  # converted tensors that are views keep their storage; the rest is freed now
         hf_model.to("meta")
     _load_unprocessed(model, state_dict)

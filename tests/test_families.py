@@ -139,14 +139,25 @@ def test_biases_are_components_only_where_the_family_has_them():
     assert not any("norm" in n or n.startswith("ln") for n in slice_names("tiny-olmo2"))
 
 
-def test_olmo2_with_grouped_query_attention_is_refused_with_the_reason():
-    from transformers import Olmo2Config
+def test_olmo2_with_grouped_query_attention_loads_masks_and_exports(tmp_path):
+    """OLMo-2-0325-32B's layout (kv heads < query heads), which TL 3.9's own OLMo-2 converter cannot take."""
+    from cca_tl.models import hooked_from_hf
 
-    config = Olmo2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=256)
-    config.architectures = ["Olmo2ForCausalLM"]
-    with pytest.raises(ModelLoadError, match="grouped-query attention.*13B"):
-        tl_config_dict(config)
+    hf = tiny_hf_model("tiny-olmo2", num_key_value_heads=2)
+    model = hooked_from_hf(hf, name="tiny-olmo2-gqa")
+    with torch.no_grad():
+        assert (hf(IDS).logits - model(IDS)).abs().max() <= 1e-4
+    reg = ComponentRegistry.from_model(model)
+    assert (reg.n_units("q"), reg.n_units("k")) == (4, 2)
+    with torch.no_grad():
+        for comp in one_of_every_kind(model):
+            for s in reg.slices(comp, "extended"):
+                s.view(model).add_(0.3)
+    export_hf(model, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    with torch.no_grad():
+        assert (reloaded(IDS).logits - model(IDS)).abs().max() <= 1e-4
+        assert (reloaded(IDS).logits - hf(IDS).logits).abs().max() > 1e-3
 
 
 def test_unknown_architecture_names_the_supported_ones():
