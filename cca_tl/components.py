@@ -110,9 +110,7 @@ def _hf_biases(model: HookedTransformer) -> frozenset[str]:
     from cca_tl.families import FAMILIES
 
     arch = model.cfg.original_architecture
-    if arch is None:  # a pure TransformerLens model: every TL bias takes part in the computation
-        return frozenset({"qkv", "o", "mlp"})
-    if arch not in FAMILIES:  # loaded elsewhere (e.g. TL's hub loader): trust TL's non-zero biases
+    if arch not in FAMILIES:  # a pure TL model, or one loaded elsewhere: every TL bias takes part
         return frozenset({"qkv", "o", "mlp"})
     hf_config = getattr(getattr(model, "cca_provenance", None), "hf_config", None)
     return FAMILIES[arch].biases(hf_config)

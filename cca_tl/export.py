@@ -250,7 +250,7 @@ def _neox_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> d
 
 _LAYERS = {"llama": _llama_layers, "gpt2": _gpt2_layers, "neox": _neox_layers}
 #: (input embedding, output head) parameter names per layout. transformers >= 5.14 calls NeoX's head
-#: ``lm_head`` (earlier ``embed_out``); _check_against_hf_layout renames it to what the installed class has.
+#: ``lm_head`` (earlier ``embed_out``); fit_to_hf_layout renames it to what the installed class has.
 _EMBEDDINGS = {"llama": ("model.embed_tokens.weight", "lm_head.weight"),
                "gpt2": ("transformer.wte.weight", "lm_head.weight"),
                "neox": ("gpt_neox.embed_in.weight", "lm_head.weight")}
@@ -291,7 +291,7 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     return {k: v.contiguous().clone() for k, v in sd.items()}, tied
 
 
-def _check_against_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> dict[str, Tensor]:
+def fit_to_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> dict[str, Tensor]:
     """Every key and shape of the HF model built from ``config`` must be present (meta init, no memory).
     Returns ``sd`` with the output head under the name the installed transformers uses."""
     from transformers import AutoModelForCausalLM
@@ -345,7 +345,7 @@ def export_hf(
     state_dict, tied = hf_state_dict(model)
     config.tie_word_embeddings = tied
     config.dtype = dtype
-    state_dict = _check_against_hf_layout(state_dict, config, tied)
+    state_dict = fit_to_hf_layout(state_dict, config, tied)
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     max_diff = None

@@ -21,12 +21,12 @@ def hf_twin(model: HookedTransformer) -> Any:
     """A transformers model holding exactly ``model``'s current weights (fp32), e.g. for ``peft``."""
     from transformers import AutoModelForCausalLM
 
-    from cca_tl.export import _check_against_hf_layout, hf_config_for, hf_state_dict
+    from cca_tl.export import fit_to_hf_layout, hf_config_for, hf_state_dict
 
     state_dict, tied = hf_state_dict(model)
     config = hf_config_for(model)
     config.tie_word_embeddings = tied
-    state_dict = _check_against_hf_layout(state_dict, config, tied)  # names as the installed transformers has them
+    state_dict = fit_to_hf_layout(state_dict, config, tied)  # names as the installed transformers has them
     try:
         from transformers.initialization import no_init_weights  # transformers >= 5
     except ImportError:  # pragma: no cover - older transformers
