@@ -94,6 +94,14 @@ def main() -> None:
     head = json.loads((out / "stages" / "evaluate.json").read_text())
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, device {args.device}, dtype {args.dtype}, "
                f"python {platform.python_version()}")
+    history_path = HERE / "bench_main_job_history.csv"
+    history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    config = json.loads((out / "config.json").read_text())
+    history = pd.concat([history, pd.DataFrame([dict(
+        label=args.label, commit=commit, task=config["task"], stage_seconds=round(total),
+        peak_rss_gb=round(peak_kb / 2**20, 2), **{s: round(table.loc[s, "seconds"]) for s in ("traces", "update", "evaluate")})])])
+    history.to_csv(history_path, index=False)
     text = "\n".join([
         "# The main job: time and memory per stage", "",
         f"Command: `.venv/bin/python analyses/bench_main_job.py --device {args.device} --dtype {args.dtype}` "
@@ -103,7 +111,12 @@ def main() -> None:
         "2 cores): 1,155 s of stage time, 12.4 GB peak RSS. Budget: ≤ 480 s, ≤ 3.5 GB.", "",
         table.to_markdown(floatfmt=".2f"), "",
         f"Headline of this run: {json.dumps(head.get('macro_accuracy'))}; DCM kept {head.get('selected')} "
-        "components.", ""])
+        "components.", "",
+        "## Every measurement (`analyses/bench_main_job_history.csv`)", "",
+        "The same command on the same machine varies by ±20 % in time (the host's two cores are shared). "
+        "Until the task changed the main job was the arithmetic task (40-token traces, sampled Prefix traces, "
+        "validation by generation); since then it is the two-step task (`analyses/task_screen.md`).", "",
+        history.to_markdown(index=False), ""])
     (HERE / "bench_main_job.md").write_text(text)
     table.assign(label=args.label, peak_rss_gb_total=round(peak_kb / 2**20, 2)).to_csv(HERE / "bench_main_job.csv")
     print(text)

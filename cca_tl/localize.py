@@ -6,6 +6,10 @@ reasoning before the pivotal token), ``prefix_text``, ``desired_id``, ``undesire
 input :class:`cca_tl.dcm.ContrastSet.from_dataset` takes.
 
 * **Prefix**: the first position where the greedy and the sampled trace differ.
+* **Reference** (held-out pivots, this toolkit's addition): the first position where a wrong greedy answer
+  leaves the task's reference solution. Needs no sampling, so every wrong answer of a greedy evaluation
+  yields a pivot for free; on tasks whose right traces all follow one format (the two-step task: a model's
+  right answer *is* the reference text) it is the Prefix record a right sample would give.
 * **Branching**: walk along the sampled trace; at each position k complete greedily from its first k
   tokens; the first k where the completion's correctness differs from the greedy trace's is pivotal.
   Made cheap by an exact shortcut: where the sampled token equals the current greedy continuation's next
@@ -61,6 +65,31 @@ def localize_prefix(traces, tokenizer: Any = None):
         rec = prefix_records(t["prompt_ids"], t["greedy_ids"], t["sampled_ids"], t["greedy_correct"])
         if rec is not None:
             rows.append(dict(rec, template_id=t["template_id"], instance_id=t["instance_id"], method="prefix"))
+    return _dataset(rows, tokenizer)
+
+
+def localize_reference(problems: Sequence[Any], prompt_ids: Sequence[Sequence[int]], outputs: Sequence[str],
+                       correct: Sequence[bool], tokenizer: Any):
+    """Reference localization for greedy answers: one record per wrong answer whose text leaves the
+    reference solution (``problem.solution``, read after the prompt's trailing space) at some token.
+
+    Both texts are tokenised the same way, so the first differing token is where the answer went wrong;
+    desired = the reference's token, undesired = the answer's. Right answers and problems without a
+    solution give no record.
+    """
+    if not (len(problems) == len(prompt_ids) == len(outputs) == len(correct)):
+        raise ValueError("problems, prompt_ids, outputs and correct must have one entry per question.")
+    rows = []
+    for problem, prompt, output, ok in zip(problems, prompt_ids, outputs, correct):
+        if ok or not problem.solution:
+            continue
+        space = " " if output.startswith(" ") else ""
+        answer = tokenizer.encode(output, add_special_tokens=False)
+        reference = tokenizer.encode(space + problem.solution, add_special_tokens=False)
+        rec = prefix_records(prompt, reference, answer, greedy_correct=True)
+        if rec is not None:
+            rows.append(dict(rec, template_id=problem.template_id, instance_id=problem.instance_id,
+                             method="reference"))
     return _dataset(rows, tokenizer)
 
 

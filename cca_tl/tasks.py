@@ -205,17 +205,7 @@ def arithmetic_problems(n_per_template: int = 50, *, seed: int = 0, max_value: i
     Gemma-3-270M (4-shot, greedy) scored 25 % macro at the default ``max_value=9``, 12.5 % at 20 and 5 % at 5
     (10 questions per template; ``analyses/tasks_baseline.md``).
     """
-    ids = list(templates) if templates is not None else list(ARITHMETIC_TEMPLATES)
-    unknown = [t for t in ids if t not in ARITHMETIC_TEMPLATES]
-    if unknown:
-        raise KeyError(f"Unknown arithmetic template ids {unknown}; known: {list(ARITHMETIC_TEMPLATES)}")
-    problems = []
-    for tid in ids:
-        rng = random.Random(_template_seed(seed, tid))
-        for i in range(n_per_template):
-            q, s, a = ARITHMETIC_TEMPLATES[tid](rng, max_value)
-            problems.append(Problem(tid, i, q, float(a), s))
-    return problems
+    return _instantiate(ARITHMETIC_TEMPLATES, n_per_template, seed, max_value, templates)
 
 
 #: Four worked examples of the easy task (fixed; not drawn from any split).
@@ -229,6 +219,95 @@ ARITHMETIC_EXEMPLARS: tuple[tuple[str, str], ...] = (
     ("Leo had 19 nuts. Leo lost 4 nuts on Monday and 6 nuts on Tuesday. How many nuts are left?",
      "Leo had 19. 19 - 4 = 15. 15 - 6 = 9. The final answer is 9."),
 )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two-step task: terse two-operation problems with small numbers (the band the base model half-solves)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _two_add_sub(rng: random.Random, hi: int) -> tuple[str, str, int]:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(2, hi), rng.randint(1, hi)
+    c = rng.randint(1, min(hi, a + b - 1))
+    q = f"{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} does {name} have?"
+    return q, f"{a} + {b} = {a + b}. {a + b} - {c} = {a + b - c}. The final answer is {a + b - c}.", a + b - c
+
+
+def _two_mul_add(rng: random.Random, hi: int) -> tuple[str, str, int]:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    boxes, per, extra = rng.randint(2, hi), rng.randint(2, hi), rng.randint(1, hi)
+    q = f"{name} has {boxes} bags of {per} {item} and {extra} more {item}. How many {item} does {name} have?"
+    return q, f"{boxes} * {per} = {boxes * per}. {boxes * per} + {extra} = {boxes * per + extra}. " \
+              f"The final answer is {boxes * per + extra}.", boxes * per + extra
+
+
+def _two_add_add(rng: random.Random, hi: int) -> tuple[str, str, int]:
+    n1, n2, n3 = rng.sample(_NAMES, 3)
+    item = rng.choice(_ITEMS)
+    a, b, c = rng.randint(1, hi), rng.randint(1, hi), rng.randint(1, hi)
+    q = f"{n1} has {a} {item}, {n2} has {b} and {n3} has {c}. How many {item} do they have together?"
+    return q, f"{a} + {b} = {a + b}. {a + b} + {c} = {a + b + c}. The final answer is {a + b + c}.", a + b + c
+
+
+def _two_sub_sub(rng: random.Random, hi: int) -> tuple[str, str, int]:
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    b, c = rng.randint(1, hi), rng.randint(1, hi)
+    a = b + c + rng.randint(1, hi)
+    q = f"{name} has {a} {item}, loses {b} and then gives away {c}. How many {item} are left?"
+    return q, f"{a} - {b} = {a - b}. {a - b} - {c} = {a - b - c}. The final answer is {a - b - c}.", a - b - c
+
+
+TWO_STEP_TEMPLATES: dict[str, Callable[[random.Random, int], tuple[str, str, int]]] = {
+    "two-add-sub": _two_add_sub,
+    "two-mul-add": _two_mul_add,
+    "two-add-add": _two_add_add,
+    "two-sub-sub": _two_sub_sub,
+}
+
+#: One worked example per two-step template (fixed names and items that the generators never draw).
+TWO_STEP_EXEMPLARS: tuple[tuple[str, str], ...] = (
+    ("Sam has 4 pears, gets 3 more and gives away 2. How many pears does Sam have?",
+     "4 + 3 = 7. 7 - 2 = 5. The final answer is 5."),
+    ("Eva has 3 bags of 2 cups and 4 more cups. How many cups does Eva have?",
+     "3 * 2 = 6. 6 + 4 = 10. The final answer is 10."),
+    ("Max has 2 stamps, Ivy has 5 and Leo has 3. How many stamps do they have together?",
+     "2 + 5 = 7. 7 + 3 = 10. The final answer is 10."),
+    ("Ada has 9 nuts, loses 3 and then gives away 4. How many nuts are left?",
+     "9 - 3 = 6. 6 - 4 = 2. The final answer is 2."),
+)
+
+
+def two_step_problems(n_per_template: int = 50, *, seed: int = 0, max_value: int = 5,
+                      templates: Iterable[str] | None = None) -> list[Problem]:
+    """Terse two-operation word problems (four templates, every operand in ``1..max_value``); each answer is
+    two equations and "The final answer is N.", about 20 tokens, so a trace has two steps where it can slip.
+
+    Chosen from the candidates in ``analyses/task_screen.md`` because Gemma-3-270M half-solves it (greedy
+    accuracy in the 35-70 % band the paper's models start from) with traces half as long as the easy task's.
+    """
+    return _instantiate(TWO_STEP_TEMPLATES, n_per_template, seed, max_value, templates)
+
+
+def _instantiate(table: dict[str, Callable[[random.Random, int], tuple[str, str, int]]], n_per_template: int,
+                 seed: int, max_value: int, templates: Iterable[str] | None) -> list[Problem]:
+    ids = list(templates) if templates is not None else list(table)
+    unknown = [t for t in ids if t not in table]
+    if unknown:
+        raise KeyError(f"Unknown template ids {unknown}; known: {list(table)}")
+    problems = []
+    for tid in ids:
+        rng = random.Random(_template_seed(seed, tid))
+        for i in range(n_per_template):
+            q, s, a = table[tid](rng, max_value)
+            problems.append(Problem(tid, i, q, float(a), s))
+    return problems
+
+
+#: The few-shot exemplars of each task (a run's ``shots`` keeps the first N).
+EXEMPLARS: dict[str, tuple[tuple[str, str], ...]] = {"two-step": TWO_STEP_EXEMPLARS,
+                                                     "arithmetic": ARITHMETIC_EXEMPLARS,
+                                                     "gsm-symbolic": GSM8K_EXEMPLARS}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,27 @@ def test_prefix_on_hand_built_pairs():
     assert first_difference([3], [4]) == 0
 
 
+def test_reference_localization_finds_where_a_wrong_answer_leaves_the_solution():
+    from cca_tl.localize import localize_reference
+    from cca_tl.tasks import Problem
+
+    tok = load_model("tiny-gemma3").tokenizer  # one token per character
+    solved = Problem("t", 0, "q", 5.0, "2 + 4 = 6. 6 - 1 = 5. The final answer is 5.")
+    plain = Problem("t", 1, "q", 5.0, "")  # no reference: no record
+    outputs = [" 2 + 4 = 7. 7 - 1 = 6. The final answer is 6.", " 2 + 4 = 6. 6 - 1 = 5. The final answer is 5.",
+               " 2 + 4 = 7."]
+    records = localize_reference([solved, solved, plain], [[1, 2], [1, 2], [1, 2]], outputs, [False, True, False],
+                                 tok)
+    assert len(records) == 1  # the right answer and the problem without a solution give none
+    r = records[0]
+    k = len(" 2 + 4 = ")
+    assert r["position"] == k and r["method"] == "reference" and r["instance_id"] == 0
+    assert r["prefix_ids"] == [1, 2] + tok.encode(outputs[0][:k], add_special_tokens=False)
+    assert tok.decode([r["desired_id"]]) == "6" and tok.decode([r["undesired_id"]]) == "7"
+    with pytest.raises(ValueError, match="one entry per question"):
+        localize_reference([solved], [[1]], outputs, [False], tok)
+
+
 class Completer:
     """Greedy completions from a tiny model's HF twin, counting calls."""
 

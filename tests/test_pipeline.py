@@ -70,6 +70,13 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert table["macro_accuracy"].between(0, 1).all()
     assert table.loc["base", "retention_kl"] == 0.0 and (table.loc[["cca", "control-all"], "retention_kl"] > 0).all()
     assert table["general_top1"].between(0, 1).all()
+    # Held-out test pivots come from the base model's wrong answers, so the base model loses every one of
+    # them (its greedy token is the undesired one); every variant is scored on the same records.
+    assert table["n_pivots_test"].nunique() == 1 and table.loc["base", "n_pivots_test"] > 0
+    assert table.loc["base", "pivot_accuracy"] <= 0.05
+    paired = run_.paired("cca", "control-random")
+    assert paired["accuracy_low"] <= paired["accuracy_diff"] <= paired["accuracy_high"]
+    assert paired["pivot_accuracy_n"] == table.loc["base", "n_pivots_test"]
 
     analysis = tiny_run / "analysis"
     for name in ("components.csv", "components_per_layer.csv", "ablation.csv", "faithfulness.csv"):
@@ -80,6 +87,19 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert "CircuitsVis" in page and "<script src=" not in page and "cdn" not in page.lower()
     report = (tiny_run / "report.md").read_text()
     assert "control-random" in report and "Ablation checks" in report and "analysis/mask.png" in report
+    assert "CCA − control-random" in report and "pivot accuracy" in report
+
+
+def test_two_step_task_with_reference_pivots_runs_to_the_update(tmp_path):
+    """The main job's path (two-step task, reference localization, no sampling, validation on held-out
+    pivots) on the tiny model."""
+    cfg = preset("tiny", task="two-step", localization="reference", n_samples=0, max_new_tokens=16)
+    info = run(cfg, tmp_path / "r", stop_after="update", progress=False)
+    run_ = Run.open(tmp_path / "r", progress=False)
+    records = run_.localization()
+    assert set(records["method"]) == {"reference"} and run_.stage_info("localize")["train"] > 0
+    assert run_.stage_info("traces")["pairs"] == 0  # nothing was sampled
+    assert run_.stage_info("update")["val_metric"] == "logit_diff" and "update" in info["ran"]
 
 
 def test_export_table_and_resume_of_a_finished_run(tiny_run, tmp_path, capsys):

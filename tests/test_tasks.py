@@ -103,6 +103,22 @@ def test_arithmetic_problems_are_right():
         assert extract_answer(p.solution) == p.answer and p.answer >= 0
 
 
+@pytest.mark.parametrize("max_value", [3, 9])
+def test_two_step_problems_are_right_and_take_two_steps(max_value):
+    from cca_tl.tasks import TWO_STEP_EXEMPLARS, TWO_STEP_TEMPLATES, two_step_problems
+
+    problems = two_step_problems(30, seed=1, max_value=max_value)
+    assert {p.template_id for p in problems} == set(TWO_STEP_TEMPLATES) and len(problems) == 120
+    for p in problems:
+        first, second, _ = p.solution.split(". ")
+        assert extract_answer(p.solution) == p.answer >= 0
+        assert eval(first.replace(" = ", " == ")) and eval(second.replace(" = ", " == "))  # both steps hold
+    assert two_step_problems(30, seed=1, max_value=max_value) == problems  # seeded
+    for _, solution in TWO_STEP_EXEMPLARS:
+        first, second, _ = solution.split(". ")
+        assert eval(first.replace(" = ", " == ")) and eval(second.replace(" = ", " == "))
+
+
 def test_hub_loader_says_to_use_the_offline_templates(monkeypatch):
     from cca_tl.tasks import gsm_symbolic_hub
 

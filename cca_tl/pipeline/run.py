@@ -99,12 +99,12 @@ class Run:
         return self.session.apply(WeightEdit.load(self.dir / "update"))
 
     def prompt_fn(self) -> Callable[[str], str]:
-        from cca_tl.tasks import ARITHMETIC_EXEMPLARS, GSM8K_EXEMPLARS, chat_prompt, few_shot_prompt
+        from cca_tl.tasks import EXEMPLARS, chat_prompt, few_shot_prompt
 
         cfg = self.config
         if cfg.prompt == "chat":
             return functools.partial(chat_prompt, self.model.tokenizer)
-        exemplars = ARITHMETIC_EXEMPLARS if cfg.task == "arithmetic" else GSM8K_EXEMPLARS
+        exemplars = EXEMPLARS[cfg.task]
         exemplars = exemplars if cfg.shots is None else exemplars[:cfg.shots]
         return functools.partial(few_shot_prompt, exemplars=exemplars)
 
@@ -134,6 +134,26 @@ class Run:
         records = self.localization(split)
         return ContrastSet.from_dataset(records) if len(records) else None
 
+    def test_pivots(self):
+        """Held-out test pivots (the base model's wrong test answers against the reference solutions)."""
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.dir / "evaluate" / "test_pivots"))
+
+    def paired(self, variant: str, other: str) -> dict[str, float]:
+        """``variant − other`` with paired bootstrap 95 % intervals: test accuracy (per question; the
+        questions are the same) and held-out pivot accuracy (per test pivot record)."""
+        from cca_tl.stats import paired_bootstrap_ci
+
+        out: dict[str, float] = {}
+        for name, suffix, column in (("accuracy", "records", "correct"), ("pivot_accuracy", "pivots", "logit_diff")):
+            a, b = (pd.read_csv(self.dir / "evaluate" / f"{v}_{suffix}.csv")[column] for v in (variant, other))
+            if column == "logit_diff":
+                a, b = a > 0, b > 0
+            mean, low, high = paired_bootstrap_ci(a.to_numpy(float), b.to_numpy(float), seed=self.config.seed)
+            out.update({f"{name}_diff": mean, f"{name}_low": low, f"{name}_high": high, f"{name}_n": len(a)})
+        return out
+
     def dcm(self):
         return load_dcm(self.dir / "dcm")
 
@@ -154,6 +174,8 @@ class Run:
             upd = info.get("update") or (json.loads((self.dir / "update" / "result.json").read_text())
                                          if variant == "cca" else {})
             row = dict(variant=variant, macro_accuracy=info["macro_accuracy"], n_test=info["n_test"],
+                       pivot_accuracy=info.get("pivot_accuracy"), pivot_logit_diff=info.get("pivot_logit_diff"),
+                       n_pivots_test=info.get("n_pivots"),
                        train_logit_diff=info["train_logit_diff"], val_logit_diff=info["val_logit_diff"],
                        pct_components=100 * upd["fraction_components"] if upd else 0.0,
                        pct_params=100 * upd["fraction_params"] if upd else 0.0,
@@ -166,8 +188,18 @@ class Run:
     def headline(self) -> dict:
         evals = self.evaluations()
         head = {v: round(info["macro_accuracy"], 4) for v, info in evals.items()}
+        pivots = {v: round(info["pivot_accuracy"], 4) for v, info in evals.items()
+                  if info.get("pivot_accuracy") is not None}
         dcm = self.stage_info("dcm")
-        return dict(macro_accuracy=head, selected=dcm.get("selected"), pct_components=dcm.get("pct_components"))
+        out = dict(macro_accuracy=head, pivot_accuracy=pivots, selected=dcm.get("selected"),
+                   pct_components=dcm.get("pct_components"))
+        for other in [v for v in evals if v.startswith("control-")]:
+            if "cca" in evals and (self.dir / "evaluate" / "cca_pivots.csv").exists():
+                d = self.paired("cca", other)
+                out[f"cca_minus_{other}"] = {  # paired bootstrap 95 % intervals, in points
+                    k: f"{100 * d[k + '_diff']:+.1f} [{100 * d[k + '_low']:+.1f}, {100 * d[k + '_high']:+.1f}]"
+                    for k in ("accuracy", "pivot_accuracy")}
+        return out
 
     # -- execution ----------------------------------------------------------------------------------
     def execute(self, *, stop_after: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import shutil
 
-from cca_tl._io import atomic_write_text, release_freed_memory
+import pandas as pd
+
+from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
 from cca_tl.pipeline.stages import Stage
 from cca_tl.pipeline.stages.update import update_summary, update_variant
 
@@ -27,8 +29,22 @@ def prepare(run, variant: str) -> dict:
     return update_summary(result, run.contrast("val"))
 
 
+def save_test_pivots(run, records) -> int:
+    """Held-out test pivots from the *base* model's wrong test answers (reference localization): the
+    records every variant is scored on. Written once, atomically, before any variant is scored on them."""
+    from cca_tl.localize import localize_reference
+
+    model, splits, prompt = run.model, run.problems(), run.prompt_fn()
+    prompt_ids = [model.to_tokens(prompt(p.question), prepend_bos=True)[0].tolist() for p in splits.test]
+    pivots = localize_reference(splits.test, prompt_ids, list(records["output"]), list(records["correct"]),
+                                model.tokenizer)
+    with atomic_directory(run.dir / "evaluate" / "test_pivots", overwrite=True) as staging:
+        pivots.save_to_disk(str(staging))
+    return len(pivots)
+
+
 def run(run) -> dict:
-    from cca_tl.evaluate import accuracy, localization_logit_diff, retention_scores
+    from cca_tl.evaluate import accuracy, localization_logit_diff, pivot_scores, retention_scores
 
     cfg, splits = run.config, run.problems()
     out_dir = run.dir / "evaluate"
@@ -46,19 +62,25 @@ def run(run) -> dict:
             # deterministic, so the base's evaluation is this variant's too (saves ~55 s per variant).
             info = dict(json.loads((out_dir / "base.json").read_text()), variant=variant, update=update_info,
                         same_weights_as="base")
-            shutil.copyfile(out_dir / "base_records.csv", out_dir / f"{variant}_records.csv")
+            for suffix in ("records", "pivots"):
+                shutil.copyfile(out_dir / f"base_{suffix}.csv", out_dir / f"{variant}_{suffix}.csv")
             atomic_write_text(path, json.dumps(info, indent=1))
             continue
         model = run.model
         run.log(f"evaluating {variant} on {len(splits.test)} test questions")
         macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
                                          batch_size=cfg.gen_batch_size, stops=run.stops(), progress=run.progress)
-        info = dict(variant=variant, macro_accuracy=macro, n_test=len(records),
+        if variant == "base" or not (out_dir / "test_pivots").exists():
+            save_test_pivots(run, records)
+        pivots = pivot_scores(model, run.test_pivots())
+        diffs = pivots.pop("diffs")
+        info = dict(variant=variant, macro_accuracy=macro, n_test=len(records), **pivots,
                     per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
                     **retention_scores(model, None if variant == "base" else run.session.base_weights),
                     val_logit_diff=localization_logit_diff(model, val) if len(val) else None,
                     train_logit_diff=localization_logit_diff(model, train), update=update_info)
         atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
+        atomic_write_text(out_dir / f"{variant}_pivots.csv", pd.DataFrame(dict(logit_diff=diffs)).to_csv(index=False))
         atomic_write_text(path, json.dumps(info, indent=1))
         release_freed_memory()  # generation buffers, before the next variant's update allocates its own
     atomic_write_text(out_dir / "accuracy.csv", run.accuracy_table().to_csv())

@@ -1,4 +1,4 @@
-"""Stage ``localize``: pivotal-token records (Prefix or Branching) from the traces of weak templates."""
+"""Stage ``localize``: pivotal-token records (Prefix, Branching or Reference) from the traces of weak templates."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from cca_tl.pipeline.stages import Stage
 
 
 def run(run) -> dict:
-    from cca_tl.localize import localize_branching, localize_prefix
+    from cca_tl.localize import localize_branching, localize_prefix, localize_reference
     from cca_tl.tasks import macro_accuracy, weak_templates
 
     cfg = run.config
@@ -20,6 +20,12 @@ def run(run) -> dict:
     kept = traces.filter(lambda t: t["template_id"] in weak, keep_in_memory=True)
     if cfg.localization == "prefix":
         records = localize_prefix(kept, run.model.tokenizer)
+    elif cfg.localization == "reference":
+        splits = run.problems()
+        problem = {(p.template_id, p.instance_id): p for p in splits.train + splits.val}
+        records = localize_reference([problem[(t["template_id"], t["instance_id"])] for t in kept],
+                                     kept["prompt_ids"], kept["greedy_text"], kept["greedy_correct"],
+                                     run.model.tokenizer)
     else:
         records = localize_branching(kept, run.session.restore(), max_new_tokens=cfg.max_new_tokens,
                                      batch_size=cfg.gen_batch_size)
@@ -28,7 +34,8 @@ def run(run) -> dict:
     if n_train == 0:
         raise EmptyLocalizationError(
             f"No {cfg.localization} localization record on the train split: {int(sum(traces['flipped']))} of "
-            f"{len(traces)} questions had a trace of opposite correctness, weak templates: {sorted(weak)}. "
+            f"{len(traces)} questions had a trace of opposite correctness, "
+            f"{len(traces) - int(sum(traces['greedy_correct']))} a wrong greedy answer; weak templates: {sorted(weak)}. "
             "Trace more questions (train_per_template), sample more (n_samples), or pick a task the model "
             "solves sometimes.")
     records = records.add_column("split", splits)

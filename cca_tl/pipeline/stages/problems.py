@@ -21,12 +21,12 @@ def cap_per_template(items: list, cap: int | None) -> list:
 
 
 def run(run) -> dict:
-    from cca_tl.tasks import arithmetic_problems, gsm_symbolic, split_problems
+    from cca_tl.tasks import arithmetic_problems, gsm_symbolic, split_problems, two_step_problems
 
     cfg = run.config
-    if cfg.task == "arithmetic":
-        problems = arithmetic_problems(cfg.n_per_template, seed=cfg.seed, max_value=cfg.max_value,
-                                       templates=cfg.templates)
+    if cfg.task in ("two-step", "arithmetic"):
+        make = two_step_problems if cfg.task == "two-step" else arithmetic_problems
+        problems = make(cfg.n_per_template, seed=cfg.seed, max_value=cfg.max_value, templates=cfg.templates)
     else:
         problems = gsm_symbolic(cfg.n_per_template, seed=cfg.seed, templates=cfg.templates)
     if cfg.n_templates is not None:

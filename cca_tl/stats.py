@@ -1,0 +1,42 @@
+"""Confidence intervals for the numbers a run reports: bootstrap over questions (or pivot records).
+
+Accuracy differences between two variants are *paired* (both variants answer the same questions), so their
+interval resamples questions once and takes the difference on each resample — far narrower than two
+independent intervals when the variants mostly agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import Float
+
+
+def bootstrap_ci(values: Float[np.ndarray, "n"], *, n_resamples: int = 10_000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"Need a non-empty 1-d array of values, got shape {values.shape}.")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def paired_bootstrap_ci(a: Float[np.ndarray, "n"], b: Float[np.ndarray, "n"], *, n_resamples: int = 10_000,
+                        level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` and its percentile bootstrap interval, resampling the paired items together."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired values need the same shape, got {a.shape} and {b.shape}.")
+    low, high = bootstrap_ci(a - b, n_resamples=n_resamples, level=level, seed=seed)
+    return float((a - b).mean()), low, high
+
+
+def verdict(low: float, high: float) -> str:
+    """Plain words for an interval of a difference: an effect either way, or none that this sample can see."""
+    if low > 0:
+        return "effect (better)"
+    if high < 0:
+        return "effect (worse)"
+    return "no effect seen"
