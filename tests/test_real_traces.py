@@ -1,4 +1,4 @@
-"""Traces and localization on the real Gemma-3-270M with the easy task (slow)."""
+"""Traces and localization on the real Gemma-3-270M (slow)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ def test_prompt_longer_than_the_context_is_refused(gemma):
         from cca_tl.evaluate import accuracy
 
         accuracy(gemma, [], PROMPT)
+
+
+def test_reference_pivots_on_gemma_are_lost_by_the_greedy_model(gemma):
+    """Gemma's tokenizer re-tokenises its own answers the way it generated them, so at every reference pivot
+    of a wrong greedy answer the undesired token is the greedy one: the base model's pivot accuracy is 0."""
+    from cca_tl.evaluate import accuracy, pivot_scores
+    from cca_tl.localize import localize_reference
+    from cca_tl.tasks import TWO_STEP_EXEMPLARS, two_step_problems
+
+    prompt = functools.partial(few_shot_prompt, exemplars=TWO_STEP_EXEMPLARS)
+    problems = two_step_problems(4, seed=0, max_value=5)
+    _, _, records = accuracy(gemma, problems, prompt, max_new_tokens=32, progress=False)
+    prompt_ids = [gemma.to_tokens(prompt(p.question), prepend_bos=True)[0].tolist() for p in problems]
+    pivots = localize_reference(problems, prompt_ids, list(records["output"]), list(records["correct"]),
+                                gemma.tokenizer)
+    assert 0 < len(pivots) <= int((~records["correct"]).sum())
+    scores = pivot_scores(gemma, pivots)
+    assert scores["n_pivots"] == len(pivots) and scores["pivot_accuracy"] == 0.0
