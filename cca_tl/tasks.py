@@ -205,7 +205,7 @@ def arithmetic_problems(n_per_template: int = 50, *, seed: int = 0, max_value: i
     Gemma-3-270M (4-shot, greedy) scored 25 % macro at the default ``max_value=9``, 12.5 % at 20 and 5 % at 5
     (10 questions per template; ``analyses/tasks_baseline.md``).
     """
-    return _instantiate(ARITHMETIC_TEMPLATES, n_per_template, seed, max_value, templates)
+    return _instantiate("arithmetic", ARITHMETIC_TEMPLATES, n_per_template, seed, max_value, templates)
 
 
 #: Four worked examples of the easy task (fixed; not drawn from any split).
@@ -286,15 +286,15 @@ def two_step_problems(n_per_template: int = 50, *, seed: int = 0, max_value: int
     Chosen from the candidates in ``analyses/task_screen.md`` because Gemma-3-270M half-solves it (greedy
     accuracy in the 35-70 % band the paper's models start from) with traces half as long as the easy task's.
     """
-    return _instantiate(TWO_STEP_TEMPLATES, n_per_template, seed, max_value, templates)
+    return _instantiate("two-step", TWO_STEP_TEMPLATES, n_per_template, seed, max_value, templates)
 
 
-def _instantiate(table: dict[str, Callable[[random.Random, int], tuple[str, str, int]]], n_per_template: int,
+def _instantiate(task: str, table: dict[str, Callable[[random.Random, int], tuple[str, str, int]]], n_per_template: int,
                  seed: int, max_value: int, templates: Iterable[str] | None) -> list[Problem]:
     ids = list(templates) if templates is not None else list(table)
     unknown = [t for t in ids if t not in table]
     if unknown:
-        raise KeyError(f"Unknown template ids {unknown}; known: {list(table)}")
+        raise KeyError(f"Unknown {task} template ids {unknown}; known: {list(table)}")
     problems = []
     for tid in ids:
         rng = random.Random(_template_seed(seed, tid))
