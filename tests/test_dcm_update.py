@@ -255,3 +255,55 @@ def test_shared_prefix_batch_is_exact(arch):
     assert shared_grads.keys() == full_grads.keys()
     for name in full_grads:
         torch.testing.assert_close(shared_grads[name], full_grads[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
+    """The update runs the prefix common to all records once per step and sends the summed key/value
+    gradients of its mini-batches back through it: the same step as plain right-padded mini-batches."""
+    g = torch.Generator().manual_seed(1)
+    common = torch.randint(4, 256, (20,), generator=g).tolist()
+    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(7)]
+    data = ContrastSet(prefixes, [17] * 7, [42] * 7)
+    states = []
+    for shared in (True, False):
+        model = load_model(arch)
+        result = targeted_update(model, data, None, variant="all", lr=1e-2, steps=2, batch_size=3, eval_steps=[],
+                                 shared_prefix=shared, progress=False)
+        states.append(({n: p.detach().clone() for n, p in model.named_parameters()}, result.history))
+    (edited_shared, hist_shared), (edited_plain, hist_plain) = states
+    torch.testing.assert_close(hist_shared["train_logit_diff"].to_numpy(), hist_plain["train_logit_diff"].to_numpy(),
+                               atol=1e-4, rtol=0, equal_nan=True)
+    for name in edited_plain:
+        torch.testing.assert_close(edited_shared[name], edited_plain[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+def test_prefix_cache_stores_a_shared_prompt_once_and_stays_exact(arch):
+    from cca_tl.dcm import PrefixKV
+
+    model = load_model(arch)
+    g = torch.Generator().manual_seed(3)
+    common = torch.randint(4, 256, (12,), generator=g).tolist()
+    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(5)]
+    data = ContrastSet(prefixes, [17] * 5, [42] * 5)
+    dcm = DCMMask(model, [*Kind], init=0.0)
+    with torch.no_grad():
+        for p in dcm.gains.values():
+            p.copy_(torch.rand(p.shape, generator=g))
+    full = Batch.collate(data)
+    ref = two_logit_diff(model, full, dcm.hooks(full.last_pos))
+    ref_grads = torch.autograd.grad(ref.sum(), list(dcm.gains.values()))
+    kv = PrefixKV(model, data, batch_size=2)
+    if arch == "tiny-gemma3":  # its 8-token sliding window is shorter than the prompt: stored per example
+        assert kv.shared == 0 and kv.nbytes == PrefixKV.estimate_bytes(model, data)
+    else:
+        assert kv.shared == 12 and kv.nbytes < PrefixKV.estimate_bytes(model, data) / 2  # stored once
+    cached = kv.batch(data, range(len(data)))
+    got = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))
+    got_grads = torch.autograd.grad(got.sum(), list(dcm.gains.values()))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
