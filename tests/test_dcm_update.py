@@ -191,7 +191,14 @@ def test_prefix_cache_gives_the_same_logit_diff_and_gradients(arch):
     model = load_model(arch)
     data = contrast(n=5, lengths=(1, 13))  # includes a one-token prefix (empty cache row)
     data.prefix_ids[0] = data.prefix_ids[0][:1]
-    g = torch.Generator().manual_seed(0)
+    kv = PrefixKV(model, data, batch_size=2)
+    assert_prefix_cache_is_exact(model, data, kv, seed=0)
+    assert kv.nbytes == PrefixKV.estimate_bytes(model, data)
+
+
+def assert_prefix_cache_is_exact(model, data, kv, *, seed: int) -> None:
+    """Logit differences and DCM-gain gradients over ``kv`` equal those of the full right-padded batch."""
+    g = torch.Generator().manual_seed(seed)
     dcm = DCMMask(model, [*Kind], init=0.0)
     with torch.no_grad():
         for p in dcm.gains.values():
@@ -199,14 +206,12 @@ def test_prefix_cache_gives_the_same_logit_diff_and_gradients(arch):
     full = Batch.collate(data)
     ref = two_logit_diff(model, full, dcm.hooks(full.last_pos))
     ref_grads = torch.autograd.grad(ref.sum(), list(dcm.gains.values()))
-    kv = PrefixKV(model, data, batch_size=2)
     cached = kv.batch(data, range(len(data)))
     got = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))
     got_grads = torch.autograd.grad(got.sum(), list(dcm.gains.values()))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(got_grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert kv.nbytes == PrefixKV.estimate_bytes(model, data)
 
 
 def test_dcm_with_and_without_prefix_cache_agree(model):
@@ -289,21 +294,9 @@ def test_prefix_cache_stores_a_shared_prompt_once_and_stays_exact(arch):
     prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
                 for _ in range(5)]
     data = ContrastSet(prefixes, [17] * 5, [42] * 5)
-    dcm = DCMMask(model, [*Kind], init=0.0)
-    with torch.no_grad():
-        for p in dcm.gains.values():
-            p.copy_(torch.rand(p.shape, generator=g))
-    full = Batch.collate(data)
-    ref = two_logit_diff(model, full, dcm.hooks(full.last_pos))
-    ref_grads = torch.autograd.grad(ref.sum(), list(dcm.gains.values()))
     kv = PrefixKV(model, data, batch_size=2)
     if arch == "tiny-gemma3":  # its 8-token sliding window is shorter than the prompt: stored per example
         assert kv.shared == 0 and kv.nbytes == PrefixKV.estimate_bytes(model, data)
     else:
         assert kv.shared == 12 and kv.nbytes < PrefixKV.estimate_bytes(model, data) / 2  # stored once
-    cached = kv.batch(data, range(len(data)))
-    got = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))
-    got_grads = torch.autograd.grad(got.sum(), list(dcm.gains.values()))
-    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
-    for a, b in zip(got_grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_prefix_cache_is_exact(model, data, kv, seed=3)

@@ -58,8 +58,8 @@ class RunConfig:
     update_steps: int = 8
     update_eval_steps: list[int] | None = None  # None: 2, 4, 6, 8, 10, then every 5
     # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
-    # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores), the prompt run once per step: batch 8 ->
-    # 18.3 s, 3.86 GB peak; batch 4 -> 22.7 s, 3.40 GB (the prompt rerun per batch: batch 8 -> 25 s, 3.96 GB).
+    # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
+    # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
     update_batch_size: int = 4
     # Picks the update's best step. logit_diff: mean pivot logit difference on the held-out val records —
     # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each.
