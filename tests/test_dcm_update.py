@@ -285,6 +285,24 @@ def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
 
 
 @pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+def test_logit_diffs_with_the_prompt_run_once_match_plain_batches(arch):
+    """Held-out scoring runs the prompt common to all records once; every record's logit difference is the
+    one a plain right-padded batch gives (tiny-gemma3: an 8-token sliding window, shorter than the prompt)."""
+    from cca_tl.update import record_logit_diffs
+
+    g = torch.Generator().manual_seed(2)
+    common = torch.randint(4, 256, (20,), generator=g).tolist()
+    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(7)]
+    data = ContrastSet(prefixes, list(range(10, 17)), list(range(40, 47)))
+    model = load_model(arch)
+    once = record_logit_diffs(model, data, batch_size=3)
+    plain = record_logit_diffs(model, data, batch_size=3, shared_prefix=False)
+    assert len(once) == 7 and once.abs().min() > 0
+    torch.testing.assert_close(once, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
 def test_prefix_cache_stores_a_shared_prompt_once_and_stays_exact(arch):
     from cca_tl.dcm import PrefixKV
 

@@ -118,3 +118,17 @@ def test_localization_logit_diff_matches_the_dcm_readout():
     rows = [dict(prefix_ids=[1, 2, 3], desired_id=5, undesired_id=6), dict(prefix_ids=[4, 5], desired_id=7, undesired_id=8)]
     expected = two_logit_diff(model, Batch.collate(ContrastSet.from_dataset(rows))).mean().item()
     assert localization_logit_diff(model, Dataset.from_list(rows)) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["tiny-gemma2", "tiny-gpt2", "tiny-qwen2"])
+def test_text_logits_are_the_models_logits(arch):
+    """Retention's faster unembedding: the same logits as ``model(tokens)`` (Gemma-2's final soft cap,
+    GPT-2's LayerNorm and biases included)."""
+    from cca_tl.evaluate import text_logits
+    from cca_tl.models import load_model
+
+    model = load_model(arch, seed=5)
+    with torch.no_grad():
+        model.b_U.normal_()  # a real bias must be added too
+    tokens = model.to_tokens("The quick brown fox jumps over the lazy dog.")
+    torch.testing.assert_close(text_logits(model, tokens), model(tokens).float(), rtol=1e-5, atol=1e-5)

@@ -103,3 +103,34 @@ def test_sample_rows_matches_the_distribution_and_greedy_rows():
     hot = sample_rows(torch.log(probs).repeat(20000, 1), torch.full((20000,), 2.0), torch.Generator().manual_seed(1))
     tempered = probs[:4] ** 0.5 / (probs[:4] ** 0.5).sum()  # temperature 2 flattens the distribution
     torch.testing.assert_close(torch.bincount(hot, minlength=4).float()[:4] / 20000, tempered, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("arch", [a for a in TINY_ARCHITECTURES if a != "tiny-gpt2"])
+def test_rotating_cached_keys_once_matches_transformer_lens(arch):
+    """The decoder keeps rotated keys and rotates only new ones; TransformerLens re-rotates the whole cache
+    at every token. (1) Rotating positions ``start:`` alone gives exactly TL's rotation of those positions
+    (pads inside the mask, as the decoder lays rows out). (2) Decoding agrees with TL's path to float
+    rounding, step after step: the attention matmul reads the cached keys in another memory layout, which
+    may change its summation order (|Δ| ~ 1e-7)."""
+    from cca_tl.generation import Decoder
+
+    model = load_model(arch, seed=4)
+    if model.cfg.positional_embedding_type != "rotary":
+        pytest.skip(f"{arch} has no rotary embedding")
+    attn = model.blocks[0].attn
+    keys = torch.randn(3, 12, model.cfg.n_key_value_heads or model.cfg.n_heads, model.cfg.d_head)
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 4:7] = 0  # [shared prompt] [pads] [own tail]
+    whole = attn.apply_rotary(keys, 0, mask)
+    for start in (0, 5, 11):
+        assert torch.equal(attn.apply_rotary(keys[:, start:], start, mask), whole[:, start:])
+
+    prompts = [model.to_tokens(SHARED + q)[0].tolist() for q in QUESTIONS[:3]]
+    once, every = (Decoder(model, prompts, 6, 0, rotate_once=flag) for flag in (True, False))
+    (tokens, attention) = once.first_step
+    with torch.no_grad():
+        for _ in range(6):
+            ours, theirs = once.logits(tokens, attention), every.logits(tokens, attention)
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+            tokens = ours.argmax(-1)[:, None]
+            attention = torch.ones_like(tokens)

@@ -55,7 +55,10 @@ class RunConfig:
     dcm_batch_size: int = 8
     weight_set: Literal["authors", "extended"] = "authors"
     update_lr: float = 1e-4              # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
-    update_steps: int = 8
+    # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
+    # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
+    # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
+    update_steps: int = 4
     update_eval_steps: list[int] | None = None  # None: 2, 4, 6, 8, 10, then every 5
     # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
     # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
@@ -65,6 +68,9 @@ class RunConfig:
     # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each.
     val_metric: Literal["accuracy", "logit_diff"] = "logit_diff"
     controls: list[str] = field(default_factory=lambda: ["random"])
+    # Retention: KL to the base model and NLL over this many 128-token general texts (CPython's pydoc topics;
+    # 8 texts = 1,024 positions). Each text costs an edited variant two full-vocabulary forward passes.
+    retention_texts: int = 8
     ablation_random_sets: int = 3
     faithfulness_points: int = 8
     attention_heads: int = 4
@@ -80,6 +86,8 @@ class RunConfig:
                               ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
+        if not isinstance(self.retention_texts, int) or self.retention_texts < 1:
+            raise ValueError(f"retention_texts must be a positive integer, not {self.retention_texts!r}")
         if not isinstance(self.n_devices, int) or self.n_devices < 1:
             raise ValueError(f"n_devices must be a positive integer, not {self.n_devices!r}")
         for k in self.kinds:
@@ -127,7 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # and validation by accuracy (Gemma-3-270M is at ~15 % there).
     "arithmetic": dict(task="arithmetic", max_value=9, n_per_template=50, shots=2, train_per_template=8,
                        val_per_template=4, test_per_template=8, localization="prefix", n_samples=6,
-                       max_new_tokens=40, val_metric="accuracy"),
+                       max_new_tokens=40, val_metric="accuracy", update_steps=8, retention_texts=16),
     # Qwen2.5-Coder-0.5B-Instruct (optional extra) on GSM-Symbolic, chat prompt; sized for a CPU afternoon.
     "gsm-qwen": dict(model="qwen2.5-coder-0.5b-instruct", task="gsm-symbolic", prompt="chat", shots=None,
                      localization="prefix", val_metric="accuracy", max_value=9, gen_batch_size=64,

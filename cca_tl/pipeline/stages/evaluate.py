@@ -44,7 +44,7 @@ def save_test_pivots(run, records) -> int:
 
 
 def run(run) -> dict:
-    from cca_tl.evaluate import accuracy, localization_logit_diff, pivot_scores, retention_scores
+    from cca_tl.evaluate import accuracy, general_text, localization_logit_diff, pivot_scores, retention_scores
 
     cfg, splits = run.config, run.problems()
     out_dir = run.dir / "evaluate"
@@ -56,6 +56,7 @@ def run(run) -> dict:
         if path.exists():  # per-variant resume
             continue
         update_info = prepare(run, variant)
+        release_freed_memory()  # the control's update: its activations are free, give them back before generating
         kept_base = variant == "cca" and run.stage_info("update").get("best_step") == 0
         if variant != "base" and (kept_base or update_info.get("best_step") == 0):
             # The update kept step 0: these are the base weights, bit for bit, and greedy decoding is
@@ -70,13 +71,15 @@ def run(run) -> dict:
         run.log(f"evaluating {variant} on {len(splits.test)} test questions")
         macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
                                          batch_size=cfg.gen_batch_size, stops=run.stops(), progress=run.progress)
+        release_freed_memory()  # the key/value buffers, before retention's 134 MB logits (mmap'd, not reused)
         if variant == "base" or not (out_dir / "test_pivots").exists():
             save_test_pivots(run, records)
         pivots = pivot_scores(model, run.test_pivots())
         diffs = pivots.pop("diffs")
         info = dict(variant=variant, macro_accuracy=macro, n_test=len(records), **pivots,
                     per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
-                    **retention_scores(model, None if variant == "base" else run.session.base_weights),
+                    **retention_scores(model, None if variant == "base" else run.session.base_weights,
+                                       general_text(cfg.retention_texts)),
                     val_logit_diff=localization_logit_diff(model, val) if len(val) else None,
                     train_logit_diff=localization_logit_diff(model, train), update=update_info)
         atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
@@ -88,4 +91,4 @@ def run(run) -> dict:
     return run.headline()
 
 
-STAGE = Stage("evaluate", ("controls",), run)
+STAGE = Stage("evaluate", ("controls", "retention_texts"), run)
