@@ -36,6 +36,7 @@ from transformer_lens import HookedTransformer
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.errors import ExportError
 from cca_tl.families import FAMILIES, Family
+from cca_tl.models import embedding_matrix
 
 #: Architectures :func:`export_hf` writes (every family cca_tl loads).
 EXPORTABLE: tuple[str, ...] = tuple(FAMILIES)
@@ -273,7 +274,8 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     p.must_be_zero("unembed.b_U")
 
     embed_name, head_name = _EMBEDDINGS[fam.layout]
-    w_e, w_u = p("embed.W_E"), p("unembed.W_U")
+    p("embed.W_E")
+    w_e, w_u = embedding_matrix(model), p("unembed.W_U")  # TL's convention, also over a tied ScaledEmbed
     lm_head = w_u.T
     scale = torch.tensor(cfg.d_model ** 0.5, dtype=w_e.dtype)
     # Tied iff the embedding TL would derive from lm_head is exactly W_E (bit-for-bit: no edit happened).

@@ -35,6 +35,7 @@ from torch import Tensor
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.components import Embed
 
 from cca_tl.errors import ModelLoadError
 
@@ -138,6 +139,13 @@ def resolve_dtype(spec: str | torch.dtype, device: torch.device) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _hf_ties_embedding(hf_model: Any) -> bool:
+    """Whether the HF model's input embedding and output head are one tensor."""
+    head, embed = hf_model.get_output_embeddings(), hf_model.get_input_embeddings()
+    return (head is not None and embed is not None and head.weight.shape == embed.weight.shape
+            and head.weight.data_ptr() == embed.weight.data_ptr())
+
+
 def hf_architecture_of(hf_model: Any) -> str:
     """The HF architecture class name (``Gemma3ForCausalLM`` ...), also for GGUF configs that omit it."""
     archs = getattr(hf_model.config, "architectures", None)
@@ -180,8 +188,70 @@ def relayout_(model: HookedTransformer, *, keep_values: bool = True) -> HookedTr
     return model
 
 
+class ScaledEmbed(Embed):
+    """TransformerLens' ``Embed`` over the *unscaled* HF embedding, multiplied by ``scale`` (``sqrt(d_model)``
+    in the model's dtype) at lookup, as HF's Gemma does.
+
+    TL's Gemma conversion stores that product as ``W_E``, a second matrix beside the unembedding although
+    HF ties the two; keeping the HF embedding lets ``W_E`` share the unembedding's storage
+    (:func:`tie_embedding`). The product is computed per token instead of once: the same multiplication of
+    the same numbers, so ``hook_embed`` is bit-identical to TL's (tested). ``W_E`` then holds the HF values
+    (without the factor); :func:`embedding_matrix` gives TL's convention.
+    """
+
+    scale: Tensor
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.W_E[tokens, :] * self.scale
+
+
+def embedding_matrix(model: HookedTransformer) -> Tensor:
+    """``W_E`` in TransformerLens' convention (Gemma: scaled by ``sqrt(d_model)``), whatever the storage."""
+    w_e = model.embed.W_E.detach()
+    return w_e * model.embed.scale if isinstance(model.embed, ScaledEmbed) else w_e
+
+
+def tie_embedding(model: HookedTransformer) -> bool:
+    """Make ``embed.W_E`` a view of ``unembed.W_U``'s storage (the HF model ties them); True if tied.
+
+    Gemma-3-270M: 671 MB less (its 2.6 GB resident after loading held the 262k x 640 matrix twice); the
+    paper's Gemma-2-9B in bf16: 1.8 GB less. Called by the loaders on models whose HF embedding and output
+    head are one tensor, and again after every move (``nn.Module.to`` copies parameters one by one, which
+    unties them). Not when the two sit on different devices (``n_devices > 1``): they stay two copies.
+    An update of every parameter then steps the shared matrix by both gradients, as training the tied HF
+    model does.
+    """
+    w_u = model.unembed.W_U
+    if w_u.device != model.embed.W_E.device:
+        return False
+    model.embed.W_E = torch.nn.Parameter(w_u.detach().T, requires_grad=model.embed.W_E.requires_grad)
+    model.cca_tied_embedding = True
+    return True
+
+
+def untie_embedding(model: HookedTransformer) -> None:
+    """Give ``embed.W_E`` its own storage again (to edit the unembedding alone, say); an export then writes
+    the embedding and the output head apart (``tie_word_embeddings=False``) if they differ."""
+    model.embed.W_E = torch.nn.Parameter(model.embed.W_E.detach().clone(), requires_grad=model.embed.W_E.requires_grad)
+    model.cca_tied_embedding = False
+
+
+def _scale_embedding_at_lookup(model: HookedTransformer) -> None:
+    """Swap TL's ``Embed`` for :class:`ScaledEmbed` (same parameters, names and hooks)."""
+    model.embed.__class__ = ScaledEmbed
+    model.embed.register_buffer("scale", torch.tensor(model.cfg.d_model ** 0.5, dtype=model.cfg.dtype,
+                                                      device=model.embed.W_E.device), persistent=False)
+
+
+def _retie(model: HookedTransformer) -> HookedTransformer:
+    """After a move or a dtype change: share the embedding's storage again if it was shared."""
+    if getattr(model, "cca_tied_embedding", False):
+        tie_embedding(model)
+    return model
+
+
 @torch.no_grad()
-def _load_unprocessed(model: HookedTransformer, state_dict: dict[str, Tensor]) -> None:
+def _load_unprocessed(model: HookedTransformer, state_dict: dict[str, Tensor], *, tied: bool = False) -> None:
     """``load_and_process_state_dict`` with every processing flag off, at one model's memory.
 
     The parameters are put in TL's forward layout (:func:`relayout_`) while still empty, so no second copy
@@ -190,7 +260,12 @@ def _load_unprocessed(model: HookedTransformer, state_dict: dict[str, Tensor]) -
     alive to the end: loading Gemma-3-270M peaked at 3.78 GB that way, 1.3 GB above its end state.
     """
     relayout_(model, keep_values=False)
+    if tied:  # W_E becomes a view of W_U before anything is loaded: the embedding is never held twice
+        tie_embedding(model)
+        state_dict["embed.W_E"] = model.embed.W_E  # (TL would fill a missing key) dropped again below
     filled = model.fill_missing_keys(state_dict)
+    if tied:
+        filled.pop("embed.W_E")
     if filled is not state_dict:
         state_dict.clear()  # the caller's dict would otherwise keep every tensor alive
     # Largest first: the embedding and unembedding (671 MB each on Gemma-3-270M) go in while the fewest
@@ -241,14 +316,17 @@ def hooked_from_hf(
             cfg_dict["n_ctx"] = n_ctx
         cfg = HookedTransformerConfig(**cfg_dict)
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-        convert = FAMILIES[arch].convert  # tl_config_dict above refused any other architecture
-        state_dict = (convert(hf_model, cfg) if convert is not None
+        family = FAMILIES[arch]  # tl_config_dict above refused any other architecture
+        state_dict = (family.convert(hf_model, cfg) if family.convert is not None
                       else get_pretrained_state_dict(str(config_dir), cfg, hf_model=hf_model, dtype=dtype))
+    tied = _hf_ties_embedding(hf_model)
+    if tied and family.embed_scale:
+        _scale_embedding_at_lookup(model)
     if release_hf:  # converted tensors that are views keep their storage; the rest is freed now
         hf_model.to("meta")
-    _load_unprocessed(model, state_dict)
+    _load_unprocessed(model, state_dict, tied=tied)
     if torch.device(device) != torch.device("cpu"):
-        model.to(device)
+        _retie(model.to(device))
     model.eval()
     model.cca_provenance = ModelProvenance(
         name=name, source=source, hf_architecture=arch, hf_config=hf_config, details=details or {}
@@ -627,8 +705,8 @@ def load_model(
 def _placed(model: HookedTransformer, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
     """``model`` in ``dtype`` on ``device`` (HookedTransformer.to takes one of them at a time)."""
     if dtype != model.cfg.dtype:
-        model = model.to(dtype)
-    return model.to(device) if device != torch.device(model.cfg.device) else model
+        model = _retie(model.to(dtype))
+    return _retie(model.to(device)) if device != torch.device(model.cfg.device) else model
 
 
 def _load_hf_dir(path: Path, **kwargs: Any) -> HookedTransformer:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import cca_tl.export as export_mod
 from cca_tl import Component, ComponentRegistry, ExportError, export_hf, load_model
-from cca_tl.models import tiny_hf_model, tiny_tl_model
+from cca_tl.models import tiny_hf_model, tiny_tl_model, untie_embedding
 from tests.conftest import tl_config
 
 EDITS = [Component("q", 0, 1), Component("k", 1, 0), Component("v", 0, 0), Component("z", 1, 2),
@@ -92,6 +92,11 @@ def test_tied_embeddings_stay_tied_unless_edited(tmp_path):
     with safe_open(str(tmp_path / "tied" / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in f.keys()
 
+    with torch.no_grad():
+        model.W_U[:, 3] += 0.5  # one matrix in memory, as in HF: the embedding moves with it and stays tied
+    assert export_hf(model, tmp_path / "still-tied").tied_embeddings
+
+    untie_embedding(model)
     with torch.no_grad():
         model.W_U[:, 3] += 0.5  # an edit to the unembedding only: the two must now be stored apart
     report = export_hf(model, tmp_path / "untied")

@@ -120,3 +120,27 @@ def test_damaged_cached_gemma_gguf_is_rebuilt(monkeypatch, tmp_path):
 def test_pure_tl_config_model(tl_gqa_gated):
     assert tl_gqa_gated.cfg.original_architecture is None
     assert tl_gqa_gated.cca_provenance.source == "tiny-tl"
+
+
+@pytest.mark.parametrize("arch, tied", [("tiny-gemma3", True), ("tiny-gpt2", True), ("tiny-llama", False)])
+def test_a_tied_embedding_is_stored_once_and_embeds_as_transformer_lens_does(arch, tied):
+    """HF ties the embedding to the output head; TransformerLens stores both (Gemma: the embedding scaled
+    by sqrt(d_model)). cca_tl keeps one storage, also after a dtype change, and ``hook_embed`` is what TL's
+    conversion gives, bit for bit."""
+    from cca_tl.models import ScaledEmbed, embedding_matrix, tiny_hf_model
+
+    model = load_model(arch)
+    shares = model.embed.W_E.untyped_storage().data_ptr() == model.W_U.untyped_storage().data_ptr()
+    assert shares == tied
+    hf = tiny_hf_model(arch)
+    expected = hf.get_input_embeddings().weight.detach()
+    if arch == "tiny-gemma3":  # TL's convert_gemma_weights: embed_tokens * tensor(sqrt(d_model), dtype)
+        assert isinstance(model.embed, ScaledEmbed)
+        expected = expected * torch.tensor(model.cfg.d_model ** 0.5, dtype=expected.dtype)
+    assert torch.equal(embedding_matrix(model), expected)
+    tokens = torch.tensor([[1, 5, 9, 200]])
+    _, cache = model.run_with_cache(tokens, names_filter="hook_embed")
+    assert torch.equal(cache["hook_embed"][0], expected[tokens[0]])
+    if tied:
+        half = load_model(arch, dtype="bfloat16")
+        assert half.embed.W_E.untyped_storage().data_ptr() == half.W_U.untyped_storage().data_ptr()

@@ -133,8 +133,11 @@ class ModelSession:
         if self._model is None:
             return self.model
         params = self._params()
-        unprotected = [n for n, p in params.items()
-                       if p._version != self._versions.get(n) and not any(s[0] == n for s in self._saved)]
+        # A tied embedding is two parameters over one storage (cca_tl.models.tie_embedding): protecting
+        # either protects both.
+        storage = {n: p.untyped_storage().data_ptr() for n, p in params.items()}
+        protected = {storage[name] for name, _, _ in self._saved}
+        unprotected = [n for n, p in params.items() if p._version != self._versions.get(n) and storage[n] not in protected]
         if unprotected:
             raise CCAError(f"Parameters {unprotected[:4]} were changed without session.protect(); the unedited "
                            "weights cannot be restored. Reload the model (a new session).")
