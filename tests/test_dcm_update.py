@@ -18,6 +18,14 @@ from cca_tl.dcm import (
 from cca_tl.update import element_masks, targeted_update
 
 
+def records_behind_a_prompt(*, seed: int, prompt: int, longest_tail: int, n: int) -> list[list[int]]:
+    """``n`` random token sequences: one shared ``prompt``-token start, then 1..``longest_tail`` own tokens."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randint(4, 256, (prompt,), generator=g).tolist()
+    return [common + torch.randint(4, 256, (int(torch.randint(1, longest_tail + 1, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
 def contrast(n=12, seed=0, vocab=256, lengths=(5, 11), desired=17, undesired=42) -> ContrastSet:
     g = torch.Generator().manual_seed(seed)
     prefixes = [torch.randint(0, vocab, (int(torch.randint(*lengths, (1,), generator=g)),), generator=g).tolist()
@@ -239,10 +247,7 @@ def test_shared_prefix_batch_is_exact(arch):
     from cca_tl.dcm import Batch, shared_prefix_batch
 
     model = load_model(arch)
-    g = torch.Generator().manual_seed(0)
-    common = torch.randint(4, 256, (20,), generator=g).tolist()
-    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
-                for _ in range(6)]
+    prefixes = records_behind_a_prompt(seed=0, prompt=20, longest_tail=8, n=6)
     data = ContrastSet(prefixes, [17] * 6, [42] * 6)
 
     def diff_and_grads(batch):
@@ -266,10 +271,7 @@ def test_shared_prefix_batch_is_exact(arch):
 def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
     """The update runs the prefix common to all records once per step and sends the summed key/value
     gradients of its mini-batches back through it: the same step as plain right-padded mini-batches."""
-    g = torch.Generator().manual_seed(1)
-    common = torch.randint(4, 256, (20,), generator=g).tolist()
-    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
-                for _ in range(7)]
+    prefixes = records_behind_a_prompt(seed=1, prompt=20, longest_tail=8, n=7)
     data = ContrastSet(prefixes, [17] * 7, [42] * 7)
     states = []
     for shared in (True, False):
@@ -290,10 +292,7 @@ def test_logit_diffs_with_the_prompt_run_once_match_plain_batches(arch):
     one a plain right-padded batch gives (tiny-gemma3: an 8-token sliding window, shorter than the prompt)."""
     from cca_tl.update import record_logit_diffs
 
-    g = torch.Generator().manual_seed(2)
-    common = torch.randint(4, 256, (20,), generator=g).tolist()
-    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
-                for _ in range(7)]
+    prefixes = records_behind_a_prompt(seed=2, prompt=20, longest_tail=8, n=7)
     data = ContrastSet(prefixes, list(range(10, 17)), list(range(40, 47)))
     model = load_model(arch)
     once = record_logit_diffs(model, data, batch_size=3)
@@ -307,10 +306,7 @@ def test_prefix_cache_stores_a_shared_prompt_once_and_stays_exact(arch):
     from cca_tl.dcm import PrefixKV
 
     model = load_model(arch)
-    g = torch.Generator().manual_seed(3)
-    common = torch.randint(4, 256, (12,), generator=g).tolist()
-    prefixes = [common + torch.randint(4, 256, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
-                for _ in range(5)]
+    prefixes = records_behind_a_prompt(seed=3, prompt=12, longest_tail=6, n=5)
     data = ContrastSet(prefixes, [17] * 5, [42] * 5)
     kv = PrefixKV(model, data, batch_size=2)
     if arch == "tiny-gemma3":  # its 8-token sliding window is shorter than the prompt: stored per example
