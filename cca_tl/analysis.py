@@ -189,16 +189,19 @@ def ablated_logit_diffs(model: HookedTransformer, data: ContrastSet, ablate: Com
 
 def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: ComponentMask, *, seed: int = 0,
                     hows: Sequence[AblationKind] = ("zero", "mean"), n_random: int = 3,
-                    batch_size: int = 8) -> pd.DataFrame:
+                    batch_size: int = 8, prefix_kv: PrefixKV | None = None,
+                    means: Mapping[Kind, Tensor] | None = None) -> pd.DataFrame:
     """Ablate the selected set vs equal-size random sets (``n_random`` seeds; mean ± std) vs the complement.
 
     Rows: (ablation, set); columns: components ablated, mean logit difference, its change from the
-    unablated model, pivot accuracy and its change.
+    unablated model, pivot accuracy and its change. ``prefix_kv`` / ``means`` (of ``mask``'s kinds):
+    reuse those already computed for ``data`` (the faithfulness curve needs the same).
     """
     reg = _registry(model)
     mask.validate(reg)
-    prefix_kv = PrefixKV(model, data, batch_size=batch_size)
-    means = last_position_means(model, data, mask.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
+    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
+    if means is None:
+        means = last_position_means(model, data, mask.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     clean = ablated_logit_diffs(model, data, None, prefix_kv=prefix_kv, batch_size=batch_size)
     full = ComponentMask.full(reg, mask.kinds)
     rows = []
@@ -260,7 +263,8 @@ def default_sizes(total: int, *, extra: Iterable[int] = (), points: int = 12) ->
 @torch.no_grad()
 def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapping[str, Tensor], *,
                        sizes: Sequence[int] | None = None, how: AblationKind = "mean",
-                       batch_size: int = 8, progress: bool = False) -> pd.DataFrame:
+                       batch_size: int = 8, progress: bool = False, prefix_kv: PrefixKV | None = None,
+                       means: Mapping[Kind, Tensor] | None = None) -> pd.DataFrame:
     """Faithfulness of the top-n circuits (by ``scores``) with everything else ablated at the last position.
 
     Columns: size, fraction of components kept, mean logit difference, faithfulness. Sizes 0 (everything
@@ -274,8 +278,9 @@ def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapp
     full = ComponentMask.full(reg, kinds)
     total = full.count()
     sizes = sorted({0, total, *(sizes if sizes is not None else default_sizes(total))})
-    prefix_kv = PrefixKV(model, data, batch_size=batch_size)
-    means = last_position_means(model, data, kinds, prefix_kv=prefix_kv, batch_size=batch_size) if how == "mean" else None
+    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
+    if how == "mean" and means is None:
+        means = last_position_means(model, data, kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     diffs = {}
     for size in tqdm(sizes, desc="faithfulness", disable=not progress, leave=False):
         keep = top_k_mask(reg, scores, size)

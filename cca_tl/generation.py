@@ -104,7 +104,7 @@ def balanced_chunks(n: int, batch_size: int) -> list[range]:
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-class _BufferEntry:
+class BufferEntry:
     """A TransformerLens key/value cache entry over a preallocated buffer, appended in place.
 
     Duck-types ``TransformerLensKeyValueCacheEntry`` (``past_keys``, ``past_values``, ``append``, ``frozen``).
@@ -124,18 +124,32 @@ class _BufferEntry:
         return self.values[:, :, :self.length].transpose(1, 2)
 
     def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new keys and values. The keys returned carry ``_rotate_from``: under
+        """Store the new keys and values after the cached ones (a frozen entry writes them to the same
+        place every time and keeps its length). The keys returned carry ``_rotate_from``: under
         :func:`rotate_new_keys_only` the attention's rotary embedding then rotates only the new positions
         and writes them back, so the buffer holds rotated keys."""
-        start, self.length = self.length, self.length + new_keys.shape[1]
-        self.keys[:, :, start:self.length] = new_keys.transpose(1, 2)
-        self.values[:, :, start:self.length] = new_values.transpose(1, 2)
-        keys = self.past_keys
-        keys._rotate_from = (self, start)  # type: ignore[attr-defined]
-        return keys, self.past_values
+        start, end = self.length, self.length + new_keys.shape[1]
+        self.keys[:, :, start:end] = new_keys.transpose(1, 2)
+        self.values[:, :, start:end] = new_values.transpose(1, 2)
+        if not self.frozen:
+            self.length = end
+        keys = self.keys[:, :, :end].transpose(1, 2)
+        keys._rotate_from = (self, start, end)  # type: ignore[attr-defined]
+        return keys, self.values[:, :, :end].transpose(1, 2)
 
     def keep(self, rows: Tensor) -> None:
         self.keys, self.values = self.keys[rows], self.values[rows]
+
+    @classmethod
+    def cache(cls, keys: Sequence[Float[Tensor, "batch kv_head pos d_head"]],
+              values: Sequence[Float[Tensor, "batch kv_head pos d_head"]], length: int,
+              attention: Int[Tensor, "batch length"]) -> Any:
+        """A TL key/value cache over per-layer buffers whose first ``length`` positions hold keys (rotated,
+        for rotary models) and values; forwards over it must run under :func:`rotate_new_keys_only`."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        entries = [cls(k, v, length) for k, v in zip(keys, values)]
+        return TransformerLensKeyValueCache(entries=entries, previous_attention_mask=attention)  # type: ignore[arg-type]
 
 
 def _grouped_scores(self: Any, q: Float[Tensor, "batch qpos head d_head"],
@@ -163,7 +177,7 @@ def _grouped_z(self: Any, v: Float[Tensor, "batch kpos kv_head d_head"],
 
 @contextmanager
 def rotate_new_keys_only() -> Iterator[None]:
-    """Make TransformerLens' rotary embedding rotate only the new keys of a :class:`_BufferEntry` (whose
+    """Make TransformerLens' rotary embedding rotate only the new keys of a :class:`BufferEntry` (whose
     buffer then holds rotated keys); every other call is TL's own.
 
     TL rotates ``k`` after appending it to the cache, i.e. all cached positions again at every token. The
@@ -178,9 +192,9 @@ def rotate_new_keys_only() -> Iterator[None]:
         pending = getattr(x, "_rotate_from", None)
         if pending is None:
             return original(self, x, past_kv_pos_offset, attention_mask)
-        entry, start = pending
-        entry.keys[:, :, start:entry.length] = original(self, x[:, start:], start, attention_mask).transpose(1, 2)
-        return entry.past_keys
+        entry, start, end = pending
+        entry.keys[:, :, start:end] = original(self, x[:, start:], start, attention_mask).transpose(1, 2)
+        return entry.keys[:, :, :end].transpose(1, 2)
 
     AbstractAttention.apply_rotary = apply_rotary  # type: ignore[method-assign]
     try:
@@ -244,7 +258,7 @@ class Decoder:
         entries = []
         for layer in range(cfg.n_layers):
             layer_device = model.blocks[layer].attn.W_Q.device
-            entries.append(_BufferEntry(torch.empty(shape, dtype=cfg.dtype, device=layer_device),
+            entries.append(BufferEntry(torch.empty(shape, dtype=cfg.dtype, device=layer_device),
                                         torch.empty(shape, dtype=cfg.dtype, device=layer_device), 0))
         self.cache = TransformerLensKeyValueCache(entries=entries,  # type: ignore[arg-type]
                                                   previous_attention_mask=torch.ones(rows, 0, dtype=torch.long,

@@ -192,8 +192,10 @@ def test_planted_target_dcm_then_update_raise_the_logit_difference():
     assert upd.fraction_components == res.mask.fraction_components() < 1
 
 
-@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
+@pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2", "tiny-gpt2", "tiny-pythia", "tiny-gemma2",
+                                  "tiny-olmo2", "tiny-llama", "tiny-qwen3"])
 def test_prefix_cache_gives_the_same_logit_diff_and_gradients(arch):
+    """Over every family's positional scheme (rotary in full or in part, learned absolute positions)."""
     from cca_tl.dcm import PrefixKV
 
     model = load_model(arch)
@@ -218,6 +220,8 @@ def assert_prefix_cache_is_exact(model, data, kv, *, seed: int) -> None:
     got = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))
     got_grads = torch.autograd.grad(got.sum(), list(dcm.gains.values()))
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    again = two_logit_diff(model, cached, dcm.hooks(cached.last_pos))  # a frozen batch can be reused
+    assert torch.equal(again, got)
     for a, b in zip(got_grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 

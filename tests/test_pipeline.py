@@ -78,6 +78,26 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert paired["accuracy_low"] <= paired["accuracy_diff"] <= paired["accuracy_high"]
     assert paired["pivot_accuracy_n"] == table.loc["base", "n_pivots_test"]
 
+
+def test_logit_differences_reused_from_the_update_are_the_models(tiny_run):
+    """evaluate takes the val/train logit differences the update measured on the same weights; they are
+    what measuring the base and the edited model again gives."""
+    from cca_tl.evaluate import localization_logit_diff
+
+    run_ = Run.open(tiny_run, progress=False)
+    update = run_.stage_info("update")
+    assert update["val_metric"] == "logit_diff" and not update["val_is_train"]
+    batch = run_.config.update_batch_size
+    for variant in ("base", "cca"):
+        model = run_.session.restore() if variant == "base" else run_.edited_model()
+        info = json.loads((tiny_run / "evaluate" / f"{variant}.json").read_text())
+        assert info["val_logit_diff"] == update["start_metric" if variant == "base" else "best_metric"]
+        fresh = localization_logit_diff(model, run_.localization("val"), batch_size=batch)
+        assert info["val_logit_diff"] == pytest.approx(fresh, abs=1e-5)
+        fresh = localization_logit_diff(model, run_.localization("train"), batch_size=batch)
+        assert info["train_logit_diff"] == pytest.approx(fresh, abs=1e-5)
+    assert update["start_train_logit_diff"] is not None
+
     analysis = tiny_run / "analysis"
     for name in ("components.csv", "components_per_layer.csv", "ablation.csv", "faithfulness.csv"):
         assert len(pd.read_csv(analysis / name)) > 0, name

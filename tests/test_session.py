@@ -87,7 +87,7 @@ def test_base_weights_swaps_the_edit_out_and_back_in():
 
 
 def test_retention_scores_match_two_separate_models():
-    from cca_tl.evaluate import general_text_scores, retention_kl, retention_scores
+    from cca_tl.evaluate import final_residuals, general_text_scores, retention_kl, retention_scores
 
     session = ModelSession("tiny-gemma3", device="cpu")
     model = session.model
@@ -103,6 +103,13 @@ def test_retention_scores_match_two_separate_models():
     assert ours["retention_kl"] == pytest.approx(retention_kl(reference, model, texts), rel=1e-5)
     for key, value in general_text_scores(model, texts).items():
         assert ours[key] == pytest.approx(value, rel=1e-5)
+    # The unedited model's residuals stand in for its second forward pass, and for its own scores.
+    unedited = final_residuals(reference, texts)
+    assert retention_scores(model, session.base_weights, texts, reference=unedited) == pytest.approx(ours, rel=1e-6)
+    assert retention_scores(reference, None, texts, reference=unedited) == pytest.approx(
+        retention_scores(reference, None, texts), rel=1e-6)
+    with pytest.raises(ValueError, match="2 texts"):
+        retention_scores(model, session.base_weights, texts[:1], reference=unedited)
 
 
 def test_weights_are_stored_in_the_layout_tl_reads_them_in():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 
 import pandas as pd
 
@@ -26,7 +27,7 @@ def prepare(run, variant: str) -> dict:
         run.edited_model()
         return {}
     result = update_variant(run, variant.removeprefix("control-"))
-    return update_summary(result, run.contrast("val"))
+    return update_summary(result, run)
 
 
 def save_test_pivots(run, records) -> int:
@@ -43,14 +44,28 @@ def save_test_pivots(run, records) -> int:
     return len(pivots)
 
 
+def measured_logit_diffs(run, variant: str, update_info: dict) -> dict[str, float | None]:
+    """The mean val and train logit differences the update already measured on this variant's weights
+    (the same function of the same weights; None where it did not): the unedited model's at step 0, an
+    edit's at its selected step. Saves ~3 s per variant and difference on Gemma-3-270M (2 cores)."""
+    info = run.stage_info("update") if variant in ("base", "cca") else update_info
+    on_val = info.get("val_metric") == "logit_diff" and not info.get("val_is_train", True)
+    if variant == "base":
+        return dict(val=info.get("start_metric") if on_val else None, train=info.get("start_train_logit_diff"))
+    return dict(val=info.get("best_metric") if on_val else None, train=info.get("best_train_logit_diff"))
+
+
 def run(run) -> dict:
-    from cca_tl.evaluate import accuracy, general_text, localization_logit_diff, pivot_scores, retention_scores
+    from cca_tl.evaluate import (accuracy, final_residuals, general_text, localization_logit_diff, pivot_scores,
+                                 retention_scores)
 
     cfg, splits = run.config, run.problems()
     out_dir = run.dir / "evaluate"
     out_dir.mkdir(exist_ok=True)
     val, train = run.localization("val"), run.localization("train")
     trained_templates = sorted(set(train["template_id"]))
+    texts = general_text(cfg.retention_texts)
+    reference = None  # the unedited model's final residuals on the retention texts, computed once
     for variant in variants(cfg):
         path = out_dir / f"{variant}.json"
         if path.exists():  # per-variant resume
@@ -76,12 +91,19 @@ def run(run) -> dict:
             save_test_pivots(run, records)
         pivots = pivot_scores(model, run.test_pivots())
         diffs = pivots.pop("diffs")
+        if reference is None:
+            with nullcontext() if variant == "base" else run.session.base_weights():
+                reference = final_residuals(model, texts)
+        known = measured_logit_diffs(run, variant, update_info)
+        batch = cfg.update_batch_size  # the update's: its measurements and these are the same computation
         info = dict(variant=variant, macro_accuracy=macro, n_test=len(records), **pivots,
                     per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
-                    **retention_scores(model, None if variant == "base" else run.session.base_weights,
-                                       general_text(cfg.retention_texts)),
-                    val_logit_diff=localization_logit_diff(model, val) if len(val) else None,
-                    train_logit_diff=localization_logit_diff(model, train), update=update_info)
+                    **retention_scores(model, None if variant == "base" else run.session.base_weights, texts,
+                                       reference=reference),
+                    val_logit_diff=known["val"] if known["val"] is not None else
+                    localization_logit_diff(model, val, batch_size=batch) if len(val) else None,
+                    train_logit_diff=known["train"] if known["train"] is not None else
+                    localization_logit_diff(model, train, batch_size=batch), update=update_info)
         atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
         atomic_write_text(out_dir / f"{variant}_pivots.csv", pd.DataFrame(dict(logit_diff=diffs)).to_csv(index=False))
         atomic_write_text(path, json.dumps(info, indent=1))

@@ -19,50 +19,65 @@ def update_variant(run, variant: str):
     from cca_tl.update import targeted_update
 
     cfg = run.config
-    train, val = run.contrast("train"), run.contrast("val")
+    train = run.contrast("train")
     model = run.session.restore()
     return targeted_update(model, train, run.dcm().mask, variant=variant, weight_set=cfg.weight_set,
                            lr=cfg.update_lr, steps=cfg.update_steps, batch_size=cfg.update_batch_size,
-                           val_metric=val_accuracy_metric(run), val_data=val if val is not None else train,
-                           eval_steps=cfg.update_eval_steps, seed=cfg.seed, progress=run.progress,
-                           protect=run.session.protect)
+                           val_metric=val_metric(run), eval_steps=cfg.update_eval_steps, seed=cfg.seed,
+                           progress=run.progress, protect=run.session.protect)
 
 
-def val_accuracy_metric(run) -> Callable[[HookedTransformer], float] | None:
-    """Greedy macro accuracy on the val questions (the paper's selection rule), or None for the logit
-    difference. The unedited model's value is computed once per run and reused (the session knows when
-    the model is unedited: no parameter version moved since it was restored)."""
+def selection_metric(run) -> str:
+    """What picks the update's best step: ``"accuracy"`` (greedy accuracy on the val questions, the paper's
+    rule) or ``"logit_diff"`` (mean pivot logit difference on the val records, else the train records)."""
+    return "accuracy" if run.config.val_metric == "accuracy" and run.problems().val else "logit_diff"
+
+
+def val_metric(run) -> Callable[[HookedTransformer], float]:
+    """The update's step-selection metric (higher is better; see :func:`selection_metric`). The unedited
+    model's value is measured once per run and reused: every update (CCA's, each control's) starts from it,
+    and the session knows when the model is unedited (no parameter version moved since it was restored)."""
     from cca_tl.evaluate import accuracy
+    from cca_tl.update import record_logit_diffs
 
-    cfg, val = run.config, run.problems().val
-    if cfg.val_metric != "accuracy" or not val:
-        return None
+    cfg = run.config
+    kind = selection_metric(run)
+    records = run.contrast("val") or run.contrast("train")
+
+    def measure(model: HookedTransformer) -> float:
+        if kind == "accuracy":
+            return accuracy(model, run.problems().val, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
+                            batch_size=cfg.gen_batch_size, stops=run.stops(), progress=False)[0]
+        return float(record_logit_diffs(model, records, cfg.update_batch_size).sum()) / len(records)
 
     def metric(model: HookedTransformer) -> float:
-        is_base = run.session.is_base()
-        if is_base and run.base_val_accuracy is not None:
-            return run.base_val_accuracy
-        macro, _, _ = accuracy(model, val, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.gen_batch_size, stops=run.stops(), progress=False)
-        if is_base:
-            run.base_val_accuracy = macro
-        return macro
+        if not run.session.is_base():
+            return measure(model)
+        if kind not in run.base_metrics:
+            run.base_metrics[kind] = measure(model)
+        return run.base_metrics[kind]
 
     return metric
 
 
-def update_summary(result, val) -> dict:
+def update_summary(result, run) -> dict:
+    """The update's record in the run: its size, the selected step, and the logit differences it measured
+    on the way (``start_metric``/``best_metric`` on the val records when ``val_metric`` is ``logit_diff``;
+    the mean train logit difference of the unedited model and of the selected step where a step's forward
+    pass saw those weights), which ``evaluate`` reuses instead of measuring them again."""
+    history = result.history.set_index("step")
+    train_at = lambda step: float(history.loc[step + 1, "train_logit_diff"]) if step + 1 in history.index else None  # noqa: E731
     return dict(variant=result.variant, lr=result.lr, best_step=result.best_step, best_metric=result.best_metric,
-                val_metric="accuracy" if result.config.get("val_metric") == "custom" else "logit_diff",
-                n_params=result.n_params, fraction_params=result.fraction_params,
-                fraction_components=result.fraction_components, val_is_train=val is None,
-                start_metric=float(result.history["val_metric"].iloc[0]))
+                val_metric=selection_metric(run), n_params=result.n_params, fraction_params=result.fraction_params,
+                fraction_components=result.fraction_components, val_is_train=run.contrast("val") is None,
+                start_metric=float(history.loc[0, "val_metric"]), start_train_logit_diff=train_at(0),
+                best_train_logit_diff=train_at(result.best_step))
 
 
 def run(run) -> dict:
     result = update_variant(run, "mask")
     edit = WeightEdit.capture(run.model, result.mask, run.config.weight_set)
-    summary = update_summary(result, run.contrast("val"))
+    summary = update_summary(result, run)
     with atomic_directory(run.dir / "update", overwrite=True) as staging:
         edit.save(staging)
         atomic_write_text(staging / "history.csv", result.history.to_csv(index=False))
