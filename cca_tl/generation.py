@@ -42,6 +42,29 @@ class Generation:
     text: str
 
 
+def argmax_rows(logits: Float[Tensor, "rows vocab"], block: int = 512) -> Int[Tensor, "rows"]:
+    """``logits.argmax(-1)`` (the first maximum of each row), in two levels: the maximum of every block of
+    ``block`` ids (a vectorised reduction), then the argmax inside each row's best block.
+
+    torch's argmax over a 262k vocabulary took 29 ms for 32 rows on this CPU (8 % of a decoding step);
+    this takes 2 ms, for logits stored either way round (:func:`unembed` returns a transposed view).
+    """
+    rows, vocab = logits.shape
+    blocks = vocab // block
+    if blocks < 2:
+        return logits.argmax(-1)
+    if logits.T.is_contiguous():  # stored [vocab, rows]: reduce along the contiguous blocks of that layout
+        maxima = logits.T[:blocks * block].unflatten(0, (blocks, block)).amax(1).T
+    else:
+        maxima = logits[:, :blocks * block].unflatten(1, (blocks, block)).amax(-1)
+    if blocks * block < vocab:
+        maxima = torch.cat([maxima, logits[:, blocks * block:].amax(-1, keepdim=True)], 1)
+    starts = maxima.argmax(-1, keepdim=True) * block
+    # ids past the vocabulary (a short last block) repeat the last id, whose first occurrence is real
+    ids = (starts + torch.arange(block, device=logits.device)).clamp_max(vocab - 1)
+    return starts[:, 0] + logits.gather(1, ids).argmax(-1)
+
+
 def sample_rows(logits: Float[Tensor, "rows vocab"], temperatures: Float[Tensor, "rows"], generator: torch.Generator,
                 *, block: int = 512) -> Int[Tensor, "rows"]:
     """One token id per row: sampled from ``softmax(logits / t)``, or the argmax where ``t == 0``.
@@ -53,7 +76,7 @@ def sample_rows(logits: Float[Tensor, "rows vocab"], temperatures: Float[Tensor,
     """
     rows, vocab = logits.shape
     t = temperatures.to(logits.device, torch.float32)
-    choice = logits.argmax(-1)
+    choice = argmax_rows(logits)
     hot = (t > 0).nonzero().flatten()
     if len(hot) == 0:
         return choice
@@ -237,19 +260,54 @@ def grouped_attention_without_copies() -> Iterator[None]:
         GQA.calculate_attention_scores, GQA.calculate_z_scores = saved
 
 
+@dataclass
+class SharedPrompt:
+    """The keys and values of a prompt that every row of a generation starts with (a few-shot prompt), per
+    layer ``[1, kv_head, length, d_head]``, keys rotated when ``rotated``. Computed once per
+    :func:`generate` call and copied into each batch's buffer: on Gemma-3-270M, a 270-token prompt is
+    ~0.7 s of forward pass per batch on 2 cores."""
+
+    length: int
+    keys: list[Tensor]
+    values: list[Tensor]
+    rotated: bool
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model: HookedTransformer, ids: Sequence[int], *, rotate: bool = True) -> "SharedPrompt":
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        cfg = model.cfg
+        rotate = rotate and cfg.positional_embedding_type == "rotary"
+        head = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
+        ones = torch.ones(1, len(ids), dtype=torch.long, device=cfg.device)
+        model(torch.tensor([list(ids)], device=cfg.device), past_kv_cache=head, attention_mask=ones,
+              stop_at_layer=cfg.n_layers)
+        keys = [model.blocks[layer].attn.apply_rotary(e.past_keys, 0, ones) if rotate else e.past_keys  # TL caches
+                for layer, e in enumerate(head.entries)]                                           # them unrotated
+        return cls(len(ids), [k.transpose(1, 2) for k in keys], [e.past_values.transpose(1, 2) for e in head.entries],
+                   rotate)
+
+
 class Decoder:
     """One batch of rows decoding together over a shared key/value buffer."""
 
     def __init__(self, model: HookedTransformer, prompts: Sequence[Sequence[int]], capacity: int, pad_id: int,
-                 *, rotate_once: bool = True):
+                 *, rotate_once: bool = True, prompt: SharedPrompt | None = None):
         """``rotate_once=False``: TransformerLens' own rotary path (the whole cache rotated at every token),
-        kept to test that rotating once gives the same logits bit for bit."""
+        kept to test that rotating once gives the same logits bit for bit. ``prompt``: the keys and values of
+        a prefix every row starts with, already computed (else the rows' common prefix is computed here)."""
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         cfg = model.cfg
         self.model, device = model, cfg.device
         self.rotate_once = rotate_once and cfg.positional_embedding_type == "rotary"
         shared = common_prefix_length(prompts)
+        if prompt is not None and (prompt.length > shared or prompt.rotated != self.rotate_once):
+            raise ValueError("The shared prompt is not a prefix of every row, or is rotated differently.")
+        if prompt is None and shared:
+            prompt = SharedPrompt.compute(model, prompts[0][:shared], rotate=self.rotate_once)
+        shared = prompt.length if prompt is not None else 0
         rows = len(prompts)
         tails = [list(p[shared:]) for p in prompts]
         width = max(len(t) for t in tails)
@@ -263,17 +321,10 @@ class Decoder:
         self.cache = TransformerLensKeyValueCache(entries=entries,  # type: ignore[arg-type]
                                                   previous_attention_mask=torch.ones(rows, 0, dtype=torch.long,
                                                                                      device=device))
-        if shared:
-            head = TransformerLensKeyValueCache.init_cache(cfg, device, 1)
-            ones = torch.ones(1, shared, dtype=torch.long, device=device)
-            model(torch.tensor([list(prompts[0][:shared])], device=device), past_kv_cache=head,
-                  attention_mask=ones, stop_at_layer=cfg.n_layers)
-            for layer, (entry, computed) in enumerate(zip(entries, head.entries)):
-                keys = computed.past_keys  # TL caches keys unrotated; this buffer holds them rotated
-                if self.rotate_once:
-                    keys = model.blocks[layer].attn.apply_rotary(keys, 0, ones)
-                entry.keys[:, :, :shared] = keys.transpose(1, 2)
-                entry.values[:, :, :shared] = computed.past_values.transpose(1, 2)
+        if prompt is not None:
+            for entry, keys, values in zip(entries, prompt.keys, prompt.values):
+                entry.keys[:, :, :shared] = keys
+                entry.values[:, :, :shared] = values
                 entry.length = shared
             self.cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=device)
         tokens = torch.full((rows, width), pad_id, dtype=torch.long)
@@ -352,12 +403,18 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     special = set(tokenizer.all_special_ids)
     stop_check = _StopCheck(tokenizer, stops)
     out: list[Generation | None] = [None] * len(prompts)
+    shared = common_prefix_length(prompts)
+    with grouped_attention_without_copies():
+        prompt = SharedPrompt.compute(model, prompts[0][:shared]) if shared else None
     for chunk in tqdm(_chunks(model, prompts, batch_size, max_new_tokens), desc="generate", disable=not progress,
                       leave=False):
         generator = torch.Generator().manual_seed(seed + chunk[0])
         rows = [list(prompts[i]) for i in chunk]
         with grouped_attention_without_copies():
-            new = _decode_rows(model, rows, temps[chunk], generator, max_new_tokens, pad, special, stop_check)
+            # The prompt computed once, unless this batch shares much more than every row does (then its own)
+            reuse = prompt is not None and common_prefix_length(rows) - prompt.length < 16
+            new = _decode_rows(model, rows, temps[chunk], generator, max_new_tokens, pad, special, stop_check,
+                               prompt if reuse else None)
         for i, ids in zip(chunk, new):
             kept = _cut_at_stop(ids, tokenizer, stops, special)
             out[i] = Generation(kept, tokenizer.decode(kept))
@@ -381,14 +438,15 @@ def _chunks(model: HookedTransformer, prompts: Sequence[Sequence[int]], batch_si
 
 
 def _decode_rows(model: HookedTransformer, prompts: list[list[int]], temps: Tensor, generator: torch.Generator,
-                 max_new_tokens: int, pad: int, special: set[int], stop_check: _StopCheck) -> list[list[int]]:
+                 max_new_tokens: int, pad: int, special: set[int], stop_check: _StopCheck,
+                 prompt: SharedPrompt | None = None) -> list[list[int]]:
     """New token ids per row (up to and including the token that finished it).
 
     Finished rows leave the batch once they are a quarter of it: compacting copies the whole cache, so
     doing it for every finished row would cost more than decoding a few idle rows.
     """
     device = model.cfg.device
-    decoder = Decoder(model, prompts, max_new_tokens, pad)
+    decoder = Decoder(model, prompts, max_new_tokens, pad, prompt=prompt)
     generated: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))  # the prompt index of each row still in the batch
     done: set[int] = set()

@@ -87,6 +87,23 @@ def test_generation_stops_at_a_stop_string():
     assert stop not in cut.text and free.text.startswith(cut.text) and len(cut.text) < len(free.text)
 
 
+def test_argmax_rows_is_torch_argmax():
+    """The first maximum of each row, whatever the layout, vocabulary size, ties or NaN."""
+    import torch
+
+    from cca_tl.generation import argmax_rows
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (5, 1024, 1500, 262144 + 7):
+        logits = torch.randn(9, vocab, generator=g)
+        logits[1, :] = 0.0  # all tied: id 0
+        logits[2, vocab // 3] = logits[2, -1] = 50.0  # a tie across blocks: the first
+        logits[3, -1] = 60.0  # the short last block
+        logits[4, vocab // 2] = float("nan")  # argmax treats NaN as the maximum
+        for layout in (logits, logits.T.contiguous().T):
+            assert torch.equal(argmax_rows(layout), logits.argmax(-1)), vocab
+
+
 def test_sample_rows_matches_the_distribution_and_greedy_rows():
     import torch
 
