@@ -3,9 +3,9 @@
     .venv/bin/python analyses/bench_dcm.py [--batch 8 --length 200 --reps 3]
 
 Rows: seconds per step (median of --reps after one warm-up) for
-  * DCM, two-logit readout (cca_tl.dcm.two_logit_diff): stop after the last block, final norm at the last
+  * DCM, two-logit readout (cca_tl.contrast.two_logit_diff): stop after the last block, final norm at the last
     position, two unembedding columns;
-  * DCM, full-logit readout (cca_tl.dcm.full_logit_diff): the whole [batch, pos, 262k] logits;
+  * DCM, full-logit readout (cca_tl.contrast.full_logit_diff): the whole [batch, pos, 262k] logits;
   * targeted update (mask variant, authors' slices of a 1%-of-components mask), two-logit readout;
 and the FLOP floor: the step's counted FLOPs divided by this machine's measured fp32 matmul throughput
 (same run, same shapes as the model's MLP). Weights are frozen in DCM, so backward computes activation
@@ -27,7 +27,8 @@ import pandas as pd
 import torch
 
 from cca_tl import ComponentMask, load_model
-from cca_tl.dcm import Batch, ContrastSet, DCMMask, PrefixKV, full_logit_diff, two_logit_diff
+from cca_tl.contrast import Batch, ContrastSet, PrefixKV, full_logit_diff, two_logit_diff
+from cca_tl.dcm import DCMMask
 from cca_tl.update import element_masks
 
 HERE = Path(__file__).resolve().parent

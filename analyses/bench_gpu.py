@@ -76,7 +76,8 @@ def timed(fn, device: torch.device, reps: int = 3) -> tuple[float, float]:
 
 def bench(name: str, args) -> list[dict]:
     from cca_tl.components import ComponentMask
-    from cca_tl.dcm import ContrastSet, DCMMask, PrefixKV, two_logit_diff
+    from cca_tl.contrast import ContrastSet, PrefixKV, two_logit_diff
+    from cca_tl.dcm import DCMMask
     from cca_tl.generation import generate
     from cca_tl.update import targeted_update
 

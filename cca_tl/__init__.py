@@ -25,8 +25,9 @@ from cca_tl.components import (
     ParamSlice,
     component_table,
 )
-from cca_tl.dcm import ContrastSet, DCMMask, DCMResult, NonFiniteLossError, lambda_sweep, train_dcm, two_logit_diff
-from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError
+from cca_tl.contrast import ContrastSet, two_logit_diff
+from cca_tl.dcm import DCMMask, DCMResult, lambda_sweep, train_dcm
+from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError, NonFiniteLossError
 from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
 from cca_tl.models import DEFAULT_MODEL, known_models, load_model, provenance, tiny_model
 from cca_tl.update import UpdateResult, targeted_update

@@ -13,7 +13,7 @@
 * **Attention views** — circuitsvis attention patterns of the most-selected heads on real prefixes, saved
   as self-contained HTML (the JavaScript is inlined: the files open without network).
 
-Every ablation runs over the frozen prefix key/value cache (:class:`cca_tl.dcm.PrefixKV`): ablating the
+Every ablation runs over the frozen prefix key/value cache (:class:`cca_tl.contrast.PrefixKV`): ablating the
 last position leaves every earlier position unchanged, so one forward step per record is enough (exact).
 """
 
@@ -29,8 +29,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import ComponentMask, ComponentRegistry, Kind, _registry
-from cca_tl.dcm import ContrastSet, PrefixKV, _pad_id, two_logit_diff
+from cca_tl.components import ComponentMask, ComponentRegistry, Kind, registry_of
+from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
 
 AblationKind = Literal["zero", "mean"]
 
@@ -121,12 +121,12 @@ def last_position_means(model: HookedTransformer, data: ContrastSet, kinds: Iter
 
     Per kind a tensor ``[n_layers, units, d_head]`` (heads) or ``[n_layers, units]`` (neurons).
     """
-    reg = _registry(model)
+    reg = registry_of(model)
     kinds = [Kind(k) for k in kinds]
     names = {reg.hook_name(k, layer): (k, layer) for k in kinds for layer in range(reg.n_layers)}
     sums: dict[str, Tensor] = {}
     prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
-    for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
+    for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
         rows = torch.arange(len(batch), device=batch.tokens.device)
 
         def collect(activation: Tensor, hook) -> None:
@@ -172,7 +172,7 @@ def ablated_logit_diffs(model: HookedTransformer, data: ContrastSet, ablate: Com
                         how: AblationKind = "mean", means: Mapping[Kind, Tensor] | None = None,
                         prefix_kv: PrefixKV | None = None, batch_size: int = 8) -> Float[Tensor, "record"]:
     """Per-record logit difference with ``ablate``'s components ablated at the last position."""
-    reg = _registry(model)
+    reg = registry_of(model)
     if ablate is not None:
         ablate.validate(reg)
     if how not in ("zero", "mean"):
@@ -180,7 +180,7 @@ def ablated_logit_diffs(model: HookedTransformer, data: ContrastSet, ablate: Com
     if how == "mean" and ablate is not None and means is None:
         means = last_position_means(model, data, ablate.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     out = []
-    for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
+    for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
         hooks = [] if ablate is None else ablation_hooks(reg, ablate, means if how == "mean" else None,
                                                          batch.last_pos)
         out.append(two_logit_diff(model, batch, hooks).float().cpu())
@@ -197,7 +197,7 @@ def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: Component
     unablated model, pivot accuracy and its change. ``prefix_kv`` / ``means`` (of ``mask``'s kinds):
     reuse those already computed for ``data`` (the faithfulness curve needs the same).
     """
-    reg = _registry(model)
+    reg = registry_of(model)
     mask.validate(reg)
     prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
     if means is None:
@@ -273,7 +273,7 @@ def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapp
     """
     from tqdm.auto import tqdm
 
-    reg = _registry(model)
+    reg = registry_of(model)
     kinds = [Kind(k) for k in scores]
     full = ComponentMask.full(reg, kinds)
     total = full.count()

@@ -54,7 +54,7 @@ def sft_examples(model: HookedTransformer, problems: Sequence[Problem], prompt_f
     return out
 
 
-def _collate(batch: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def collate_answers(batch: Sequence[SFTExample], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ids, attention mask, and a boolean mask of the positions whose *next* token is an answer
     token (where the loss is taken)."""
     seqs = [e.prompt_ids + e.answer_ids for e in batch]
@@ -172,7 +172,7 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
         losses = []
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for idx in tqdm(batches, desc=f"{method} epoch {epoch}", disable=not progress, leave=False):
-            ids, attn, predict = _collate([examples[i] for i in idx], pad)
+            ids, attn, predict = collate_answers([examples[i] for i in idx], pad)
             loss = answer_loss(trained, ids, attn, predict)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{method} fine-tuning loss is {loss.item()} in epoch {epoch}")

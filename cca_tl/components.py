@@ -105,7 +105,7 @@ KIND_SPECS: dict[Kind, KindSpec] = {
     ),
 }
 
-def _hf_biases(model: HookedTransformer) -> frozenset[str]:
+def hf_biases(model: HookedTransformer) -> frozenset[str]:
     """The bias families (``qkv``, ``o``, ``mlp``) that really exist in the model (from the family table)."""
     from cca_tl.families import FAMILIES
 
@@ -212,7 +212,7 @@ class ComponentRegistry:
             Kind.NEURON: 0 if cfg.attn_only else cfg.d_mlp,
         }
         params = dict(model.named_parameters())
-        biases = _hf_biases(model)
+        biases = hf_biases(model)
         self._slice_specs: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
         self._param_shapes = {name: tuple(p.shape) for name, p in params.items()}
         self.total_model_params = _real_param_count(model, params)
@@ -320,7 +320,7 @@ _BIAS_FAMILY = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V":
 def real_parameter_names(model: HookedTransformer) -> list[str]:
     """All parameters except TransformerLens' zero placeholders for biases the HF architecture lacks."""
     has_hf = model.cfg.original_architecture is not None
-    biases = _hf_biases(model)
+    biases = hf_biases(model)
     names = []
     for name, _ in model.named_parameters():
         family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
@@ -382,7 +382,7 @@ class ComponentMask:
     @classmethod
     def empty(cls, model_or_registry: HookedTransformer | ComponentRegistry,
               kinds: Iterable[Kind | str] = DEFAULT_KINDS) -> "ComponentMask":
-        reg = _registry(model_or_registry)
+        reg = registry_of(model_or_registry)
         return cls(reg.identity, {
             Kind(k): torch.zeros(reg.n_layers, reg.n_units(k), dtype=torch.bool)
             for k in kinds if reg.n_units(k) > 0
@@ -399,7 +399,7 @@ class ComponentMask:
     @classmethod
     def from_components(cls, model_or_registry: HookedTransformer | ComponentRegistry,
                         components: Iterable[Component], kinds: Iterable[Kind | str] = DEFAULT_KINDS) -> "ComponentMask":
-        reg = _registry(model_or_registry)
+        reg = registry_of(model_or_registry)
         components = list(components)
         mask = cls.empty(reg, {*map(Kind, kinds), *(c.kind for c in components)})
         for c in components:
@@ -436,14 +436,14 @@ class ComponentMask:
 
     def n_params(self, model_or_registry: HookedTransformer | ComponentRegistry,
                  weight_set: WeightSet = "authors") -> int:
-        reg = _registry(model_or_registry)
+        reg = registry_of(model_or_registry)
         self.validate(reg)
         return sum(int(self.masks[k].sum()) * reg.params_per_unit(k, weight_set) for k in self.kinds)
 
     def fraction_params(self, model_or_registry: HookedTransformer | ComponentRegistry,
                         weight_set: WeightSet = "authors") -> float:
         """Parameters the selected components own / all parameters of the model."""
-        reg = _registry(model_or_registry)
+        reg = registry_of(model_or_registry)
         return self.n_params(reg, weight_set) / reg.total_model_params
 
     def components(self) -> list[Component]:
@@ -465,7 +465,7 @@ class ComponentMask:
             sel, tot = int(self.masks[kind].sum()), self.masks[kind].numel()
             row = dict(kind=kind.value, selected=sel, of=tot, pct=100.0 * sel / max(tot, 1))
             if model_or_registry is not None:
-                row["params"] = sel * _registry(model_or_registry).params_per_unit(kind, weight_set)
+                row["params"] = sel * registry_of(model_or_registry).params_per_unit(kind, weight_set)
             rows.append(row)
         df = pd.DataFrame(rows).set_index("kind")
         total = dict(selected=self.count(), of=self.size(), pct=100.0 * self.fraction_components())
@@ -477,7 +477,7 @@ class ComponentMask:
     # -- validation ---------------------------------------------------------------------------------
     def validate(self, model_or_registry: HookedTransformer | ComponentRegistry, *, strict_name: bool = True) -> None:
         """Raise :class:`MaskMismatchError` unless this mask fits the model exactly."""
-        reg = _registry(model_or_registry)
+        reg = registry_of(model_or_registry)
         self.identity.check_compatible(reg.identity, strict_name=strict_name)
         for kind, m in self.masks.items():
             expected = (reg.n_layers, reg.n_units(kind))
@@ -603,7 +603,7 @@ def _units_from_identity(identity: ModelIdentity) -> dict[Kind, int]:
             Kind.Z: identity.n_heads, Kind.NEURON: identity.d_mlp}
 
 
-def _registry(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry:
+def registry_of(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry:
     if isinstance(obj, ComponentRegistry):
         return obj
     if isinstance(obj, HookedTransformer):
@@ -620,4 +620,4 @@ def component_table(obj: Union[HookedTransformer, ComponentRegistry, ComponentMa
     """Layer x kind component counts: all components of a model, or the selected ones of a mask."""
     if isinstance(obj, ComponentMask):
         return obj.counts_by_layer()
-    return _registry(obj).table(kinds)
+    return registry_of(obj).table(kinds)

@@ -42,3 +42,12 @@ class DeviceError(CCAError, ValueError):
 
 class OutOfMemory(CCAError, MemoryError):
     """A stage ran out of (GPU or CPU) memory; the run directory keeps every finished stage."""
+
+
+class NonFiniteLossError(CCAError, FloatingPointError):
+    """The loss became NaN/inf. ``step`` says when; ``last_good`` holds the state before that step."""
+
+    def __init__(self, message: str, step: int, last_good: object = None):
+        super().__init__(message)
+        self.step = step
+        self.last_good = last_good

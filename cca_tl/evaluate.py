@@ -55,12 +55,12 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
 
 def localization_logit_diff(model: HookedTransformer, localization, *, batch_size: int = 8) -> float:
     """Mean logit[desired] − logit[undesired] over an error-localization dataset."""
-    from cca_tl.dcm import ContrastSet
-    from cca_tl.update import _mean_logit_diff
+    from cca_tl.contrast import ContrastSet
+    from cca_tl.contrast import mean_logit_diff
 
     data = ContrastSet.from_dataset(localization)
     data.validate(model)
-    return _mean_logit_diff(model, data, batch_size)  # shares each batch's common prompt prefix (exact)
+    return mean_logit_diff(model, data, batch_size)  # shares each batch's common prompt prefix (exact)
 
 
 def pivot_scores(model: HookedTransformer, localization, *, batch_size: int = 8) -> dict[str, Any]:
@@ -68,8 +68,8 @@ def pivot_scores(model: HookedTransformer, localization, *, batch_size: int = 8)
     undesired one's), ``pivot_logit_diff`` (mean difference), ``n_pivots``, and the per-record differences
     (``diffs``, for paired intervals). Forward passes only: on Gemma-3-270M ~0.1 s per record on 2 cores,
     where one more answer-level question costs a ~25-token generation."""
-    from cca_tl.dcm import ContrastSet
-    from cca_tl.update import record_logit_diffs
+    from cca_tl.contrast import ContrastSet
+    from cca_tl.contrast import record_logit_diffs
 
     if not len(localization):
         return dict(pivot_accuracy=None, pivot_logit_diff=None, n_pivots=0, diffs=[])

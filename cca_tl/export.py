@@ -264,13 +264,13 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     Every TransformerLens parameter is accounted for: mapped to an HF tensor, or checked to be an
     all-zero placeholder of a parameter the HF architecture lacks.
     """
-    from cca_tl.components import _hf_biases
+    from cca_tl.components import hf_biases
 
     arch = check_exportable(model)
     fam = FAMILIES[arch]
     cfg = model.cfg
     p = _Params(model, arch)
-    sd = _LAYERS[fam.layout](p, fam, cfg, _hf_biases(model))
+    sd = _LAYERS[fam.layout](p, fam, cfg, hf_biases(model))
     p.must_be_zero("unembed.b_U")
 
     embed_name, head_name = _EMBEDDINGS[fam.layout]

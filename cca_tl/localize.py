@@ -3,7 +3,7 @@
 Both variants return an error-localization ``datasets.Dataset`` with ``prefix_ids`` (prompt + shared
 reasoning before the pivotal token), ``prefix_text``, ``desired_id``, ``undesired_id``, ``template_id``,
 ``instance_id``, ``method`` and ``position`` (index of the pivotal token in the generated text) — the
-input :class:`cca_tl.dcm.ContrastSet.from_dataset` takes.
+input :class:`cca_tl.contrast.ContrastSet.from_dataset` takes.
 
 * **Prefix**: the first position where the greedy and the sampled trace differ.
 * **Reference** (held-out pivots, this toolkit's addition): the first position where a wrong greedy answer

@@ -24,8 +24,10 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import ComponentMask, WeightSet, _registry, real_parameter_names
-from cca_tl.dcm import Batch, ContrastSet, NonFiniteLossError, _pad_id, shared_prefix_batch, two_logit_diff
+from cca_tl.components import ComponentMask, WeightSet, registry_of, real_parameter_names
+from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
+                             shared_prompt, two_logit_diff)
+from cca_tl.errors import NonFiniteLossError
 
 Variant = Literal["mask", "all", "random"]
 
@@ -38,7 +40,7 @@ def default_eval_steps(steps: int) -> list[int]:
 def element_masks(model: HookedTransformer, mask: ComponentMask,
                   weight_set: WeightSet = "authors") -> dict[str, Tensor]:
     """Per touched parameter, a boolean tensor of its shape marking the selected components' slices."""
-    reg = _registry(model)
+    reg = registry_of(model)
     mask.validate(reg)
     out: dict[str, Tensor] = {}
     for comp in mask.components():
@@ -107,65 +109,6 @@ class UpdateResult:
     config: dict = field(default_factory=dict)
 
 
-def _batches(model: HookedTransformer, data: ContrastSet, batch_size: int, shared_prefix: bool) -> Iterator[Batch]:
-    """Mini-batches in order; with ``shared_prefix`` each runs its rows' common prefix once (exact)."""
-    pad = _pad_id(model)
-    if not shared_prefix:
-        yield from data.batches(batch_size, pad_id=pad, device=model.cfg.device)
-        return
-    for start in range(0, len(data), batch_size):
-        yield shared_prefix_batch(model, data, range(start, min(start + batch_size, len(data))), pad_id=pad)
-
-
-def _shared_prompt(model: HookedTransformer, data: ContrastSet, min_shared: int = 8) -> tuple[int, list[Tensor]]:
-    """The prompt common to *all* records, run once: its length and each layer's keys and values
-    (``[k0, v0, k1, v1, ...]``, batch 1). Length 0 and no tensors when it is shorter than ``min_shared``."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    from cca_tl.generation import common_prefix_length, grouped_attention_without_copies
-
-    cfg = model.cfg
-    shared = common_prefix_length(data.prefix_ids)
-    if shared < min_shared:
-        return 0, []
-    head = torch.tensor([data.prefix_ids[0][:shared]], device=cfg.device)
-    prefix = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
-    with grouped_attention_without_copies():
-        model(head, past_kv_cache=prefix, attention_mask=torch.ones_like(head), stop_at_layer=cfg.n_layers)
-    return shared, [t for e in prefix.entries for t in (e.past_keys, e.past_values)]
-
-
-def _batches_over_prompt(model: HookedTransformer, data: ContrastSet, batch_size: int, shared: int,
-                         keys_values: Sequence[Tensor]) -> Iterator[Batch]:
-    """Mini-batches of the records' tails, each attending to the shared prompt's ``keys_values`` (expanded
-    views: gradients from every row add up in the one computation). Records in the order of
-    :func:`by_tail_length` (the caller's order is the data's)."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    cfg = model.cfg
-    tails = ContrastSet([p[shared:] for p in data.prefix_ids], data.desired, data.undesired)
-    for start in range(0, len(data), batch_size):
-        subset = tails.subset(range(start, min(start + batch_size, len(data))))
-        rows = len(subset)
-        cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, rows)
-        for layer, entry in enumerate(cache.entries):
-            keys, values = keys_values[2 * layer], keys_values[2 * layer + 1]
-            entry.past_keys = keys.expand(rows, *keys.shape[1:])
-            entry.past_values = values.expand(rows, *values.shape[1:])
-        cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=cfg.device)
-        batch = Batch.collate(subset, pad_id=_pad_id(model), device=cfg.device)
-        batch.past_kv = cache
-        yield batch
-
-
-def by_tail_length(data: ContrastSet) -> tuple[ContrastSet, list[int]]:
-    """The records sorted by length (and the order: ``sorted[i] = data[order[i]]``), so that mini-batches
-    pad little: on the two-step task's 30 train pivots at batch 4, 1,440 padded tail tokens for 1,285
-    real ones in the given order, 1,318 sorted (66 test pivots: 3,078 -> 2,786 for 2,769)."""
-    order = sorted(range(len(data)), key=lambda i: len(data.prefix_ids[i]))
-    return data.subset(order), order
-
-
 def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
                            shared_prefix: bool) -> Iterator[Float[Tensor, "batch"]]:
     """Backpropagate ``-sum(logit diff) / len(data)`` mini-batch by mini-batch (yielding each batch's diffs,
@@ -174,48 +117,26 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
     With ``shared_prefix`` the prefix common to *all* records (the few-shot prompt) runs once per step, with
     gradients: each mini-batch's rows attend to detached copies of its keys and values, whose gradients are
     summed over the mini-batches and sent back through the prefix once at the end. Exact, like
-    :func:`cca_tl.dcm.shared_prefix_batch` (which reruns the prefix for every mini-batch). On Gemma-3-270M
+    :func:`cca_tl.contrast.shared_prefix_batch` (which reruns the prefix for every mini-batch). On Gemma-3-270M
     (30 records, a 290-token shared prompt, 2 cores) it is what makes batch 4 (1.0 GB of activations
     instead of 1.5 GB at batch 8) no slower than batch 8 was.
     """
-    shared, computed = _shared_prompt(model, data) if shared_prefix else (0, [])
+    shared, computed = shared_prompt(model, data) if shared_prefix else (0, [])
     data = by_tail_length(data)[0] if shared else data  # a sum over records: their order is free
     if not shared:  # nothing worth sharing: plain (or per-batch shared) mini-batches
-        for batch in _batches(model, data, batch_size, shared_prefix):
+        for batch in prefix_batches(model, data, batch_size, shared_prefix):
             diff = two_logit_diff(model, batch)
             (-diff.sum() / len(data)).backward()
             yield diff.detach()
         return
     leaves = [t.detach().requires_grad_() for t in computed]
-    for batch in _batches_over_prompt(model, data, batch_size, shared, leaves):
+    for batch in batches_over_prompt(model, data, batch_size, shared, leaves):
         diff = two_logit_diff(model, batch)
         (-diff.sum() / len(data)).backward()
         yield diff.detach()
     reached = [(t, leaf.grad) for t, leaf in zip(computed, leaves) if leaf.grad is not None and t.requires_grad]
     if reached:
         torch.autograd.backward([t for t, _ in reached], grad_tensors=[g for _, g in reached])
-
-
-def record_logit_diffs(model: HookedTransformer, data: ContrastSet, batch_size: int = 8,
-                       shared_prefix: bool = True) -> Float[Tensor, "record"]:
-    """logit[desired] − logit[undesired] at the pivot of every record (forward passes only, float32, CPU).
-
-    ``shared_prefix``: the prompt common to all records runs once and every mini-batch attends to it (on
-    Gemma-3-270M, 66 two-step pivots behind a 270-token prompt: 9.3–11 s instead of 13.7 s with the prompt
-    rerun per mini-batch); when records share less than 8 tokens, each mini-batch shares its own prefix."""
-    with torch.no_grad():
-        shared, keys_values = _shared_prompt(model, data) if shared_prefix else (0, [])
-        if not shared:
-            return torch.cat([two_logit_diff(model, batch).float().cpu()
-                              for batch in _batches(model, data, batch_size, shared_prefix)])
-        ordered, order = by_tail_length(data)
-        diffs = torch.cat([two_logit_diff(model, batch).float().cpu()
-                           for batch in _batches_over_prompt(model, ordered, batch_size, shared, keys_values)])
-        return torch.empty_like(diffs).index_copy_(0, torch.tensor(order), diffs)  # back in the data's order
-
-
-def _mean_logit_diff(model: HookedTransformer, data: ContrastSet, batch_size: int, shared_prefix: bool = True) -> float:
-    return float(record_logit_diffs(model, data, batch_size, shared_prefix).sum()) / len(data)
 
 
 def targeted_update(
@@ -241,12 +162,12 @@ def targeted_update(
     Validation metric (higher is better): ``val_metric(model)`` if given, else the mean logit difference
     on ``val_data``, else on ``train``. ``shared_prefix``: run each mini-batch's common prefix (a few-shot
     prompt) once and share it across the rows — the same loss and gradients, 2–3x less work on few-shot
-    prompts (:func:`cca_tl.dcm.shared_prefix_batch`).
+    prompts (:func:`cca_tl.contrast.shared_prefix_batch`).
     """
     from tqdm.auto import tqdm
 
     train.validate(model)
-    reg = _registry(model)
+    reg = registry_of(model)
     if variant in ("mask", "random"):
         if mask is None:
             raise ValueError(f"variant={variant!r} needs a mask")
@@ -268,7 +189,7 @@ def targeted_update(
     val_kind = "custom" if val_metric is not None else "logit_diff"
     if val_metric is None:
         source = val_data if val_data is not None else train
-        val_metric = lambda m: _mean_logit_diff(m, source, batch_size, shared_prefix)  # noqa: E731
+        val_metric = lambda m: mean_logit_diff(m, source, batch_size, shared_prefix)  # noqa: E731
 
     # Selected entries as coordinates: the step, snapshots and restores touch only those, and the
     # gradient is kept only there (see _compact_gradients).

@@ -9,8 +9,8 @@ from cca_tl import ComponentMask, ContrastSet, load_model
 from cca_tl.analysis import (ablated_logit_diffs, ablation_checks, attention_view, count_summary, count_table,
                              default_sizes, faithfulness_area, faithfulness_curve, last_position_means, plot_mask,
                              save_html, top_heads, top_k_mask)
-from cca_tl.components import Kind, _registry
-from cca_tl.dcm import Batch, PrefixKV, two_logit_diff
+from cca_tl.components import Kind, registry_of
+from cca_tl.contrast import Batch, PrefixKV, two_logit_diff
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def data():
 
 def random_gains(model, seed=0):
     g = torch.Generator().manual_seed(seed)
-    reg = _registry(model)
+    reg = registry_of(model)
     return {k: torch.rand(reg.n_layers, reg.n_units(k), generator=g) for k in ("q", "k", "v", "neuron")}
 
 
@@ -71,7 +71,7 @@ def test_faithfulness_endpoints_are_exact(model, data):
 
 
 def test_top_k_and_sizes(model):
-    reg = _registry(model)
+    reg = registry_of(model)
     gains = random_gains(model, 1)
     mask = top_k_mask(reg, gains, 5)
     assert mask.count() == 5
@@ -88,7 +88,7 @@ def test_top_k_and_sizes(model):
 
 def test_count_tables(model):
     a = ComponentMask.from_components(model, [])
-    reg = _registry(model)
+    reg = registry_of(model)
     gains = random_gains(model, 2)
     masks = {"s0": top_k_mask(reg, gains, 4), "s1": top_k_mask(reg, gains, 8), "s2": a}
     table = count_table(masks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cca_tl.baselines import (_collate, answer_loss, finetune, lora_params_per_rank, lora_rank_for_budget,
+from cca_tl.baselines import (collate_answers, answer_loss, finetune, lora_params_per_rank, lora_rank_for_budget,
                               same_weights, sft_examples)
 from cca_tl.models import load_model
 from cca_tl.tasks import Problem, arithmetic_problems
@@ -25,7 +25,7 @@ def examples(tiny):
 
 def test_answer_loss_matches_transformers_labels(tiny, examples):
     twin = hf_twin(tiny)
-    ids, attn, predict = _collate(examples[:3], pad_id=0)
+    ids, attn, predict = collate_answers(examples[:3], pad_id=0)
     labels = torch.full_like(ids, -100)
     rows, cols = predict.nonzero(as_tuple=True)
     labels[rows, cols + 1] = ids[rows, cols + 1]
@@ -46,7 +46,7 @@ def test_lora_without_training_or_improvement_returns_the_base_weights(tiny, exa
 
 def test_lora_and_full_finetuning_lower_the_answer_loss(tiny, examples):
     def loss_of(model):
-        ids, attn, predict = _collate(examples, pad_id=0)
+        ids, attn, predict = collate_answers(examples, pad_id=0)
         with torch.no_grad():
             return float(answer_loss(hf_twin(model), ids, attn, predict))
 

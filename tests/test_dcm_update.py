@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, MaskMismatchError, load_model
-from cca_tl.dcm import (
-    Batch,
-    ContrastSet,
-    DCMMask,
-    NonFiniteLossError,
-    full_logit_diff,
-    train_dcm,
-    two_logit_diff,
-)
+from cca_tl.contrast import Batch, ContrastSet, full_logit_diff, two_logit_diff
+from cca_tl.dcm import DCMMask, train_dcm
+from cca_tl.errors import NonFiniteLossError
 from cca_tl.update import element_masks, targeted_update
 
 
@@ -196,7 +190,7 @@ def test_planted_target_dcm_then_update_raise_the_logit_difference():
                                   "tiny-olmo2", "tiny-llama", "tiny-qwen3"])
 def test_prefix_cache_gives_the_same_logit_diff_and_gradients(arch):
     """Over every family's positional scheme (rotary in full or in part, learned absolute positions)."""
-    from cca_tl.dcm import PrefixKV
+    from cca_tl.contrast import PrefixKV
 
     model = load_model(arch)
     data = contrast(n=5, lengths=(1, 13))  # includes a one-token prefix (empty cache row)
@@ -248,7 +242,7 @@ def test_lambda_sweep_shrinks_the_mask_as_lambda_grows(model):
 def test_shared_prefix_batch_is_exact(arch):
     """Running the common prefix once (batch 1) and sharing its cache gives the same logit differences
     and gradients as the full right-padded batch (tiny Gemma-3's sliding window is shorter than it)."""
-    from cca_tl.dcm import Batch, shared_prefix_batch
+    from cca_tl.contrast import Batch, shared_prefix_batch
 
     model = load_model(arch)
     prefixes = records_behind_a_prompt(seed=0, prompt=20, longest_tail=8, n=6)
@@ -294,7 +288,7 @@ def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
 def test_logit_diffs_with_the_prompt_run_once_match_plain_batches(arch):
     """Held-out scoring runs the prompt common to all records once; every record's logit difference is the
     one a plain right-padded batch gives (tiny-gemma3: an 8-token sliding window, shorter than the prompt)."""
-    from cca_tl.update import record_logit_diffs
+    from cca_tl.contrast import record_logit_diffs
 
     prefixes = records_behind_a_prompt(seed=2, prompt=20, longest_tail=8, n=7)
     data = ContrastSet(prefixes, list(range(10, 17)), list(range(40, 47)))
@@ -307,7 +301,7 @@ def test_logit_diffs_with_the_prompt_run_once_match_plain_batches(arch):
 
 @pytest.mark.parametrize("arch", ["tiny-gemma3", "tiny-qwen2"])
 def test_prefix_cache_stores_a_shared_prompt_once_and_stays_exact(arch):
-    from cca_tl.dcm import PrefixKV
+    from cca_tl.contrast import PrefixKV
 
     model = load_model(arch)
     prefixes = records_behind_a_prompt(seed=3, prompt=12, longest_tail=6, n=5)

@@ -17,7 +17,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, ModelLoadError, export_hf, load_model
-from cca_tl.dcm import Batch, ContrastSet, DCMMask
+from cca_tl.contrast import Batch, ContrastSet
+from cca_tl.dcm import DCMMask
 from cca_tl.families import FAMILIES, hf_slices, load_hf_config, published_config_names, tl_config_dict
 from cca_tl.models import TINY_ARCHITECTURES, char_tokenizer, tiny_hf_model
 from cca_tl.update import element_masks, targeted_update

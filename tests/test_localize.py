@@ -111,7 +111,7 @@ def test_retention_kl_is_zero_for_the_same_model_and_grows_with_an_edit():
 def test_localization_logit_diff_matches_the_dcm_readout():
     from datasets import Dataset
 
-    from cca_tl.dcm import Batch, ContrastSet, two_logit_diff
+    from cca_tl.contrast import Batch, ContrastSet, two_logit_diff
     from cca_tl.evaluate import localization_logit_diff
 
     model = load_model("tiny-gemma3")

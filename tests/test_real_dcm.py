@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cca_tl import ComponentMask
-from cca_tl.dcm import ContrastSet, train_dcm
+from cca_tl.contrast import ContrastSet
+from cca_tl.dcm import train_dcm
 from cca_tl.update import targeted_update
 
 pytestmark = pytest.mark.slow

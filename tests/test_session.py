@@ -160,7 +160,7 @@ def test_tiny_preset_runs_end_to_end_in_bfloat16_from_the_cli(tmp_path):
 
 def test_bfloat16_update_keeps_steps_smaller_than_a_bfloat16_ulp():
     """Without the float32 master copy a step of lr·g below bf16 resolution rounds to no change."""
-    from cca_tl.dcm import ContrastSet
+    from cca_tl.contrast import ContrastSet
     from cca_tl.update import targeted_update
 
     model = load_model("tiny-llama", dtype="bfloat16")

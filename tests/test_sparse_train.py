@@ -11,7 +11,7 @@ from cca_tl import ContrastSet
 from cca_tl.components import Kind
 from cca_tl.sparse import NodeMask, node_means
 from cca_tl.sparse.bridges import Bridges, bridge_intervention, bridge_locations, bridge_losses, train_bridges
-from cca_tl.sparse.prune import _gate_hooks, circuit_edges
+from cca_tl.sparse.prune import gate_hooks, circuit_edges
 from cca_tl.sparse.train import (SparseTrainConfig, TrainedModel, abstopk, build_model, kept_count, l0_fraction,
                                  normalise_grad_rms_, python_tokenizer, sharkfin_lr, sparsified_matrices, sparsify_,
                                  stdlib_python_files, token_windows, train_sparse)
@@ -194,7 +194,7 @@ def test_bridge_intervention_with_identity_bridges_matches_the_edited_model(toke
     means = node_means(model, [torch.tensor(tokenizer("def f(x):\n    return x\n")["input_ids"])])
     gates = {k: torch.ones(m.shape) for k, m in NodeMask.full(model).keep.items()}
     gates[Kind.NEURON][0, :32] = 0.0  # mean-ablate half the layer-0 neurons
-    df = bridge_intervention(model, model, bridges, data, "blocks.1.hook_resid_pre", _gate_hooks(model, gates, means))
+    df = bridge_intervention(model, model, bridges, data, "blocks.1.hook_resid_pre", gate_hooks(model, gates, means))
     torch.testing.assert_close(torch.tensor(df.dense_bridged.values), torch.tensor(df.sparse_intervened.values),
                                rtol=1e-4, atol=1e-4)
     assert (df.dense_clean - df.dense_bridged).abs().max() > 1e-4  # the intervention did something

@@ -129,7 +129,7 @@ class Run:
         return records if split is None else records.filter(lambda r: r["split"] == split, keep_in_memory=True)
 
     def contrast(self, split: str):
-        from cca_tl.dcm import ContrastSet
+        from cca_tl.contrast import ContrastSet
 
         records = self.localization(split)
         return ContrastSet.from_dataset(records) if len(records) else None

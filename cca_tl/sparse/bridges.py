@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from cca_tl.dcm import ContrastSet, _pad_id, two_logit_diff
+from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 from cca_tl.sparse.train import abstopk
 
 
@@ -196,7 +196,7 @@ def bridge_intervention(dense: HookedTransformer, sparse: HookedTransformer, bri
     i = bridges.index(location)
     w_dec = bridges.decoders[i].weight  # [d_dense, d_sparse]
     rows = []
-    pad = _pad_id(sparse)
+    pad = pad_token_id(sparse)
     for batch in data.batches(batch_size, pad_id=pad, device=sparse.cfg.device):
         captured: dict[str, Tensor] = {}
 

@@ -25,8 +25,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import Kind, ModelIdentity, _registry
-from cca_tl.dcm import ContrastSet, _pad_id, two_logit_diff
+from cca_tl.components import Kind, ModelIdentity, registry_of
+from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 
 NODE_KINDS = (Kind.Q, Kind.K, Kind.V, Kind.NEURON)
 
@@ -52,7 +52,7 @@ def heaviside_ste(tau: Tensor, beta: float = 0.5) -> Tensor:
 
 def node_shapes(model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> dict[Kind, tuple[int, ...]]:
     """Per kind, the shape of one layer's nodes: ``(heads, d_head)`` for q/k/v, ``(d_mlp,)`` for neurons."""
-    reg = _registry(model)
+    reg = registry_of(model)
     d_head = model.cfg.d_head
     out = {}
     for kind in map(Kind, kinds):
@@ -90,7 +90,7 @@ class NodeMask:
 
     @classmethod
     def full(cls, model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> "NodeMask":
-        reg = _registry(model)
+        reg = registry_of(model)
         return cls(reg.identity, {k: torch.ones(reg.n_layers, *s, dtype=torch.bool) for k, s in node_shapes(model, kinds).items()})
 
     @classmethod
@@ -98,7 +98,7 @@ class NodeMask:
         """The ``k`` nodes with the highest score (ties broken by position)."""
         from cca_tl.analysis import top_k_select
 
-        return cls(_registry(model).identity, top_k_select(scores, k))
+        return cls(registry_of(model).identity, top_k_select(scores, k))
 
 
 @torch.no_grad()
@@ -108,7 +108,7 @@ def node_means(model: HookedTransformer, texts: Sequence[str] | Sequence[Tensor]
     :func:`cca_tl.evaluate.general_text`) — the values a pruned node is ablated to."""
     from cca_tl.evaluate import general_text
 
-    reg = _registry(model)
+    reg = registry_of(model)
     kinds = [Kind(k) for k in kinds]
     texts = list(texts) if texts is not None else general_text()
     if not texts:
@@ -126,9 +126,9 @@ def node_means(model: HookedTransformer, texts: Sequence[str] | Sequence[Tensor]
     return {k: torch.stack([sums[reg.hook_name(k, layer)] for layer in range(reg.n_layers)]) / count for k in kinds}
 
 
-def _gate_hooks(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: Mapping[Kind, Tensor]) -> list:
+def gate_hooks(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: Mapping[Kind, Tensor]) -> list:
     """Hooks applying ``a ← g·a + (1 − g)·mean`` per node at every position; ``gates`` [n_layers, *shape]."""
-    reg = _registry(model)
+    reg = registry_of(model)
     hooks = []
     for kind, gate in gates.items():
         for layer in range(reg.n_layers):
@@ -144,7 +144,7 @@ def _gate_hooks(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: M
 
 def _diffs(model: HookedTransformer, data: ContrastSet, hooks_fn: Callable[[], list], batch_size: int) -> Tensor:
     out = []
-    for batch in data.batches(batch_size, pad_id=_pad_id(model), device=model.cfg.device):
+    for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device):
         out.append(two_logit_diff(model, batch, hooks_fn()))
     return torch.cat(out)
 
@@ -161,7 +161,7 @@ def circuit_diffs(model: HookedTransformer, data: ContrastSet, keep: NodeMask | 
     if keep is None:
         return _diffs(model, data, lambda: [], batch_size).float().cpu()
     gates = {k: m.float() for k, m in keep.keep.items()}
-    return _diffs(model, data, lambda: _gate_hooks(model, gates, means), batch_size).float().cpu()
+    return _diffs(model, data, lambda: gate_hooks(model, gates, means), batch_size).float().cpu()
 
 
 def bisect_smallest(loss_at: Callable[[int], float], lo: int, hi: int, target: float) -> tuple[int, dict[int, float]]:
@@ -236,7 +236,7 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
     data.validate(model)
     kinds = [Kind(k) for k in kinds]
     means = means if means is not None else node_means(model, kinds=kinds)
-    reg = _registry(model)
+    reg = registry_of(model)
     shapes = node_shapes(model, kinds)
     taus = nn.ParameterDict({k.value: nn.Parameter(torch.full((reg.n_layers, *shapes[k]), float(tau_init),
                                                               device=model.cfg.device)) for k in kinds})
@@ -251,7 +251,7 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
             idx = torch.randperm(len(data), generator=generator)[:batch_size].tolist()
             batch_data = data.subset(idx)
             gates = {k: heaviside_ste(taus[k.value], beta) for k in kinds}
-            diff = _diffs(model, batch_data, lambda: _gate_hooks(model, gates, means), batch_size)
+            diff = _diffs(model, batch_data, lambda: gate_hooks(model, gates, means), batch_size)
             live = sum(g.sum() for g in gates.values())
             task = binary_loss(diff)
             loss = task + k_coef * live
@@ -334,7 +334,7 @@ def _writers(model: HookedTransformer, mask: NodeMask) -> list[tuple[float, Tens
     writes through its row of ``W_O`` (attention of layer l: order 2l), a neuron through its row of ``W_out``
     (order 2l + 1)."""
     out = []
-    reg = _registry(model)
+    reg = registry_of(model)
     group = model.cfg.n_heads // reg.n_units(Kind.V)
     if Kind.V in mask.keep:
         for layer, g, i in mask.keep[Kind.V].nonzero().tolist():
@@ -352,7 +352,7 @@ def _readers(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[in
     logits through ``W_U`` columns (after every layer)."""
     out = []
     weights = {Kind.Q: model.W_Q, Kind.K: model.W_K, Kind.V: model.W_V}
-    reg = _registry(model)
+    reg = registry_of(model)
     for kind, w in weights.items():
         if kind not in mask.keep:
             continue
@@ -392,7 +392,7 @@ def circuit_edges(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequen
         residual = int((touches & later).sum())
     attention = 0
     if Kind.Q in mask.keep and Kind.K in mask.keep:
-        group = model.cfg.n_heads // _registry(model).n_units(Kind.K)
+        group = model.cfg.n_heads // registry_of(model).n_units(Kind.K)
         q, k = mask.keep[Kind.Q], mask.keep[Kind.K]  # [layer, heads, d_head], [layer, kv heads, d_head]
         k_per_q = k.repeat_interleave(group, dim=1)
         attention = int((q & k_per_q).sum())

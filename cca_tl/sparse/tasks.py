@@ -11,7 +11,7 @@ Each example is a code prompt, the right next token (``target``) and the contras
 :func:`code_contrast_set` tokenises them for a model: the contrast is the first token of each continuation
 as the tokenizer produces it *in context* (``tokens(prompt + target)[len(tokens(prompt))]``); examples where
 the prompt's tokens change when a continuation is appended, or both continuations start with the same token,
-are dropped. The resulting :class:`cca_tl.dcm.ContrastSet` is usable by DCM and by node pruning alike.
+are dropped. The resulting :class:`cca_tl.contrast.ContrastSet` is usable by DCM and by node pruning alike.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from cca_tl.dcm import ContrastSet
+from cca_tl.contrast import ContrastSet
 
 NAMES = ["items", "values", "seen", "names", "result", "parts", "words", "keys", "data", "buffer", "out", "acc"]
 WORDS = ["hello", "world", "spam", "eggs", "path", "value", "error", "token", "name", "line", "data", "text"]

@@ -20,7 +20,7 @@ def run(run) -> dict:
                                  faithfulness_curve, last_position_means, layer_table, plot_faithfulness, plot_mask,
                                  save_html, top_heads)
     from cca_tl.components import ComponentRegistry
-    from cca_tl.dcm import PrefixKV
+    from cca_tl.contrast import PrefixKV
 
     cfg = run.config
     model = run.session.restore()

@@ -38,7 +38,7 @@ def val_metric(run) -> Callable[[HookedTransformer], float]:
     model's value is measured once per run and reused: every update (CCA's, each control's) starts from it,
     and the session knows when the model is unedited (no parameter version moved since it was restored)."""
     from cca_tl.evaluate import accuracy
-    from cca_tl.update import record_logit_diffs
+    from cca_tl.contrast import record_logit_diffs
 
     cfg = run.config
     kind = selection_metric(run)
