@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from cca_tl.params import WeightSnapshot
 from cca_tl.tasks import Problem
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -161,8 +162,8 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
         with torch.no_grad():
             return float(validate(trained))
 
-    def snapshot() -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
+    def snapshot() -> WeightSnapshot:
+        return WeightSnapshot(trained, {n for n, p in trained.named_parameters() if p.requires_grad})
 
     history = [dict(epoch=0, train_loss=math.nan, val=evaluate())]
     best = (history[0]["val"], 0, snapshot() if validate is not None else None)
@@ -185,10 +186,7 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
         if validate is not None and val > best[0]:
             best = (val, epoch, snapshot())
     if validate is not None:
-        with torch.no_grad():
-            current = dict(trained.named_parameters())
-            for n, v in best[2].items():
-                current[n].copy_(v)
+        best[2].restore()
     best_epoch = best[1] if validate is not None else epochs
     trained.eval()
     merged = trained.merge_and_unload() if method == "lora" else trained

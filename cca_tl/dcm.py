@@ -20,6 +20,7 @@ Gain conventions (``form``):
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence
 
@@ -30,6 +31,7 @@ from transformer_lens import HookedTransformer
 
 from cca_tl.components import DEFAULT_KINDS, ComponentMask, Kind, registry_of
 from cca_tl.errors import NonFiniteLossError
+from cca_tl.params import trainable
 from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
 
 Form = Literal["paper", "authors"]
@@ -167,9 +169,6 @@ def train_dcm(
     data.validate(model)
     generator = torch.Generator().manual_seed(seed)
     dcm = DCMMask(model, kinds, form=form, positions=positions, init=init)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     optimizer = torch.optim.Adam(dcm.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     batches_per_epoch = math.ceil(len(data) / batch_size)
@@ -183,7 +182,7 @@ def train_dcm(
     history, step, unchanged, moved, stopped = [], 0, 0, False, "max_epochs"
     last_count = sum(dcm.count_selected().values())
     bar = tqdm(total=max_epochs, desc=f"DCM λ={lam:g}", disable=not progress, leave=False)
-    try:
+    with trainable(model), closing(bar):  # the model is read through, only the gains train
         for epoch in range(max_epochs):
             losses, diffs = [], []
             for batch in data.batches(batch_size, shuffle=True, generator=generator, pad_id=pad,
@@ -219,10 +218,6 @@ def train_dcm(
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", selected=last_count)
             if stopped != "max_epochs":
                 break
-    finally:
-        bar.close()
-        for p in frozen:
-            p.requires_grad_(True)
     gains = {k: v.detach().cpu().clone() for k, v in dcm.gains.items()}
     config = dict(lam=lam, kinds=[k.value for k in dcm.kinds], form=form, positions=positions, lr=lr,
                   step_size=step_size, gamma=gamma, batch_size=batch_size, max_epochs=max_epochs,

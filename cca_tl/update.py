@@ -28,6 +28,7 @@ from cca_tl.components import ComponentMask, WeightSet, registry_of, real_parame
 from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
                              shared_prompt, two_logit_diff)
 from cca_tl.errors import NonFiniteLossError
+from cca_tl.params import trainable
 
 Variant = Literal["mask", "all", "random"]
 
@@ -207,13 +208,10 @@ def targeted_update(
         protect(dict(emasks))
     low_precision = {n for n, p in params.items() if p.dtype in (torch.bfloat16, torch.float16)}
     master = {n: _entries(params[n], i).float().clone() for n, i in where.items() if n in low_precision}
-    requires = {n: p.requires_grad for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in emasks)
     eval_at = set(eval_steps if eval_steps is not None else default_eval_steps(steps))
-    history = [dict(step=0, train_logit_diff=float("nan"), val_metric=val_metric(model))]
-    best_step, best_metric, best = 0, history[0]["val_metric"], snapshot()
-    try:
+    with trainable(model, names=emasks):  # only the touched matrices take gradients
+        history = [dict(step=0, train_logit_diff=float("nan"), val_metric=val_metric(model))]
+        best_step, best_metric, best = 0, history[0]["val_metric"], snapshot()
         for step in tqdm(range(1, steps + 1), desc=f"update[{variant}] lr={lr:g}", disable=not progress, leave=False):
             total = 0.0
             with _compact_gradients(params, where) as grads:
@@ -239,10 +237,6 @@ def targeted_update(
                 if row["val_metric"] > best_metric:
                     best_step, best_metric, best = step, row["val_metric"], snapshot()
             history.append(row)
-    finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(requires[n])
-            p.grad = None
     if eval_at:
         restore(best)  # step 0 (unedited) is a candidate too: if no step helps, nothing is changed
     else:

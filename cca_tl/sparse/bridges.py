@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
+from cca_tl.params import trainable
 from cca_tl.sparse.train import abstopk
 
 
@@ -144,12 +145,9 @@ def train_bridges(dense: HookedTransformer, sparse: HookedTransformer, windows: 
     bridges = Bridges.between(dense, sparse, keep_fraction=keep_fraction)
     generator = torch.Generator().manual_seed(seed)
     _least_squares_init_(bridges, dense, sparse, windows[:batch_size * 4])
-    frozen = [p for m in (dense, sparse) for p in m.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     opt = torch.optim.Adam(bridges.parameters(), lr=lr)
     history = []
-    try:
+    with trainable(dense, sparse):  # both models are read through; only the bridges train
         for step in tqdm(range(steps), desc="bridges", disable=not progress, leave=False):
             idx = torch.randint(len(windows), (batch_size,), generator=generator)
             losses = bridge_losses(dense, sparse, bridges, windows[idx])
@@ -159,9 +157,6 @@ def train_bridges(dense: HookedTransformer, sparse: HookedTransformer, windows: 
             losses["total"].backward()
             opt.step()
             history.append(dict(step=step, **{k: v.item() for k, v in losses.items()}))
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     evaluation = eval_windows if eval_windows is not None else windows[:batch_size]
     with torch.no_grad():
         final = {k: v.item() for k, v in bridge_losses(dense, sparse, bridges, evaluation).items()}

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from cca_tl.components import Kind, ModelIdentity, registry_of
+from cca_tl.params import trainable
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 
 NODE_KINDS = (Kind.Q, Kind.K, Kind.V, Kind.NEURON)
@@ -242,11 +243,8 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
                                                               device=model.cfg.device)) for k in kinds})
     opt = torch.optim.Adam(taus.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     history = []
-    try:
+    with trainable(model):  # the model is read through; only the gates' thresholds train
         for step in tqdm(range(steps), desc="node pruning", disable=not progress, leave=False):
             idx = torch.randperm(len(data), generator=generator)[:batch_size].tolist()
             batch_data = data.subset(idx)
@@ -264,9 +262,6 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
                 for p in taus.values():
                     p.clamp_(-1.0, 1.0)
             history.append(dict(step=step, task_loss=task.item(), live=int(live.item())))
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     scores = {k: taus[k.value].detach().cpu() for k in kinds}
     total = sum(v.numel() for v in scores.values())
 
