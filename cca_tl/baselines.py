@@ -115,6 +115,18 @@ class FinetuneResult:
         return self.trainable_params / self.total_params
 
 
+def _with_adapters(twin: Any, r: int, alpha: int, dropout: float, targets: Sequence[str]) -> Any:
+    """``twin`` with peft LoRA adapters on the ``targets`` projections this architecture has."""
+    from peft import LoraConfig, get_peft_model
+
+    present = sorted({n.rsplit(".", 1)[-1] for n, m in twin.named_modules()
+                      if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets})
+    if not present:
+        raise ValueError(f"None of the LoRA targets {list(targets)} exists in this architecture.")
+    return get_peft_model(twin, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=present,
+                                           bias="none", task_type="CAUSAL_LM"))
+
+
 def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method: Literal["lora", "full"] = "lora",
              r: int = 16, alpha: int = 32, dropout: float = 0.1, targets: Sequence[str] = LORA_TARGETS,
              lr: float = 1e-5, epochs: int = 2, batch_size: int = 4, weight_decay: float = 0.0,
@@ -138,17 +150,7 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
     torch.manual_seed(seed)
     twin = hf_twin(model)
     total = sum(p.numel() for p in twin.parameters())
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        present = sorted({n.rsplit(".", 1)[-1] for n, m in twin.named_modules()
-                          if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets})
-        if not present:
-            raise ValueError(f"None of the LoRA targets {list(targets)} exists in this architecture.")
-        trained = get_peft_model(twin, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=present,
-                                                  bias="none", task_type="CAUSAL_LM"))
-    else:
-        trained = twin
+    trained = _with_adapters(twin, r, alpha, dropout, targets) if method == "lora" else twin
     params = [p for p in trained.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -134,6 +134,26 @@ class DCMResult:
     config: dict = field(default_factory=dict)
 
 
+def _dcm_step(model: HookedTransformer, dcm: DCMMask, batch, optimizer: torch.optim.Optimizer, lam: float,
+              step: int, where: str, history: list[dict]) -> tuple[Tensor, Tensor]:
+    """One Adam step on ``−mean logit diff + λ·Σ gains``, gains clamped to [0, 1]; (loss, per-row diffs).
+    A non-finite loss raises with the gains from before the step."""
+    last_good = {k: v.detach().clone() for k, v in dcm.gains.items()}
+    diff = two_logit_diff(model, batch, dcm.hooks(batch.last_pos))
+    loss = -diff.mean() + lam * dcm.l1()
+    if not torch.isfinite(loss):
+        good_mask = DCMMask.from_values(model, last_good, form=dcm.form, positions=dcm.positions).binarize()
+        raise NonFiniteLossError(
+            f"DCM loss is {loss.item()} at step {step} ({where}); the gains before that step are kept in "
+            ".last_good.", step,
+            DCMResult(good_mask, last_good, pd.DataFrame(history), lam, f"non-finite loss at step {step}"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    dcm.clamp_()
+    return loss, diff
+
+
 def train_dcm(
     model: HookedTransformer,
     data: ContrastSet,
@@ -187,20 +207,8 @@ def train_dcm(
             losses, diffs = [], []
             for batch in data.batches(batch_size, shuffle=True, generator=generator, pad_id=pad,
                                       device=model.cfg.device, prefix_kv=prefix_kv):
-                last_good = {k: v.detach().clone() for k, v in dcm.gains.items()}
-                diff = two_logit_diff(model, batch, dcm.hooks(batch.last_pos))
-                loss = -diff.mean() + lam * dcm.l1()
                 step += 1
-                if not torch.isfinite(loss):
-                    good_mask = DCMMask.from_values(model, last_good, form=form, positions=positions).binarize()
-                    raise NonFiniteLossError(
-                        f"DCM loss is {loss.item()} at step {step} (epoch {epoch}); the gains before that "
-                        "step are kept in .last_good.", step,
-                        DCMResult(good_mask, last_good, pd.DataFrame(history), lam, f"non-finite loss at step {step}"))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                dcm.clamp_()
+                loss, diff = _dcm_step(model, dcm, batch, optimizer, lam, step, f"epoch {epoch}", history)
                 losses.append(loss.item())
                 diffs.append(diff.mean().item())
                 count = sum(dcm.count_selected().values())

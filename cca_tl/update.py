@@ -140,6 +140,59 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
         torch.autograd.backward([t for t, _ in reached], grad_tensors=[g for _, g in reached])
 
 
+def update_selection(model: HookedTransformer, mask: ComponentMask | None, variant: Variant, weight_set: WeightSet,
+                     seed: int) -> tuple[ComponentMask | None, dict[str, Tensor | None], float]:
+    """What a variant updates: the mask used (None for ``"all"``), per touched parameter its element mask
+    (None: every entry), and the fraction of components selected."""
+    if variant in ("mask", "random"):
+        if mask is None:
+            raise ValueError(f"variant={variant!r} needs a mask")
+        mask.validate(registry_of(model))
+        used = mask if variant == "mask" else mask.random_like(seed)
+        return used, dict(element_masks(model, used, weight_set)), used.fraction_components()
+    if variant == "all":
+        return None, {name: None for name in real_parameter_names(model)}, 1.0
+    raise ValueError(f"variant must be 'mask', 'all' or 'random', not {variant!r}")
+
+
+class SelectedEntries:
+    """The entries an update may change, as coordinates per parameter: the step, snapshots and restores
+    touch only those, and the gradient is kept only there (see :func:`_compact_gradients`). Low-precision
+    parameters get a float32 master copy of their selected entries, so that small steps are not lost to
+    bfloat16 rounding (the copy is ~1 % of a matrix's entries for a DCM mask, not a second model)."""
+
+    def __init__(self, model: HookedTransformer, element_masks: dict[str, Tensor | None]):
+        self.params = {name: model.get_parameter(name) for name in element_masks}
+        self.where: dict[str, Index] = {n: (m.nonzero(as_tuple=True) if m is not None else None)
+                                        for n, m in element_masks.items()}
+        self.count = sum(int(m.sum()) if m is not None else self.params[n].numel() for n, m in element_masks.items())
+        self.master = {n: _entries(self.params[n], i).float().clone() for n, i in self.where.items()
+                       if self.params[n].dtype in (torch.bfloat16, torch.float16)}
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return {n: _entries(self.params[n], i).clone() for n, i in self.where.items()}
+
+    @torch.no_grad()
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        for n, i in self.where.items():
+            _set_entries(self.params[n], i, snapshot[n])
+            if n in self.master:
+                self.master[n].copy_(snapshot[n].float())
+
+    @torch.no_grad()
+    def sgd_step(self, grads: dict[str, Tensor | None], lr: float) -> None:
+        """``W ← W − lr·g`` at the selected entries; every other entry keeps its bits."""
+        for n, i in self.where.items():
+            p, g = self.params[n], grads[n]
+            if g is None:  # the loss does not reach this parameter
+                continue
+            if n in self.master:
+                self.master[n].sub_(lr * g.float())
+                _set_entries(p, i, self.master[n].to(p.dtype))
+            else:  # the same arithmetic per entry as torch.where(m, p - lr * g, p): bit-identical
+                _set_entries(p, i, _entries(p, i) - lr * g)
+
+
 def targeted_update(
     model: HookedTransformer,
     train: ContrastSet,
@@ -168,85 +221,47 @@ def targeted_update(
     from tqdm.auto import tqdm
 
     train.validate(model)
-    reg = registry_of(model)
-    if variant in ("mask", "random"):
-        if mask is None:
-            raise ValueError(f"variant={variant!r} needs a mask")
-        mask.validate(reg)
-        used = mask if variant == "mask" else mask.random_like(seed)
-        emasks: dict[str, Tensor | None] = dict(element_masks(model, used, weight_set))
-        fraction_components = used.fraction_components()
-    elif variant == "all":
-        used = None
-        emasks = {name: None for name in real_parameter_names(model)}
-        fraction_components = 1.0
-    else:
-        raise ValueError(f"variant must be 'mask', 'all' or 'random', not {variant!r}")
-    params = {name: model.get_parameter(name) for name in emasks}
-    n_params = sum(int(m.sum()) if m is not None else params[n].numel() for n, m in emasks.items())
-    if n_params == 0:
+    used, emasks, fraction_components = update_selection(model, mask, variant, weight_set, seed)
+    entries = SelectedEntries(model, emasks)
+    if entries.count == 0:
         raise ValueError("The mask selects no weight entry (an empty DCM mask?): there is nothing to update. "
                          "Lower DCM's lam to keep some components.")
     val_kind = "custom" if val_metric is not None else "logit_diff"
     if val_metric is None:
         source = val_data if val_data is not None else train
         val_metric = lambda m: mean_logit_diff(m, source, batch_size, shared_prefix)  # noqa: E731
-
-    # Selected entries as coordinates: the step, snapshots and restores touch only those, and the
-    # gradient is kept only there (see _compact_gradients).
-    where = {n: (m.nonzero(as_tuple=True) if m is not None else None) for n, m in emasks.items()}
-
-    def snapshot() -> dict[str, Tensor]:
-        return {n: _entries(params[n], i).clone() for n, i in where.items()}
-
-    def restore(snap: dict[str, Tensor]) -> None:
-        with torch.no_grad():
-            for n, i in where.items():
-                _set_entries(params[n], i, snap[n])
-
     if protect is not None:
         protect(dict(emasks))
-    low_precision = {n for n, p in params.items() if p.dtype in (torch.bfloat16, torch.float16)}
-    master = {n: _entries(params[n], i).float().clone() for n, i in where.items() if n in low_precision}
     eval_at = set(eval_steps if eval_steps is not None else default_eval_steps(steps))
     with trainable(model, names=emasks):  # only the touched matrices take gradients
         history = [dict(step=0, train_logit_diff=float("nan"), val_metric=val_metric(model))]
-        best_step, best_metric, best = 0, history[0]["val_metric"], snapshot()
+        best_step, best_metric, best = 0, history[0]["val_metric"], entries.snapshot()
         for step in tqdm(range(1, steps + 1), desc=f"update[{variant}] lr={lr:g}", disable=not progress, leave=False):
             total = 0.0
-            with _compact_gradients(params, where) as grads:
+            with _compact_gradients(entries.params, entries.where) as grads:
                 for diff in _backward_over_batches(model, train, batch_size, shared_prefix):
                     if not torch.isfinite(diff).all():
                         raise NonFiniteLossError(
                             f"Update loss is {-diff.sum().item()} at step {step}; the model keeps its state from "
                             f"before that step (best validation so far at step {best_step}).", step, best_step)
                     total += diff.sum().item()
-            with torch.no_grad():
-                for n, i in where.items():
-                    p, g = params[n], grads[n]
-                    if g is None:  # the loss does not reach this parameter
-                        continue
-                    if n in master:  # float32 master copy of the selected entries (see the docstring)
-                        master[n].sub_(lr * g.float())
-                        _set_entries(p, i, master[n].to(p.dtype))
-                    else:  # the same arithmetic per entry as torch.where(m, p - lr * g, p): bit-identical
-                        _set_entries(p, i, _entries(p, i) - lr * g)
+            entries.sgd_step(grads, lr)
             row = dict(step=step, train_logit_diff=total / len(train))
             if step in eval_at:
                 row["val_metric"] = val_metric(model)
                 if row["val_metric"] > best_metric:
-                    best_step, best_metric, best = step, row["val_metric"], snapshot()
+                    best_step, best_metric, best = step, row["val_metric"], entries.snapshot()
             history.append(row)
     if eval_at:
-        restore(best)  # step 0 (unedited) is a candidate too: if no step helps, nothing is changed
+        entries.restore(best)  # step 0 (unedited) is a candidate too: if no step helps, nothing is changed
     else:
         best_step, best_metric = steps, float("nan")  # nothing validated: keep the final state
     return UpdateResult(
         variant=variant, lr=lr, history=pd.DataFrame(history), best_step=best_step, best_metric=best_metric,
-        n_params=n_params,
+        n_params=entries.count,
         # "all": every parameter. (TransformerLens holds a tied embedding twice, so n_params can exceed the
         # HF count; the update then unties them and export writes an untied lm_head.)
-        fraction_params=1.0 if variant == "all" else n_params / reg.total_model_params,
+        fraction_params=1.0 if variant == "all" else entries.count / registry_of(model).total_model_params,
         fraction_components=fraction_components, mask=used,
         config=dict(weight_set=weight_set, steps=steps, batch_size=batch_size, seed=seed,
                     eval_steps=sorted(eval_at), shared_prefix=shared_prefix, val_metric=val_kind),

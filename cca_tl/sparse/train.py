@@ -368,6 +368,30 @@ def held_out_loss(model: HookedTransformer, windows: Int[Tensor, "window n_ctx"]
     return total / count
 
 
+def _train_step(model: HookedTransformer, params: list[Tensor], opt: torch.optim.Optimizer, cfg: SparseTrainConfig,
+                windows: Int[Tensor, "batch n_ctx"], step: int) -> dict:
+    """One step of the recipe (module doc): loss, gradient RMS normalised, Adam at the sharkfin learning
+    rate, decoupled weight decay, then the weights cut back to the annealed L0 (sparse models)."""
+    l0 = l0_fraction(step, cfg.steps, cfg.weight_l0, start=cfg.anneal_start, end=cfg.anneal_end) if cfg.is_sparse else 1.0
+    lr = sharkfin_lr(step, cfg.steps, cfg.lr, l0, warmup=cfg.warmup)
+    loss = model(windows, return_type="loss")
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"Training loss is {loss.item()} at step {step}; the last checkpoint is kept.")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_rms = normalise_grad_rms_(params)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.step()
+    with torch.no_grad():
+        if cfg.weight_decay:
+            for p in params:
+                p.mul_(1 - cfg.weight_decay * lr)
+    if cfg.is_sparse:
+        sparsify_(model, l0)
+    return dict(step=step, loss=loss.item(), lr=lr, l0=l0, grad_rms=grad_rms)
+
+
 def train_sparse(cfg: SparseTrainConfig, out: str | Path | None = None, *, tokenizer: Any | None = None,
                  train_windows: Tensor | None = None, eval_windows: Tensor | None = None,
                  max_eval_windows: int = 64, progress: bool = True,
@@ -426,29 +450,12 @@ def train_sparse(cfg: SparseTrainConfig, out: str | Path | None = None, *, token
     t0 = time.perf_counter() - elapsed
     bar = tqdm(range(start, cfg.steps), desc=f"training {cfg.name}", disable=not progress, leave=False)
     for step in bar:
-        l0 = l0_fraction(step, cfg.steps, cfg.weight_l0, start=cfg.anneal_start, end=cfg.anneal_end) if cfg.is_sparse else 1.0
-        lr = sharkfin_lr(step, cfg.steps, cfg.lr, l0, warmup=cfg.warmup)
         idx = torch.randint(len(train_windows), (cfg.batch_size,), generator=generator)
-        loss = model(train_windows[idx], return_type="loss")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"Training loss is {loss.item()} at step {step}; the last checkpoint is kept.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_rms = normalise_grad_rms_(params)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
-        with torch.no_grad():
-            if cfg.weight_decay:
-                for p in params:
-                    p.mul_(1 - cfg.weight_decay * lr)
-        if cfg.is_sparse:
-            sparsify_(model, l0)
-        history.append(dict(step=step, loss=loss.item(), lr=lr, l0=l0, grad_rms=grad_rms))
+        history.append(_train_step(model, params, opt, cfg, train_windows[idx], step))
         if on_step is not None:
             on_step(step, model, history[-1])
         if step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", l0=f"{l0:.3f}")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", l0=f"{history[-1]['l0']:.3f}")
         elapsed = time.perf_counter() - t0
         if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             save_checkpoint(step + 1)
