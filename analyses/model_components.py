@@ -3,7 +3,7 @@
     .venv/bin/python analyses/model_components.py
 
 Writes ``analyses/model_components.md`` and ``.csv``: per model the q/k/v/z heads and MLP neurons
-(all layers), the parameters one component owns (authors' weight set, SPEC A4), and what the paper's
+(all layers), the parameters one component owns (authors' weight set, docs/method.md §A4), and what the paper's
 "% of components updated" (1.59 % on Gemma-2-2B-It ... 0.17 % on Gemma-2-9B-It) comes to there. The
 configs are the JSON files shipped in ``cca_tl/model_configs/``; the registry is built on torch's meta
 device, so this runs in seconds and reads no checkpoint.

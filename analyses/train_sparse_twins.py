@@ -1,4 +1,4 @@
-"""Train the weight-sparse model and its dense twin on the CPython standard library (SPEC B, issue 6).
+"""Train the weight-sparse model and its dense twin on the CPython standard library (docs/method.md §B, issue 6).
 
     .venv/bin/python analyses/train_sparse_twins.py [--steps 1500] [--out runs/sparse]
 

@@ -1,6 +1,6 @@
 """Baselines for CCA through the same API: LoRA (``peft``) and full fine-tuning, supervised on reference answers.
 
-The authors' baselines (SPEC A5): LoRA r 16, α 32, dropout 0.1 on q, k, v, o, gate, up, down; learning rate
+The authors' baselines (docs/method.md §A5): LoRA r 16, α 32, dropout 0.1 on q, k, v, o, gate, up, down; learning rate
 1e-5, 2 epochs; full fine-tuning at lr 1e-5 — supervised on the reference solutions of the training
 questions, loss on the answer tokens only. :func:`lora_rank_for_budget` sizes a LoRA to the number of
 parameters a CCA edit changed (the budget-matched variant).

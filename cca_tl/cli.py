@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "olmo-2-1124-13b-instruct, gpt2, pythia-160m, qwen2.5-0.5b-instruct, qwen3-0.6b)")
     p.add_argument("--device", default="cpu", help="where to load it: cpu (default), cuda, auto")
     p.add_argument("--weights", choices=("authors", "extended"), default="authors",
-                   help="which weight set belongs to a component (SPEC A4)")
+                   help="which weight set belongs to a component (docs/method.md §A4)")
     p.add_argument("--out", help="directory to write CSV and markdown tables to")
     p.set_defaults(func=_cmd_components)
 

@@ -2,7 +2,7 @@
 
 One table (:data:`KIND_SPECS`, in the spirit of pyvene's per-architecture tables) says, for each kind of
 component, which TransformerLens hook carries it, along which axis of that hook's tensor its units lie,
-and which parameter slices belong to it — the authors' set (SPEC A4) and an extended set. DCM attaches
+and which parameter slices belong to it — the authors' set (docs/method.md §A4) and an extended set. DCM attaches
 masks through it, the targeted update edits the slices it names, analysis counts with it and export
 relies on it never naming a parameter the HF architecture lacks.
 

@@ -1,4 +1,4 @@
-"""DCM: Desiderata-based Component Masking (SPEC A3).
+"""DCM: Desiderata-based Component Masking (docs/method.md §A3).
 
 One trainable gain per registry component, applied through TransformerLens hooks at ``attn.hook_q``,
 ``attn.hook_k``, ``attn.hook_v`` (per kv head), optionally ``attn.hook_z``, and ``mlp.hook_post``. It
@@ -174,7 +174,8 @@ def train_dcm(
     prefix_cache: bool | None = None,
     cache_budget_bytes: int = 4 * 2**30,
 ) -> DCMResult:
-    """Learn a DCM mask on ``data`` (SPEC A3 hyper-parameters as defaults); the model is left unchanged.
+    """Learn a DCM mask on ``data`` (the hyper-parameters of docs/method.md §A3 as defaults); the model is
+    left unchanged.
 
     Adam(lr) with StepLR(step_size epochs, gamma), gains clamped to [0, 1] after every step. Early stop:
     once the selected count (gains ≥ 0.5) has started to move, stop when it stays the same for

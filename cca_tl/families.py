@@ -375,7 +375,7 @@ def config_registry(name_or_config: Any) -> "ComponentRegistry":
     return ComponentRegistry(model)
 
 
-#: The paper's "% of components updated" (CCA with mask, Branching; SPEC A5), per model.
+#: The paper's "% of components updated" (CCA with mask, Branching; docs/method.md §A5), per model.
 PAPER_SHARES: dict[str, float] = {"Gemma-2-2B-It": 1.59, "OLMo-2-1124-13B-Instruct": 0.44,
                                   "OLMo-2-1124-7B-Instruct": 0.25, "Gemma-2-9B-It": 0.17}
 

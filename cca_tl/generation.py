@@ -501,7 +501,7 @@ class _RowSampler:
     """A ``transformers`` logits processor that samples each row at its own temperature (0 = greedy) and
     returns a one-hot score, so ``generate`` runs greedy decoding over the chosen tokens.
 
-    Lets one call sample rows at different temperatures (SPEC A1: 1.2 after a right greedy trace, 0.8 after
+    Lets one call sample rows at different temperatures (docs/method.md §A1: 1.2 after a right greedy trace, 0.8 after
     a wrong one), with the fast exact sampler :func:`sample_rows`.
     """
 

@@ -1,4 +1,4 @@
-"""Token localization: where a wrong trace departs from a right one (SPEC A2).
+"""Token localization: where a wrong trace departs from a right one (docs/method.md §A2).
 
 Both variants return an error-localization ``datasets.Dataset`` with ``prefix_ids`` (prompt + shared
 reasoning before the pivotal token), ``prefix_text``, ``desired_id``, ``undesired_id``, ``template_id``,

@@ -2,7 +2,7 @@
 
 A :class:`Problem` is one instance of one template. Splits are per template (52 / 8 / 40 % of instances,
 seeded). Prompts: the authors' 8-shot chain-of-thought prompt (raw text) and a chat-template zero-shot
-prompt for instruct models. Accuracy is the mean over templates of per-template accuracy (SPEC A1).
+prompt for instruct models. Accuracy is the mean over templates of per-template accuracy (docs/method.md §A1).
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ EXEMPLARS: dict[str, tuple[tuple[str, str], ...]] = {"two-step": TWO_STEP_EXEMPL
 
 def split_problems(problems: Sequence[Problem], *, seed: int = 0,
                    fractions: tuple[float, float, float] = (0.52, 0.08, 0.40)) -> dict[str, list[Problem]]:
-    """Per template, a seeded shuffle cut into train / val / test (SPEC A1: 52 / 8 / 40 %)."""
+    """Per template, a seeded shuffle cut into train / val / test (docs/method.md §A1: 52 / 8 / 40 %)."""
     if not problems:
         raise ValueError("No problems to split.")
     by_template: dict[str, list[Problem]] = {}
@@ -363,7 +363,7 @@ def parse_number(text: str) -> float:
 def extract_answer(text: str) -> float:
     """The model's final answer, or NaN.
 
-    SPEC A1 cuts at the first ``answer is[^.]*\\.`` and takes the last number; that truncates decimals
+    docs/method.md §A1 cuts at the first ``answer is[^.]*\\.`` and takes the last number; that truncates decimals
     ("answer is 3.5." → 3), so the number right after "answer is" is read first. Also understood:
     ``\\boxed{N}`` and GSM8K's ``#### N``; otherwise the last number in the text.
     """
@@ -395,5 +395,5 @@ def macro_accuracy(records: pd.DataFrame | Iterable[dict], *, template_col: str 
 
 
 def weak_templates(per_template: pd.DataFrame, threshold: float = 0.8) -> list[str]:
-    """Templates whose accuracy is below ``threshold`` (the authors train only on those; SPEC A1)."""
+    """Templates whose accuracy is below ``threshold`` (the authors train only on those; docs/method.md §A1)."""
     return sorted(per_template.index[per_template["accuracy"] < threshold])

@@ -1,4 +1,4 @@
-"""Reasoning traces: one greedy and up to ten sampled traces per question, graded (SPEC A1).
+"""Reasoning traces: one greedy and up to ten sampled traces per question, graded (docs/method.md §A1).
 
 Generation runs on the HookedTransformer itself (:func:`cca_tl.generation.generate`: shared-prompt
 key/value cache, last-position unembedding, finished rows leave the batch), so traces always come from

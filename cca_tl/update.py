@@ -1,4 +1,4 @@
-"""Targeted (sparse) update: strengthen only the selected components (SPEC A4).
+"""Targeted (sparse) update: strengthen only the selected components (docs/method.md §A4).
 
 Loss: the negative logit difference averaged over the whole training set (full-batch gradient,
 accumulated over mini-batches), plain SGD ``W ← W − lr·g`` for ``steps`` steps. Only the parameter slices

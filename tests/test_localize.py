@@ -59,7 +59,7 @@ class Completer:
 
 
 def brute_force_branching(prompt, sampled, greedy_correct, complete, grade, budget):
-    """SPEC A2 literally: complete at every position; the first k whose correctness flips."""
+    """docs/method.md §A2 literally: complete at every position; the first k whose correctness flips."""
     for k in range(1, len(sampled) + 1):
         generated = sampled[:k] + complete([prompt + sampled[:k]], [budget - k])[0]
         if grade(generated) != greedy_correct:

@@ -1,4 +1,4 @@
-"""Weight-sparse circuits (Gao et al., 2025; SPEC B): binary next-token contrast tasks on Python code,
+"""Weight-sparse circuits (Gao et al., 2025; docs/method.md §B): binary next-token contrast tasks on Python code,
 learned node pruning with mean ablation on any HookedTransformer, weight-sparse training of small models on
 the CPython standard library (with a dense twin), circuit edges, and bridges between the twins."""
 

@@ -1,4 +1,4 @@
-"""Bridges between a dense model and its weight-sparse twin (Gao et al., 2025; SPEC B).
+"""Bridges between a dense model and its weight-sparse twin (Gao et al., 2025; docs/method.md §B).
 
 At every bridge location (the residual stream before each sublayer — ``hook_resid_pre`` and
 ``hook_resid_mid`` of every block — and after the last block) an **encoder** maps dense → sparse residual

@@ -1,4 +1,4 @@
-"""Learned node pruning with mean ablation (SPEC B), on any HookedTransformer.
+"""Learned node pruning with mean ablation (docs/method.md §B), on any HookedTransformer.
 
 Nodes are single channels: every query/key/value channel (``attn.hook_q/k/v``, per head or kv head and
 ``d_head`` index) and every MLP neuron (``mlp.hook_post``). Each node has a score τ ∈ [−1, 1]; its gate is

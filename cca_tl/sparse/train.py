@@ -1,4 +1,4 @@
-"""Weight-sparse training of small HookedTransformers (Gao et al., 2025; SPEC B), on Python source.
+"""Weight-sparse training of small HookedTransformers (Gao et al., 2025; docs/method.md §B), on Python source.
 
 The recipe, as the paper states it and sized for a CPU:
 
