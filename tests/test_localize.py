@@ -1,4 +1,4 @@
-"""Prefix and Branching localization; evaluation helpers on tiny models."""
+"""Prefix, Branching and Reference localization on hand-built pairs and tiny models."""
 
 from __future__ import annotations
 
@@ -8,6 +8,33 @@ import torch
 from cca_tl import load_model
 from cca_tl.localize import branching_records, first_difference, prefix_records
 from cca_tl.traces import hf_twin
+
+
+class Completer:
+    """Greedy completions from a tiny model's HF twin, counting calls."""
+
+    def __init__(self, arch="tiny-llama"):
+        self.twin = hf_twin(load_model(arch, seed=2))
+        self.calls = 0
+
+    def __call__(self, prefixes, budgets):
+        self.calls += len(prefixes)
+        out = []
+        for p, b in zip(prefixes, budgets):
+            ids = torch.tensor([p])
+            gen = self.twin.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=b,
+                                     do_sample=False, pad_token_id=0)
+            out.append(gen[0, len(p):].tolist())
+        return out
+
+
+def brute_force_branching(prompt, sampled, greedy_correct, complete, grade, budget):
+    """docs/method.md §A2 literally: complete at every position; the first k whose correctness flips."""
+    for k in range(1, len(sampled) + 1):
+        generated = sampled[:k] + complete([prompt + sampled[:k]], [budget - k])[0]
+        if grade(generated) != greedy_correct:
+            return k - 1
+    return None
 
 
 def test_prefix_on_hand_built_pairs():
@@ -40,33 +67,6 @@ def test_reference_localization_finds_where_a_wrong_answer_leaves_the_solution()
         localize_reference([solved], [[1]], outputs, [False], tok)
 
 
-class Completer:
-    """Greedy completions from a tiny model's HF twin, counting calls."""
-
-    def __init__(self, arch="tiny-llama"):
-        self.twin = hf_twin(load_model(arch, seed=2))
-        self.calls = 0
-
-    def __call__(self, prefixes, budgets):
-        self.calls += len(prefixes)
-        out = []
-        for p, b in zip(prefixes, budgets):
-            ids = torch.tensor([p])
-            gen = self.twin.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=b,
-                                     do_sample=False, pad_token_id=0)
-            out.append(gen[0, len(p):].tolist())
-        return out
-
-
-def brute_force_branching(prompt, sampled, greedy_correct, complete, grade, budget):
-    """docs/method.md §A2 literally: complete at every position; the first k whose correctness flips."""
-    for k in range(1, len(sampled) + 1):
-        generated = sampled[:k] + complete([prompt + sampled[:k]], [budget - k])[0]
-        if grade(generated) != greedy_correct:
-            return k - 1
-    return None
-
-
 def test_branching_on_a_tiny_model_with_a_scripted_grader():
     complete = Completer()
     prompt, budget = [3, 14, 15, 92], 12
@@ -92,43 +92,3 @@ def test_branching_without_a_flip_gives_none():
     greedy = complete([prompt], [8])[0]
     pair = dict(prompt_ids=prompt, greedy_ids=greedy, sampled_ids=greedy[:3] + [101, 102], greedy_correct=True)
     assert branching_records([pair], complete, lambda i, ids: True, 8) == [None]
-
-
-def test_retention_kl_is_zero_for_the_same_model_and_grows_with_an_edit():
-    from cca_tl.evaluate import retention_kl
-
-    model = load_model("tiny-qwen2")
-    edited = load_model("tiny-qwen2")
-    chunks = [torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    assert retention_kl(model, edited, chunks) == pytest.approx(0.0, abs=1e-7)
-    with torch.no_grad():
-        edited.unembed.W_U.mul_(20.0)  # a random tiny model is near-uniform: sharpen it
-    assert retention_kl(model, edited, chunks) > 1e-4
-    with pytest.raises(ValueError, match="No text"):
-        retention_kl(model, edited, [])
-
-
-def test_localization_logit_diff_matches_the_dcm_readout():
-    from datasets import Dataset
-
-    from cca_tl.contrast import Batch, ContrastSet, two_logit_diff
-    from cca_tl.evaluate import localization_logit_diff
-
-    model = load_model("tiny-gemma3")
-    rows = [dict(prefix_ids=[1, 2, 3], desired_id=5, undesired_id=6), dict(prefix_ids=[4, 5], desired_id=7, undesired_id=8)]
-    expected = two_logit_diff(model, Batch.collate(ContrastSet.from_dataset(rows))).mean().item()
-    assert localization_logit_diff(model, Dataset.from_list(rows)) == pytest.approx(expected, abs=1e-6)
-
-
-@pytest.mark.parametrize("arch", ["tiny-gemma2", "tiny-gpt2", "tiny-qwen2"])
-def test_text_logits_are_the_models_logits(arch):
-    """Retention's faster unembedding: the same logits as ``model(tokens)`` (Gemma-2's final soft cap,
-    GPT-2's LayerNorm and biases included)."""
-    from cca_tl.evaluate import text_logits
-    from cca_tl.models import load_model
-
-    model = load_model(arch, seed=5)
-    with torch.no_grad():
-        model.b_U.normal_()  # a real bias must be added too
-    tokens = model.to_tokens("The quick brown fox jumps over the lazy dog.")
-    torch.testing.assert_close(text_logits(model, tokens), model(tokens).float(), rtol=1e-5, atol=1e-5)

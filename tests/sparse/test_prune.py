@@ -1,4 +1,4 @@
-"""Weight-sparse circuits, part 1: code contrast tasks and learned node pruning with mean ablation."""
+"""Weight-sparse circuits: learned node pruning with mean ablation (gates, bisection, calibration, faithfulness)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,25 @@ import torch
 
 from cca_tl import ContrastSet, load_model
 from cca_tl.components import Kind
-from cca_tl.sparse import (CODE_TASKS, NodeMask, bisect_smallest, calibrate_logits, code_contrast_set,
-                           code_task_examples, faithfulness, heaviside_ste, node_means, prune_nodes)
+from cca_tl.sparse import (NodeMask, bisect_smallest, calibrate_logits, faithfulness, heaviside_ste,
+                           node_means, prune_nodes)
 from cca_tl.sparse.prune import binary_loss, circuit_diffs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny):
+    """Contrasts the tiny model solves: desired = its top next token, undesired = its bottom one."""
+    g = torch.Generator().manual_seed(0)
+    prefixes = [torch.randint(4, 256, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(12)]
+    with torch.no_grad():
+        last = [tiny(torch.tensor([p]))[0, -1] for p in prefixes]
+    return ContrastSet(prefixes, [int(l.argmax()) for l in last], [int(l.argmin()) for l in last])
 
 
 def test_heaviside_forward_and_sigmoid_backward():
@@ -42,22 +58,6 @@ def test_calibration_never_hurts():
     assert loss <= float(binary_loss(diffs)) + 1e-9 and a > 1.0
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tiny):
-    """Contrasts the tiny model solves: desired = its top next token, undesired = its bottom one."""
-    g = torch.Generator().manual_seed(0)
-    prefixes = [torch.randint(4, 256, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g).tolist()
-                for _ in range(12)]
-    with torch.no_grad():
-        last = [tiny(torch.tensor([p]))[0, -1] for p in prefixes]
-    return ContrastSet(prefixes, [int(l.argmax()) for l in last], [int(l.argmin()) for l in last])
-
-
 def test_mean_ablation_with_every_node_kept_changes_nothing(tiny, tiny_data):
     means = node_means(tiny, [torch.randint(4, 256, (30,), generator=torch.Generator().manual_seed(s)) for s in range(3)])
     full = circuit_diffs(tiny, tiny_data, NodeMask.full(tiny), means)
@@ -85,25 +85,3 @@ def test_prune_nodes_finds_a_circuit_and_reports_faithfulness(tiny, tiny_data):
     assert table.loc["circuit only (sufficiency)", "loss"] == pytest.approx(result.circuit_loss, abs=1e-5)
     assert table.loc["full model", "loss"] == pytest.approx(full_loss, abs=1e-6)
     assert table.loc["everything ablated", "nodes_kept"] == 0
-
-
-def test_code_tasks_generate_and_tokenise():
-    for task in CODE_TASKS:
-        examples = code_task_examples(task, 20, seed=1)
-        assert len(examples) == 20 and all(e.target != e.alt for e in examples)
-        assert {e.target for e in examples} == {e.alt for e in examples}  # both classes appear
-    assert code_task_examples("bracket_counting", 5, seed=3) == code_task_examples("bracket_counting", 5, seed=3)
-    model = load_model("tiny-gemma3")  # character tokenizer: quotes are single tokens, "]]" is not
-    data = code_contrast_set(model, "single_double_quote", 16)
-    assert len(data) == 16 and set(data.desired) == {ord("'"), ord('"')}
-    with pytest.raises(ValueError, match="No bracket_counting example is usable"):
-        code_contrast_set(model, "bracket_counting", 8)
-    with pytest.raises(KeyError, match="Unknown code task"):
-        code_task_examples("no_such_task", 3)
-
-
-@pytest.mark.slow
-def test_code_tasks_on_gemma_tokenizer(gemma):
-    for task in CODE_TASKS:
-        data = code_contrast_set(gemma, task, 24, seed=0)
-        assert len(data) >= 12, task  # most examples survive the in-context tokenisation check

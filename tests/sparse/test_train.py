@@ -1,4 +1,4 @@
-"""Weight-sparse circuits, part 2: weight-sparse training, the dense twin, circuit edges and bridges."""
+"""Weight-sparse training: the stdlib data, the L0 schedule, sharkfin LR, AbsTopK, exact k per matrix, resume."""
 
 from __future__ import annotations
 
@@ -7,30 +7,10 @@ import math
 import pytest
 import torch
 
-from cca_tl import ContrastSet
-from cca_tl.components import Kind
-from cca_tl.sparse import NodeMask, node_means
-from cca_tl.sparse.bridges import Bridges, bridge_intervention, bridge_locations, bridge_losses, train_bridges
-from cca_tl.sparse.prune import gate_hooks, circuit_edges
 from cca_tl.sparse.train import (SparseTrainConfig, TrainedModel, abstopk, build_model, kept_count, l0_fraction,
-                                 normalise_grad_rms_, python_tokenizer, sharkfin_lr, sparsified_matrices, sparsify_,
-                                 stdlib_python_files, token_windows, train_sparse)
-
-TINY = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=32, steps=12, batch_size=4,
-            checkpoint_every=4, weight_l0=1 / 8, anneal_start=0.0, anneal_end=0.5, lr=1e-2)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return python_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def windows(tokenizer):
-    """Real standard-library code: the first few training files, in 32-token windows."""
-    text = "\n".join(f.read_text() for f in stdlib_python_files("train")[:3])
-    stream = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return token_windows(stream, 32, tokenizer.bos_token_id)
+                                 normalise_grad_rms_, sharkfin_lr, sparsified_matrices, sparsify_, stdlib_python_files,
+                                 train_sparse)
+from tests.sparse.conftest import TINY
 
 
 def test_stdlib_split_is_disjoint_and_tokenizer_has_specials(tokenizer):
@@ -159,57 +139,3 @@ def test_nan_loss_stops_training_and_keeps_the_checkpoint(tokenizer, windows, tm
         train_sparse(SparseTrainConfig(**TINY), tmp_path, tokenizer=tokenizer, train_windows=windows,
                      progress=False, on_step=poison)
     assert (tmp_path / "checkpoint.pt").exists()
-
-
-def test_circuit_edges_dense_counts_every_pair_and_sparsity_removes_them(tokenizer):
-    cfg = SparseTrainConfig(**TINY)
-    model = build_model(cfg.dense(), tokenizer)
-    keep = NodeMask.full(model)
-    keep = NodeMask(keep.identity, {k: torch.zeros_like(m) for k, m in keep.keep.items()})
-    keep.keep[Kind.V][0, 1, 2] = True     # writes in layer 0
-    keep.keep[Kind.NEURON][0, 5] = True   # reads after it in layer 0, writes
-    keep.keep[Kind.Q][1, 0, 3] = True     # reads in layer 1
-    keep.keep[Kind.K][1, 0, 3] = True     # pairs with the query channel
-    edges = circuit_edges(model, keep, logit_tokens=[10, 11])
-    # v -> neuron, v -> q, v -> k, v -> 2 logits; neuron -> q, k, 2 logits; q·k
-    assert edges == dict(residual_edges=5 + 4, attention_edges=1, edges=10)
-    sparse = build_model(cfg, tokenizer)
-    sparsify_(sparse, 1 / 64)
-    assert circuit_edges(sparse, keep, [10, 11])["residual_edges"] < 9
-
-
-def test_identity_bridges_give_zero_loss(tokenizer, windows):
-    model = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
-    bridges = Bridges.identity(model.cfg.d_model, bridge_locations(model.cfg.n_layers))
-    losses = bridge_losses(model, model, bridges, windows[:2])
-    for name, value in losses.items():
-        assert abs(float(value.detach())) < 1e-6, name
-
-
-def test_bridge_intervention_with_identity_bridges_matches_the_edited_model(tokenizer):
-    model = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
-    bridges = Bridges.identity(model.cfg.d_model, bridge_locations(model.cfg.n_layers))
-    data = ContrastSet([tokenizer("x = 'a")["input_ids"], tokenizer('y = "b')["input_ids"]],
-                       [tokenizer.convert_tokens_to_ids("'")] * 2, [tokenizer.convert_tokens_to_ids('"')] * 2)
-    means = node_means(model, [torch.tensor(tokenizer("def f(x):\n    return x\n")["input_ids"])])
-    gates = {k: torch.ones(m.shape) for k, m in NodeMask.full(model).keep.items()}
-    gates[Kind.NEURON][0, :32] = 0.0  # mean-ablate half the layer-0 neurons
-    df = bridge_intervention(model, model, bridges, data, "blocks.1.hook_resid_pre", gate_hooks(model, gates, means))
-    torch.testing.assert_close(torch.tensor(df.dense_bridged.values), torch.tensor(df.sparse_intervened.values),
-                               rtol=1e-4, atol=1e-4)
-    assert (df.dense_clean - df.dense_bridged).abs().max() > 1e-4  # the intervention did something
-    with pytest.raises(KeyError, match="not a bridge location"):
-        bridge_intervention(model, model, bridges, data, "blocks.0.hook_mlp_out", [])
-
-
-def test_bridge_training_lowers_the_loss(tokenizer, windows):
-    dense = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
-    sparse = build_model(SparseTrainConfig(**{**TINY, "seed": 1}), tokenizer)
-    before = {p: v.clone() for p, v in sparse.state_dict().items()}
-    trained = train_bridges(dense, sparse, windows, steps=6, batch_size=2, progress=False)
-    h = trained.history
-    assert h.total.iloc[-3:].mean() < h.total.iloc[:3].mean()
-    assert all(torch.equal(before[p], v) for p, v in sparse.state_dict().items())  # models untouched
-    assert all(p.requires_grad for p in sparse.parameters())
-    with pytest.raises(ValueError, match="same number of layers"):
-        Bridges.between(dense, build_model(SparseTrainConfig(**{**TINY, "n_layers": 1}), tokenizer))
