@@ -6,25 +6,6 @@ import pytest
 import torch
 
 from cca_tl import load_model
-from cca_tl.traces import hf_twin
-
-
-class Completer:
-    """Greedy completions from a tiny model's HF twin, counting calls."""
-
-    def __init__(self, arch="tiny-llama"):
-        self.twin = hf_twin(load_model(arch, seed=2))
-        self.calls = 0
-
-    def __call__(self, prefixes, budgets):
-        self.calls += len(prefixes)
-        out = []
-        for p, b in zip(prefixes, budgets):
-            ids = torch.tensor([p])
-            gen = self.twin.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=b,
-                                     do_sample=False, pad_token_id=0)
-            out.append(gen[0, len(p):].tolist())
-        return out
 
 
 def test_retention_kl_is_zero_for_the_same_model_and_grows_with_an_edit():
