@@ -32,7 +32,9 @@ from pathlib import Path
 import pandas as pd
 
 from cca_tl._io import atomic_write_text
-from cca_tl.pipeline import EmptyMaskError, Run, WeightEdit, load_dcm, preset
+from cca_tl.dcm import DCMResult
+from cca_tl.pipeline import EmptyMaskError, Run, preset
+from cca_tl.update import WeightEdit
 
 OUT = Path(__file__).resolve().parent / "results" / "controls"
 PRESET = "easy"
@@ -173,7 +175,7 @@ def sweep(run0: Run, out: Path) -> pd.DataFrame:
 def _sweep_stats(run: Run) -> dict:
     upd = json.loads((run.dir / "update" / "result.json").read_text())
     hist = pd.read_csv(run.dir / "update" / "history.csv")
-    dcm = load_dcm(run.dir / "dcm")
+    dcm = DCMResult.load(run.dir / "dcm")
     return dict(selected=dcm.mask.count(), pct_components=100 * upd["fraction_components"], best_step=upd["best_step"],
                 best_val_accuracy=upd["best_metric"], start_val_accuracy=upd.get("start_metric"),
                 val_curve=" ".join(f"{int(s)}:{v:.3f}" for s, v in zip(hist["step"], hist["val_metric"]) if pd.notna(v)))
@@ -213,7 +215,7 @@ def rounds(run0: Run, out: Path, n_rounds: int) -> tuple[pd.DataFrame, str]:
             break
         runs.append(run)
     original = load_model(run0.config.model)
-    masks = [load_dcm(r.dir / "dcm").mask if (r.dir / "dcm").exists() else None for r in runs]
+    masks = [DCMResult.load(r.dir / "dcm").mask if (r.dir / "dcm").exists() else None for r in runs]
     rows = []
     for k, (run, mask) in enumerate(zip(runs, masks), start=1):
         ev = run.evaluations()

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cca_tl import load_model
-from cca_tl.sparse import CODE_TASKS, code_contrast_set, faithfulness, node_means, plot_circuit, prune_nodes
+from cca_tl.sparse import CODE_TASKS, code_contrast_set, faithfulness, text_means, plot_circuit, prune_nodes
 from cca_tl.sparse.prune import binary_loss, circuit_diffs
 
 OUT = Path(__file__).resolve().parent / "results" / "prune_gemma"
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     model = load_model("gemma-3-270m")
-    means = node_means(model)
+    means = text_means(model)
     rows = []
     for task in CODE_TASKS:
         data = code_contrast_set(model, task, args.n, seed=0)

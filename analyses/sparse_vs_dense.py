@@ -26,11 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 import torch
 
-from cca_tl.components import Kind
-from cca_tl.sparse import (CODE_TASKS, NodeMask, TrainedModel, bridge_intervention, circuit_edges, code_contrast_set,
-                           faithfulness, node_means, plot_circuit, prune_nodes, python_tokenizer, stdlib_tokens,
+from cca_tl.components import ComponentMask, Kind
+from cca_tl.sparse import (CODE_TASKS, TrainedModel, bridge_intervention, circuit_edges, code_contrast_set,
+                           faithfulness, text_means, plot_circuit, prune_nodes, python_tokenizer, stdlib_tokens,
                            token_windows, train_bridges)
-from cca_tl.sparse.prune import _diffs, _gate_hooks, binary_loss, circuit_diffs
+from cca_tl.sparse.prune import NODE_KINDS, binary_loss, circuit_diffs, circuit_gates, gated
 
 OUT = Path(__file__).resolve().parent / "results" / "sparse_twins"
 
@@ -42,10 +42,11 @@ def node_location(kind: Kind, layer: int, n_layers: int) -> str:
     return f"blocks.{layer}.hook_resid_mid"
 
 
-def single_node_gates(model, kind: Kind, index: tuple[int, ...]) -> dict:
-    gates = {k: torch.ones(m.shape) for k, m in NodeMask.full(model).keep.items()}
-    gates[kind][index] = 0.0
-    return gates
+def all_but(model, kind: Kind, index: tuple[int, ...]) -> ComponentMask:
+    """Every node kept except one (channel granularity)."""
+    keep = ComponentMask.full(model, NODE_KINDS, "channel")
+    keep.masks[kind][index] = False
+    return keep
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
     models = {label: TrainedModel.load(Path(args.runs) / label).model for label in ("sparse", "dense")}
     tokenizer = python_tokenizer()
     held = token_windows(stdlib_tokens(tokenizer, "held_out"), 128, tokenizer.bos_token_id)
-    means = {label: node_means(m, list(held[:48])) for label, m in models.items()}
+    means = {label: text_means(m, list(held[:48])) for label, m in models.items()}
     rows, masks = [], {}
     for task in CODE_TASKS:
         try:
@@ -117,24 +118,22 @@ def main() -> None:
     # the circuit node whose single ablation moves the sparse model's logit difference most
     base = circuit_diffs(sparse, data, None, means["sparse"]).mean()
     effects = []
-    for kind, keep in circuit.keep.items():
+    for kind, keep in circuit.masks.items():
         for index in map(tuple, keep.nonzero().tolist()):
-            gates = single_node_gates(sparse, kind, index)
-            with torch.no_grad():
-                d = _diffs(sparse, data, lambda: _gate_hooks(sparse, gates, means["sparse"]), 16).mean()
+            d = circuit_diffs(sparse, data, all_but(sparse, kind, index), means["sparse"]).mean()
             effects.append((float(base - d), kind, index))
     effects.sort(key=lambda e: -abs(e[0]))
     _, kind, index = effects[0]
     location = node_location(kind, index[0], sparse.cfg.n_layers)
     chosen = bridge_intervention(dense, sparse, trained.bridges, data, location,
-                                 _gate_hooks(sparse, single_node_gates(sparse, kind, index), means["sparse"]))
+                                 gated(sparse, circuit_gates(all_but(sparse, kind, index)), means["sparse"]))
     rng = random.Random(0)
-    outside = (~circuit).keep[kind][index[0]].nonzero().tolist()
+    outside = (~circuit).masks[kind][index[0]].nonzero().tolist()
     controls = []
     for other in rng.sample(outside, min(5, len(outside))):
         idx = (index[0], *other)
         df_c = bridge_intervention(dense, sparse, trained.bridges, data, location,
-                                   _gate_hooks(sparse, single_node_gates(sparse, kind, idx), means["sparse"]))
+                                   gated(sparse, circuit_gates(all_but(sparse, kind, idx)), means["sparse"]))
         controls.append(df_c)
 
     def summary(frame: pd.DataFrame) -> dict:

@@ -2,7 +2,7 @@
 
 * **Component tables** — counts per kind and per layer for one mask, and mean ± std across masks from
   several seeds or λ values (the paper's Table 7 layout), as DataFrames; per-layer plots.
-* **Ablation checks** on error-localization data — zero- or mean-ablate the selected components at the
+* **Ablation checks** on error-localization data — set the selected components to zero or to their task mean at the
   position the mask acts on (the last prefix token) and compare with an equal-size random set (same count
   per kind and layer) and with the complement. Effect = change of the mean logit difference
   ``logit[desired] − logit[undesired]``, and of the *pivot accuracy* (share of records where the desired
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -30,9 +30,10 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from cca_tl.components import ComponentMask, ComponentRegistry, Kind, registry_of
+from cca_tl import interventions
 from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
+from cca_tl.interventions import Baseline, Positions, Replace, task_means
 
-AblationKind = Literal["zero", "mean"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -110,85 +111,38 @@ def plot_mask(mask: ComponentMask, gains: Mapping[str, Tensor] | None = None, *,
 # ----------------------------------------------------------------------------------------------------
 
 
-def _head_like(kind: Kind) -> bool:
-    return kind is not Kind.NEURON
-
-
-@torch.no_grad()
-def last_position_means(model: HookedTransformer, data: ContrastSet, kinds: Iterable[Kind | str], *,
-                        prefix_kv: PrefixKV | None = None, batch_size: int = 8) -> dict[Kind, Tensor]:
-    """Mean activation of every component at the last prefix position over ``data`` (for mean ablation).
-
-    Per kind a tensor ``[n_layers, units, d_head]`` (heads) or ``[n_layers, units]`` (neurons).
-    """
-    reg = registry_of(model)
-    kinds = [Kind(k) for k in kinds]
-    names = {reg.hook_name(k, layer): (k, layer) for k in kinds for layer in range(reg.n_layers)}
-    sums: dict[str, Tensor] = {}
-    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
-    for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
-        rows = torch.arange(len(batch), device=batch.tokens.device)
-
-        def collect(activation: Tensor, hook) -> None:
-            picked = activation[rows, batch.last_pos].sum(0)
-            sums[hook.name] = sums.get(hook.name, 0) + picked
-
-        hooks = [(name, collect) for name in names]
-        two_logit_diff(model, batch, hooks)
-    out = {}
-    for kind in kinds:
-        out[kind] = torch.stack([sums[reg.hook_name(kind, layer)] for layer in range(reg.n_layers)]) / len(data)
-    return out
-
-
-def ablation_hooks(registry: ComponentRegistry, ablate: ComponentMask, values: Mapping[Kind, Tensor] | None,
-                   last_pos: Tensor) -> list[tuple[str, Callable]]:
-    """Hooks that replace the ablated components' activations at each row's last position by ``values``
-    (per-kind means from :func:`last_position_means`) or by zero when ``values`` is None."""
-    hooks = []
-    for kind in ablate.kinds:
-        for layer in range(registry.n_layers):
-            selected = ablate.masks[kind][layer]
-            if not bool(selected.any()):
-                continue
-            value = None if values is None else values[kind][layer]
-            hooks.append((registry.hook_name(kind, layer), _replace_hook(kind, selected, value, last_pos)))
-    return hooks
-
-
-def _replace_hook(kind: Kind, selected: Tensor, value: Tensor | None, last_pos: Tensor) -> Callable:
-    def hook(activation: Tensor, hook) -> Tensor:
-        rows = torch.arange(activation.shape[0], device=activation.device)
-        current = activation[rows, last_pos]  # [batch, units(, d_head)]
-        sel = selected.to(activation.device)
-        sel = sel[:, None] if _head_like(kind) else sel
-        fill = torch.zeros_like(current) if value is None else value.to(current.dtype).expand_as(current)
-        return activation.index_put((rows, last_pos), torch.where(sel, fill, current))
-    return hook
-
-
 @torch.no_grad()
 def ablated_logit_diffs(model: HookedTransformer, data: ContrastSet, ablate: ComponentMask | None, *,
-                        how: AblationKind = "mean", means: Mapping[Kind, Tensor] | None = None,
+                        baseline: Baseline | str = Baseline.TASK_MEAN, means: Mapping[Kind, Tensor] | None = None,
                         prefix_kv: PrefixKV | None = None, batch_size: int = 8) -> Float[Tensor, "record"]:
-    """Per-record logit difference with ``ablate``'s components ablated at the last position."""
+    """Per-record logit difference with ``ablate``'s components set to ``baseline`` at the last position
+    (zero, or their task mean at the pivot: ``means`` from :func:`cca_tl.interventions.task_means`)."""
     reg = registry_of(model)
+    baseline = _pivot_baseline(baseline)
     if ablate is not None:
         ablate.validate(reg)
-    if how not in ("zero", "mean"):
-        raise ValueError(f"how must be 'zero' or 'mean', not {how!r}")
-    if how == "mean" and ablate is not None and means is None:
-        means = last_position_means(model, data, ablate.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
+    if baseline is Baseline.TASK_MEAN and ablate is not None and means is None:
+        means = task_means(model, data, ablate.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
+    replace = None if ablate is None else Replace(ablate.masks, means if baseline is Baseline.TASK_MEAN else None)
     out = []
     for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
-        hooks = [] if ablate is None else ablation_hooks(reg, ablate, means if how == "mean" else None,
-                                                         batch.last_pos)
-        out.append(two_logit_diff(model, batch, hooks).float().cpu())
+        fwd_hooks = [] if replace is None else interventions.hooks(reg, replace, positions=Positions.LAST,
+                                                                   last_pos=batch.last_pos)
+        out.append(two_logit_diff(model, batch, fwd_hooks).float().cpu())
     return torch.cat(out)
 
 
+def _pivot_baseline(baseline: Baseline | str) -> Baseline:
+    """Ablation at the pivot position takes zero or the task mean there (a general-text mean belongs to
+    every-position ablation: node pruning)."""
+    baseline = Baseline(baseline)
+    if baseline not in (Baseline.ZERO, Baseline.TASK_MEAN):
+        raise ValueError(f"Ablation at the pivot takes baseline 'zero' or 'task-mean', not {baseline.value!r}")
+    return baseline
+
+
 def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: ComponentMask, *, seed: int = 0,
-                    hows: Sequence[AblationKind] = ("zero", "mean"), n_random: int = 3,
+                    baselines: Sequence[Baseline | str] = (Baseline.ZERO, Baseline.TASK_MEAN), n_random: int = 3,
                     batch_size: int = 8, prefix_kv: PrefixKV | None = None,
                     means: Mapping[Kind, Tensor] | None = None) -> pd.DataFrame:
     """Ablate the selected set vs equal-size random sets (``n_random`` seeds; mean ± std) vs the complement.
@@ -201,55 +155,33 @@ def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: Component
     mask.validate(reg)
     prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
     if means is None:
-        means = last_position_means(model, data, mask.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
+        means = task_means(model, data, mask.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     clean = ablated_logit_diffs(model, data, None, prefix_kv=prefix_kv, batch_size=batch_size)
     full = ComponentMask.full(reg, mask.kinds)
     rows = []
 
-    def add(how: str, label: str, diffs: list[Tensor], n: int) -> None:
+    def add(baseline: Baseline, label: str, diffs: list[Tensor], n: int) -> None:
         stats = torch.stack([d.mean() for d in diffs])
         accs = torch.stack([(d > 0).float().mean() for d in diffs])
-        rows.append(dict(ablation=how, set=label, n_ablated=n,
+        rows.append(dict(ablation=baseline.value, set=label, n_ablated=n,
                          logit_diff=float(stats.mean()),
                          logit_diff_std=float(stats.std()) if len(diffs) > 1 else 0.0,
                          delta_logit_diff=float(stats.mean() - clean.mean()),
                          pivot_accuracy=float(accs.mean()),
                          delta_pivot_accuracy=float(accs.mean() - (clean > 0).float().mean())))
 
-    for how in hows:
-        add(how, "none", [clean], 0)
-        add(how, "circuit (selected)", [ablated_logit_diffs(model, data, mask, how=how, means=means,
+    for baseline in map(_pivot_baseline, baselines):
+        add(baseline, "none", [clean], 0)
+        add(baseline, "circuit (selected)", [ablated_logit_diffs(model, data, mask, baseline=baseline, means=means,
                                                             prefix_kv=prefix_kv, batch_size=batch_size)],
             mask.count())
-        randoms = [ablated_logit_diffs(model, data, mask.random_like(seed + i), how=how, means=means,
+        randoms = [ablated_logit_diffs(model, data, mask.random_like(seed + i), baseline=baseline, means=means,
                                        prefix_kv=prefix_kv, batch_size=batch_size) for i in range(n_random)]
-        add(how, f"random, same size ({n_random} seeds)", randoms, mask.count())
-        add(how, "complement", [ablated_logit_diffs(model, data, full - mask, how=how, means=means,
+        add(baseline, f"random, same size ({n_random} seeds)", randoms, mask.count())
+        add(baseline, "complement", [ablated_logit_diffs(model, data, full - mask, baseline=baseline, means=means,
                                                     prefix_kv=prefix_kv, batch_size=batch_size)],
             (full - mask).count())
     return pd.DataFrame(rows).set_index(["ablation", "set"])
-
-
-def top_k_select(scores: Mapping[object, Tensor], k: int) -> dict:
-    """Boolean masks (same keys and shapes as ``scores``) marking the ``k`` highest scores over all of them;
-    ties broken by position. Shared by DCM circuits here and pruned node circuits in ``cca_tl.sparse``."""
-    keys = list(scores)
-    flat = torch.cat([scores[key].detach().flatten().float().cpu() for key in keys])
-    if not 0 <= k <= flat.numel():
-        raise ValueError(f"k={k} outside [0, {flat.numel()}]")
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    out, start = {}, 0
-    for key in keys:
-        n = scores[key].numel()
-        out[key] = chosen[start:start + n].reshape(scores[key].shape)
-        start += n
-    return out
-
-
-def top_k_mask(registry: ComponentRegistry, scores: Mapping[str, Tensor], k: int) -> ComponentMask:
-    """The ``k`` components with the highest score (DCM gain) across kinds; ties broken by position."""
-    return ComponentMask(registry.identity, {Kind(name): m for name, m in top_k_select(scores, k).items()})
 
 
 def default_sizes(total: int, *, extra: Iterable[int] = (), points: int = 12) -> list[int]:
@@ -262,7 +194,7 @@ def default_sizes(total: int, *, extra: Iterable[int] = (), points: int = 12) ->
 
 @torch.no_grad()
 def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapping[str, Tensor], *,
-                       sizes: Sequence[int] | None = None, how: AblationKind = "mean",
+                       sizes: Sequence[int] | None = None, baseline: Baseline | str = Baseline.TASK_MEAN,
                        batch_size: int = 8, progress: bool = False, prefix_kv: PrefixKV | None = None,
                        means: Mapping[Kind, Tensor] | None = None) -> pd.DataFrame:
     """Faithfulness of the top-n circuits (by ``scores``) with everything else ablated at the last position.
@@ -279,12 +211,13 @@ def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapp
     total = full.count()
     sizes = sorted({0, total, *(sizes if sizes is not None else default_sizes(total))})
     prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
-    if how == "mean" and means is None:
-        means = last_position_means(model, data, kinds, prefix_kv=prefix_kv, batch_size=batch_size)
+    baseline = _pivot_baseline(baseline)
+    if baseline is Baseline.TASK_MEAN and means is None:
+        means = task_means(model, data, kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     diffs = {}
     for size in tqdm(sizes, desc="faithfulness", disable=not progress, leave=False):
-        keep = top_k_mask(reg, scores, size)
-        diffs[size] = float(ablated_logit_diffs(model, data, full - keep, how=how, means=means, prefix_kv=prefix_kv,
+        keep = ComponentMask.top_k(reg, scores, size)
+        diffs[size] = float(ablated_logit_diffs(model, data, full - keep, baseline=baseline, means=means, prefix_kv=prefix_kv,
                                                 batch_size=batch_size).mean())
     m_empty, m_full = diffs[0], diffs[total]
     denom = m_full - m_empty

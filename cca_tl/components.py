@@ -29,7 +29,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Union
+from typing import Iterable, Iterator, Literal, Mapping, Union
 
 import pandas as pd
 import torch
@@ -40,6 +40,9 @@ from transformer_lens import HookedTransformer
 from cca_tl.errors import MaskMismatchError
 
 WeightSet = Literal["authors", "extended"]
+#: How finely a mask selects: whole components (a head, a kv head, a neuron) or single channels (one
+#: ``d_head`` coordinate of a head; a neuron is its own channel). CCA masks components, node pruning channels.
+Granularity = Literal["component", "channel"]
 
 
 class Kind(str, Enum):
@@ -248,6 +251,16 @@ class ComponentRegistry:
     def hook_name(self, kind: Kind | str, layer: int) -> str:
         return KIND_SPECS[Kind(kind)].hook.format(layer=layer)
 
+    def entry_shape(self, kind: Kind | str, granularity: Granularity = "component") -> tuple[int, ...]:
+        """Shape of one layer's mask entries: ``(units,)``, or ``(units, d_head)`` for a head kind at channel
+        granularity (the trailing axes of the kind's hook tensor)."""
+        kind = Kind(kind)
+        if granularity not in ("component", "channel"):
+            raise ValueError(f"granularity must be 'component' or 'channel', not {granularity!r}")
+        if granularity == "channel" and kind is not Kind.NEURON:
+            return (self.n_units(kind), self.identity.d_head)
+        return (self.n_units(kind),)
+
     def slice_specs(self, kind: Kind | str, weight_set: WeightSet = "authors") -> tuple[SliceSpec, ...]:
         """Parameter templates (``{layer}``) and unit axes of one kind's slices."""
         return self._slice_specs[(Kind(kind), weight_set)]
@@ -369,7 +382,9 @@ def _with_total(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class ComponentMask:
-    """A boolean selection of components of one model: per kind a ``[n_layers, n_units]`` tensor.
+    """A boolean selection of components of one model: per kind a ``[n_layers, *entry shape]`` tensor —
+    ``[n_layers, units]`` at component granularity (CCA), ``[n_layers, units, d_head]`` for head kinds at
+    channel granularity (node pruning; see :meth:`ComponentRegistry.entry_shape`).
 
     Only the kinds present in ``masks`` take part (a default CCA mask has q, k, v and neuron; head
     outputs ``z`` are opt-in). ``identity`` records which model it belongs to.
@@ -381,17 +396,17 @@ class ComponentMask:
     # -- construction -------------------------------------------------------------------------------
     @classmethod
     def empty(cls, model_or_registry: HookedTransformer | ComponentRegistry,
-              kinds: Iterable[Kind | str] = DEFAULT_KINDS) -> "ComponentMask":
+              kinds: Iterable[Kind | str] = DEFAULT_KINDS, granularity: Granularity = "component") -> "ComponentMask":
         reg = registry_of(model_or_registry)
         return cls(reg.identity, {
-            Kind(k): torch.zeros(reg.n_layers, reg.n_units(k), dtype=torch.bool)
+            Kind(k): torch.zeros(reg.n_layers, *reg.entry_shape(k, granularity), dtype=torch.bool)
             for k in kinds if reg.n_units(k) > 0
         })
 
     @classmethod
     def full(cls, model_or_registry: HookedTransformer | ComponentRegistry,
-             kinds: Iterable[Kind | str] = DEFAULT_KINDS) -> "ComponentMask":
-        mask = cls.empty(model_or_registry, kinds)
+             kinds: Iterable[Kind | str] = DEFAULT_KINDS, granularity: Granularity = "component") -> "ComponentMask":
+        mask = cls.empty(model_or_registry, kinds, granularity)
         for kind in mask.masks:
             mask.masks[kind].fill_(True)
         return mask
@@ -407,10 +422,23 @@ class ComponentMask:
             mask.masks[c.kind][c.layer, c.index] = True
         return mask
 
+    @classmethod
+    def top_k(cls, model_or_registry: HookedTransformer | ComponentRegistry, scores: Mapping[Kind | str, Tensor],
+              k: int) -> "ComponentMask":
+        """The ``k`` entries with the highest score across kinds (DCM gains, pruning scores; ties broken by
+        position); each score tensor has the shape of the mask entry it ranks."""
+        reg = registry_of(model_or_registry)
+        return cls(reg.identity, {Kind(kind): m for kind, m in top_k_select(scores, k).items()})
+
     # -- queries ------------------------------------------------------------------------------------
     @property
     def kinds(self) -> tuple[Kind, ...]:
         return tuple(k for k in ALL_KINDS if k in self.masks)
+
+    @property
+    def granularity(self) -> Granularity:
+        """``"channel"`` when a head kind's entries are per ``d_head`` channel, else ``"component"``."""
+        return "channel" if any(m.ndim == 3 for m in self.masks.values()) else "component"
 
     def count(self) -> int:
         return int(sum(int(m.sum()) for m in self.masks.values()))
@@ -427,7 +455,7 @@ class ComponentMask:
 
     def counts_by_layer(self) -> pd.DataFrame:
         """Selected components per layer (rows) and kind (columns), with a total row."""
-        data = {k.value: self.masks[k].sum(dim=1).tolist() for k in self.kinds}
+        data = {k.value: self.masks[k].flatten(1).sum(dim=1).tolist() for k in self.kinds}
         return _with_total(pd.DataFrame(data, index=pd.RangeIndex(self.identity.n_layers, name="layer")))
 
     def fraction_components(self) -> float:
@@ -438,7 +466,12 @@ class ComponentMask:
                  weight_set: WeightSet = "authors") -> int:
         reg = registry_of(model_or_registry)
         self.validate(reg)
-        return sum(int(self.masks[k].sum()) * reg.params_per_unit(k, weight_set) for k in self.kinds)
+        return sum(int(self.masks[k].sum()) * self._params_per_entry(reg, k, weight_set) for k in self.kinds)
+
+    def _params_per_entry(self, reg: ComponentRegistry, kind: Kind, weight_set: WeightSet) -> int:
+        """A channel of a head owns ``1/d_head`` of the head's slices (one column of ``W_Q[h]``, ...)."""
+        per_unit = reg.params_per_unit(kind, weight_set)
+        return per_unit // reg.identity.d_head if self.masks[kind].ndim == 3 else per_unit
 
     def fraction_params(self, model_or_registry: HookedTransformer | ComponentRegistry,
                         weight_set: WeightSet = "authors") -> float:
@@ -447,6 +480,9 @@ class ComponentMask:
         return self.n_params(reg, weight_set) / reg.total_model_params
 
     def components(self) -> list[Component]:
+        """The selected components (component granularity only)."""
+        if self.granularity != "component":
+            raise ValueError("components() lists whole components; this mask selects channels (read .masks).")
         out = []
         for kind in self.kinds:
             for layer, index in self.masks[kind].nonzero().tolist():
@@ -465,7 +501,7 @@ class ComponentMask:
             sel, tot = int(self.masks[kind].sum()), self.masks[kind].numel()
             row = dict(kind=kind.value, selected=sel, of=tot, pct=100.0 * sel / max(tot, 1))
             if model_or_registry is not None:
-                row["params"] = sel * registry_of(model_or_registry).params_per_unit(kind, weight_set)
+                row["params"] = sel * self._params_per_entry(registry_of(model_or_registry), kind, weight_set)
             rows.append(row)
         df = pd.DataFrame(rows).set_index("kind")
         total = dict(selected=self.count(), of=self.size(), pct=100.0 * self.fraction_components())
@@ -480,7 +516,7 @@ class ComponentMask:
         reg = registry_of(model_or_registry)
         self.identity.check_compatible(reg.identity, strict_name=strict_name)
         for kind, m in self.masks.items():
-            expected = (reg.n_layers, reg.n_units(kind))
+            expected = (reg.n_layers, *reg.entry_shape(kind, "channel" if m.ndim == 3 else "component"))
             if tuple(m.shape) != expected or m.dtype != torch.bool:
                 raise MaskMismatchError(
                     f"Mask entry {kind.value!r} has shape {tuple(m.shape)} ({m.dtype}); the model needs a "
@@ -529,10 +565,10 @@ class ComponentMask:
         generator = torch.Generator().manual_seed(seed)
         out = {}
         for kind in self.kinds:
-            m = torch.zeros_like(self.masks[kind])
-            for layer, n in enumerate(self.masks[kind].sum(dim=1).tolist()):
+            m = torch.zeros_like(self.masks[kind]).flatten(1)
+            for layer, n in enumerate(self.masks[kind].flatten(1).sum(dim=1).tolist()):
                 m[layer, torch.randperm(m.shape[1], generator=generator)[:n]] = True
-            out[kind] = m
+            out[kind] = m.reshape(self.masks[kind].shape)
         return ComponentMask(self.identity, out)
 
     def jaccard(self, other: "ComponentMask") -> float:
@@ -547,7 +583,7 @@ class ComponentMask:
 
         path = Path(path)
         meta = {"format": "cca_tl.ComponentMask/1", "identity": asdict(self.identity),
-                "kinds": [k.value for k in self.kinds]}
+                "kinds": [k.value for k in self.kinds], "granularity": self.granularity}
         if path.suffix == ".json":
             doc = dict(meta, selected={k.value: self.masks[k].nonzero().tolist() for k in self.kinds})
             atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
@@ -568,13 +604,13 @@ class ComponentMask:
             doc = json.loads(path.read_text())
             _check_format(doc, path)
             identity = ModelIdentity(**doc["identity"])
-            shape_units = _units_from_identity(identity)
+            shapes = _entry_shapes(identity, doc.get("granularity", "component"))
             masks = {}
             for k in doc["kinds"]:
                 kind = Kind(k)
-                m = torch.zeros(identity.n_layers, shape_units[kind], dtype=torch.bool)
-                for layer, index in doc["selected"][k]:
-                    m[layer, index] = True
+                m = torch.zeros(identity.n_layers, *shapes[kind], dtype=torch.bool)
+                for index in doc["selected"][k]:
+                    m[tuple(index)] = True
                 masks[kind] = m
             return cls(identity, masks)
         if path.suffix == ".safetensors":
@@ -589,7 +625,8 @@ class ComponentMask:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts_by_kind().items())
-        return (f"ComponentMask({self.identity.name!r}: {self.count()}/{self.size()} selected "
+        unit = "" if self.granularity == "component" else " channels"
+        return (f"ComponentMask({self.identity.name!r}: {self.count()}/{self.size()}{unit} selected "
                 f"[{counts}])")
 
 
@@ -598,9 +635,28 @@ def _check_format(doc: dict, path: Path) -> None:
         raise MaskMismatchError(f"{path} is not a cca_tl component mask (format {doc.get('format')!r}).")
 
 
-def _units_from_identity(identity: ModelIdentity) -> dict[Kind, int]:
-    return {Kind.Q: identity.n_heads, Kind.K: identity.n_kv_heads, Kind.V: identity.n_kv_heads,
-            Kind.Z: identity.n_heads, Kind.NEURON: identity.d_mlp}
+def _entry_shapes(identity: ModelIdentity, granularity: Granularity) -> dict[Kind, tuple[int, ...]]:
+    channel = (identity.d_head,) if granularity == "channel" else ()
+    return {Kind.Q: (identity.n_heads, *channel), Kind.K: (identity.n_kv_heads, *channel),
+            Kind.V: (identity.n_kv_heads, *channel), Kind.Z: (identity.n_heads, *channel),
+            Kind.NEURON: (identity.d_mlp,)}
+
+
+def top_k_select(scores: Mapping[object, Tensor], k: int) -> dict:
+    """Boolean masks (same keys and shapes as ``scores``) marking the ``k`` highest scores over all of them;
+    ties broken by position."""
+    keys = list(scores)
+    flat = torch.cat([scores[key].detach().flatten().float().cpu() for key in keys])
+    if not 0 <= k <= flat.numel():
+        raise ValueError(f"k={k} outside [0, {flat.numel()}]")
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+    chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
+    out, start = {}, 0
+    for key in keys:
+        n = scores[key].numel()
+        out[key] = chosen[start:start + n].reshape(scores[key].shape)
+        start += n
+    return out
 
 
 def registry_of(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry:

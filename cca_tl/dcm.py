@@ -19,9 +19,11 @@ Gain conventions (``form``):
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence
 
 import pandas as pd
@@ -30,12 +32,14 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from cca_tl.components import DEFAULT_KINDS, ComponentMask, Kind, registry_of
+from cca_tl import interventions
+from cca_tl._io import atomic_write_bytes, atomic_write_text
 from cca_tl.errors import NonFiniteLossError
+from cca_tl.interventions import Positions, Scale
 from cca_tl.params import trainable
 from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
 
 Form = Literal["paper", "authors"]
-Positions = Literal["last", "all"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -47,7 +51,7 @@ class DCMMask(nn.Module):
     """Continuous gains, one per component of the chosen kinds, applied through TL hooks."""
 
     def __init__(self, model: HookedTransformer, kinds: Iterable[Kind | str] = DEFAULT_KINDS, *,
-                 form: Form = "paper", positions: Positions = "last", init: float | None = None):
+                 form: Form = "paper", positions: Positions | str = "last", init: float | None = None):
         super().__init__()
         if form not in ("paper", "authors"):
             raise ValueError(f"form must be 'paper' or 'authors', not {form!r}")
@@ -55,7 +59,7 @@ class DCMMask(nn.Module):
             raise ValueError(f"positions must be 'last' or 'all', not {positions!r}")
         self.registry = registry_of(model)
         self.kinds = tuple(Kind(k) for k in kinds if self.registry.n_units(k) > 0)
-        self.form, self.positions = form, positions
+        self.form, self.positions = form, Positions(positions)
         init = 1.0 if init is None else init
         self.gains = nn.ParameterDict({
             k.value: nn.Parameter(torch.full((self.registry.n_layers, self.registry.n_units(k)), float(init),
@@ -71,32 +75,15 @@ class DCMMask(nn.Module):
                 mask.gains[Kind(k).value].copy_(v)
         return mask
 
-    def gain(self, kind: Kind, layer: int) -> Tensor:
-        m = self.gains[kind.value][layer]
-        return 1.0 + m if self.form == "paper" else 2.0 * m
+    def gain_values(self) -> dict[Kind, Tensor]:
+        """The multiplicative gain of every component (``1 + m`` or ``2m``), differentiable in the gains."""
+        return {k: 1.0 + m if self.form == "paper" else 2.0 * m
+                for k, m in ((k, self.gains[k.value]) for k in self.kinds)}
 
     def hooks(self, last_pos: Tensor | None = None) -> list[tuple[str, Callable]]:
         """(hook name, function) pairs for ``run_with_hooks``; ``last_pos`` is needed for positions='last'."""
-        if self.positions == "last" and last_pos is None:
-            raise ValueError("positions='last' needs each row's last position")
-        out = []
-        for kind in self.kinds:
-            for layer in range(self.registry.n_layers):
-                out.append((self.registry.hook_name(kind, layer), self._hook_fn(kind, layer, last_pos)))
-        return out
-
-    def _hook_fn(self, kind: Kind, layer: int, last_pos: Tensor | None) -> Callable:
-        def hook(activation: Tensor, hook) -> Tensor:
-            gain = self.gain(kind, layer)  # [units]
-            if kind is not Kind.NEURON:
-                gain = gain[:, None]  # heads: [units, d_head]
-            # Gains are float32 whatever the model dtype; the scaled activation goes back in the model's dtype.
-            if self.positions == "all":
-                return (activation.float() * gain).to(activation.dtype)
-            rows = torch.arange(activation.shape[0], device=activation.device)
-            scaled = (activation[rows, last_pos].float() * gain).to(activation.dtype)
-            return activation.index_put((rows, last_pos), scaled)
-        return hook
+        return interventions.hooks(self.registry, Scale(self.gain_values()), positions=self.positions,
+                                   last_pos=last_pos)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -133,6 +120,29 @@ class DCMResult:
     stopped: str
     config: dict = field(default_factory=dict)
 
+    def save(self, directory: str | Path) -> Path:
+        """Mask (``.safetensors`` and human-readable ``.json``), gains, history and ``result.json`` in
+        ``directory``, each file written atomically."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        self.mask.save(directory / "mask.safetensors")
+        self.mask.save(directory / "mask.json")
+        atomic_write_bytes(directory / "gains.safetensors", save({k: v.contiguous() for k, v in self.gains.items()}))
+        atomic_write_text(directory / "history.csv", self.history.to_csv(index=False))
+        atomic_write_text(directory / "result.json", json.dumps(dict(lam=self.lam, stopped=self.stopped,
+                                                                     config=self.config), indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "DCMResult":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "result.json").read_text())
+        return cls(ComponentMask.load(directory / "mask.safetensors"), load_file(str(directory / "gains.safetensors")),
+                   pd.read_csv(directory / "history.csv"), meta["lam"], meta["stopped"], meta["config"])
+
 
 def _dcm_step(model: HookedTransformer, dcm: DCMMask, batch, optimizer: torch.optim.Optimizer, lam: float,
               step: int, where: str, history: list[dict]) -> tuple[Tensor, Tensor]:
@@ -161,7 +171,7 @@ def train_dcm(
     lam: float = 1e-3,
     kinds: Iterable[Kind | str] = DEFAULT_KINDS,
     form: Form = "paper",
-    positions: Positions = "last",
+    positions: Positions | str = "last",
     init: float | None = None,
     lr: float = 5e-3,
     step_size: int = 5,
@@ -228,7 +238,7 @@ def train_dcm(
             if stopped != "max_epochs":
                 break
     gains = {k: v.detach().cpu().clone() for k, v in dcm.gains.items()}
-    config = dict(lam=lam, kinds=[k.value for k in dcm.kinds], form=form, positions=positions, lr=lr,
+    config = dict(lam=lam, kinds=[k.value for k in dcm.kinds], form=form, positions=dcm.positions.value, lr=lr,
                   step_size=step_size, gamma=gamma, batch_size=batch_size, max_epochs=max_epochs,
                   patience_frac=patience_frac, seed=seed, init=1.0 if init is None else init,
                   prefix_cache=bool(prefix_cache))

@@ -14,8 +14,10 @@ with the same count per kind and layer as the given one).
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 import pandas as pd
@@ -27,7 +29,8 @@ from transformer_lens import HookedTransformer
 from cca_tl.components import ComponentMask, WeightSet, registry_of, real_parameter_names
 from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
                              shared_prompt, two_logit_diff)
-from cca_tl.errors import NonFiniteLossError
+from cca_tl._io import atomic_write_bytes
+from cca_tl.errors import MaskMismatchError, NonFiniteLossError
 from cca_tl.params import trainable
 
 Variant = Literal["mask", "all", "random"]
@@ -266,3 +269,50 @@ def targeted_update(
         config=dict(weight_set=weight_set, steps=steps, batch_size=batch_size, seed=seed,
                     eval_steps=sorted(eval_at), shared_prefix=shared_prefix, val_metric=val_kind),
     )
+
+
+@dataclass
+class WeightEdit:
+    """The new values of exactly the weight entries a targeted update may change (the selected components'
+    slices), so an edited model is the base model plus this file."""
+
+    mask: ComponentMask
+    weight_set: str
+    values: dict[str, torch.Tensor]
+
+    @classmethod
+    def capture(cls, model: HookedTransformer, mask: ComponentMask, weight_set: str) -> "WeightEdit":
+        emasks = element_masks(model, mask, weight_set)
+        return cls(mask, weight_set, {n: model.get_parameter(n).detach()[m].clone().cpu() for n, m in emasks.items()})
+
+    @torch.no_grad()
+    def apply(self, model: HookedTransformer) -> None:
+        emasks = element_masks(model, self.mask, self.weight_set)
+        if set(emasks) != set(self.values):
+            raise MaskMismatchError(f"This edit touches {sorted(self.values)} but the mask maps to {sorted(emasks)}.")
+        for name, m in emasks.items():
+            param = model.get_parameter(name)
+            if int(m.sum()) != self.values[name].numel():
+                raise MaskMismatchError(f"Edit for {name} has {self.values[name].numel()} values; "
+                                        f"the mask selects {int(m.sum())}.")
+            param[m] = self.values[name].to(param.device, param.dtype)
+
+    def save(self, directory: str | Path) -> None:
+        """``mask.safetensors`` and ``edit.safetensors`` in ``directory``, each written atomically."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        self.mask.save(directory / "mask.safetensors")
+        blob = save({n: v.contiguous() for n, v in self.values.items()},
+                    metadata={"cca_tl": json.dumps({"format": "cca_tl.WeightEdit/1", "weight_set": self.weight_set})})
+        atomic_write_bytes(directory / "edit.safetensors", blob)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "WeightEdit":
+        from safetensors import safe_open
+
+        directory = Path(directory)
+        with safe_open(str(directory / "edit.safetensors"), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("cca_tl", "{}"))
+            values = {n: handle.get_tensor(n) for n in handle.keys()}
+        return cls(ComponentMask.load(directory / "mask.safetensors"), meta["weight_set"], values)

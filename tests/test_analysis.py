@@ -7,10 +7,11 @@ import torch
 
 from cca_tl import ComponentMask, ContrastSet, load_model
 from cca_tl.analysis import (ablated_logit_diffs, ablation_checks, attention_view, count_summary, count_table,
-                             default_sizes, faithfulness_area, faithfulness_curve, last_position_means, plot_mask,
-                             save_html, top_heads, top_k_mask)
+                             default_sizes, faithfulness_area, faithfulness_curve, plot_mask,
+                             save_html, top_heads)
 from cca_tl.components import Kind, registry_of
 from cca_tl.contrast import Batch, PrefixKV, two_logit_diff
+from cca_tl.interventions import Baseline, task_means
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +33,13 @@ def random_gains(model, seed=0):
     return {k: torch.rand(reg.n_layers, reg.n_units(k), generator=g) for k in ("q", "k", "v", "neuron")}
 
 
-@pytest.mark.parametrize("how", ["zero", "mean"])
-def test_ablating_nothing_changes_nothing(model, data, how):
+@pytest.mark.parametrize("baseline", [Baseline.ZERO, Baseline.TASK_MEAN])
+def test_ablating_nothing_changes_nothing(model, data, baseline):
     with torch.no_grad():
         clean = two_logit_diff(model, Batch.collate(data))
     empty = ComponentMask.empty(model)
     for ablate in (None, empty):
-        diffs = ablated_logit_diffs(model, data, ablate, how=how, prefix_kv=PrefixKV(model, data))
+        diffs = ablated_logit_diffs(model, data, ablate, baseline=baseline, prefix_kv=PrefixKV(model, data))
         torch.testing.assert_close(diffs, clean, atol=1e-5, rtol=0)  # cached prefix vs full pass: fp noise only
     checks = ablation_checks(model, data, empty, n_random=2)
     assert (checks["delta_logit_diff"].abs() < 1e-9).loc[(slice(None), ["none", "circuit (selected)"])].all()
@@ -48,10 +49,10 @@ def test_ablating_everything_differs_and_mean_ablation_uses_means(model, data):
     full = ComponentMask.full(model)
     kv = PrefixKV(model, data)
     clean = ablated_logit_diffs(model, data, None, prefix_kv=kv)
-    zeroed = ablated_logit_diffs(model, data, full, how="zero", prefix_kv=kv)
-    meaned = ablated_logit_diffs(model, data, full, how="mean", prefix_kv=kv)
+    zeroed = ablated_logit_diffs(model, data, full, baseline="zero", prefix_kv=kv)
+    meaned = ablated_logit_diffs(model, data, full, baseline="task-mean", prefix_kv=kv)
     assert not torch.allclose(zeroed, clean) and not torch.allclose(meaned, zeroed)
-    means = last_position_means(model, data, full.kinds, prefix_kv=kv)
+    means = task_means(model, data, full.kinds, prefix_kv=kv)
     assert means[Kind.Q].shape == (2, 4, 16) and means[Kind.NEURON].shape == (2, 128)
     # Mean ablation of all components makes every record's last-position activations equal to the means:
     # the logit difference then depends on the record only through its prefix keys/values.
@@ -73,13 +74,13 @@ def test_faithfulness_endpoints_are_exact(model, data):
 def test_top_k_and_sizes(model):
     reg = registry_of(model)
     gains = random_gains(model, 1)
-    mask = top_k_mask(reg, gains, 5)
+    mask = ComponentMask.top_k(reg, gains, 5)
     assert mask.count() == 5
     threshold = min(float(gains[c.kind.value][c.layer, c.index]) for c in mask.components())
     assert sum(int((g > threshold).sum()) for g in gains.values()) == 4  # the other 4 beat the 5th
-    assert top_k_mask(reg, gains, 0).count() == 0
+    assert ComponentMask.top_k(reg, gains, 0).count() == 0
     with pytest.raises(ValueError):
-        top_k_mask(reg, gains, 10_000)
+        ComponentMask.top_k(reg, gains, 10_000)
     sizes = default_sizes(272, extra=[17], points=6)
     assert sizes[0] == 0 and sizes[-1] == 272 and 17 in sizes and sizes == sorted(set(sizes))
     heads = top_heads(reg, gains, 3)
@@ -90,7 +91,7 @@ def test_count_tables(model):
     a = ComponentMask.from_components(model, [])
     reg = registry_of(model)
     gains = random_gains(model, 2)
-    masks = {"s0": top_k_mask(reg, gains, 4), "s1": top_k_mask(reg, gains, 8), "s2": a}
+    masks = {"s0": ComponentMask.top_k(reg, gains, 4), "s1": ComponentMask.top_k(reg, gains, 8), "s2": a}
     table = count_table(masks)
     assert table["total"].tolist() == [4, 8, 0]
     summary = count_summary(masks)

@@ -27,7 +27,7 @@ Run directory::
 """
 
 from cca_tl.errors import EmptyLocalizationError, EmptyMaskError, OutOfMemory, RunConfigMismatch
-from cca_tl.pipeline.artifacts import ProblemSplits, WeightEdit, load_dcm, save_dcm
+from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, PRESETS, RunConfig, preset
 from cca_tl.pipeline.run import Run, run
 from cca_tl.pipeline.session import ModelSession
@@ -38,4 +38,4 @@ STAGES = stage_names()
 
 __all__ = ["CONTROL_VARIANTS", "PRESETS", "STAGES", "STAGE_SPECS", "EmptyLocalizationError", "EmptyMaskError",
            "ModelSession", "OutOfMemory", "ProblemSplits", "Run", "RunConfig", "RunConfigMismatch", "Stage",
-           "WeightEdit", "load_dcm", "preset", "render_report", "run", "save_dcm", "verdict"]
+           "preset", "render_report", "run", "verdict"]

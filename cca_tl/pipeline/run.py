@@ -15,9 +15,10 @@ from transformer_lens import HookedTransformer
 
 from cca_tl._io import atomic_write_text, release_freed_memory
 from cca_tl.errors import CCAError, OutOfMemory, RunConfigMismatch
-from cca_tl.pipeline.artifacts import ProblemSplits, WeightEdit, load_dcm
+from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
 from cca_tl.pipeline.session import ModelSession
+from cca_tl.update import WeightEdit
 
 
 class Run:
@@ -155,7 +156,9 @@ class Run:
         return out
 
     def dcm(self):
-        return load_dcm(self.dir / "dcm")
+        from cca_tl.dcm import DCMResult
+
+        return DCMResult.load(self.dir / "dcm")
 
     def evaluations(self) -> dict[str, dict]:
         out = {}

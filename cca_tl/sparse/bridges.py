@@ -32,7 +32,7 @@ from transformer_lens import HookedTransformer
 
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 from cca_tl.params import trainable
-from cca_tl.sparse.train import abstopk
+from cca_tl.interventions import abstopk, add_at, capture_at, replace_at
 
 
 def bridge_locations(n_layers: int) -> list[str]:
@@ -99,10 +99,6 @@ def _kl(target_logits: Tensor, logits: Tensor) -> Tensor:
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
-def _replace(value: Tensor) -> Callable:
-    return lambda act, hook: value.to(act.dtype)
-
-
 def bridge_losses(dense: HookedTransformer, sparse: HookedTransformer, bridges: Bridges,
                   tokens: Int[Tensor, "batch pos"], *, locations: Sequence[str] | None = None) -> dict[str, Tensor]:
     """NMSE (both directions) and the two hybrid KL terms, averaged over ``locations`` (default: all)."""
@@ -116,8 +112,8 @@ def bridge_losses(dense: HookedTransformer, sparse: HookedTransformer, bridges: 
         h_d, h_s = dense_cache[loc], sparse_cache[loc]
         enc, dec = bridges.encode(i, h_d), bridges.decode(i, h_s)
         nmse = nmse + _nmse(enc, h_s) + _nmse(dec, h_d)
-        kl_d2s = kl_d2s + _kl(dense_logits, sparse.run_with_hooks(tokens, fwd_hooks=[(loc, _replace(enc))]))
-        kl_s2d = kl_s2d + _kl(dense_logits, dense.run_with_hooks(tokens, fwd_hooks=[(loc, _replace(dec))]))
+        kl_d2s = kl_d2s + _kl(dense_logits, sparse.run_with_hooks(tokens, fwd_hooks=[replace_at(loc, enc)]))
+        kl_s2d = kl_s2d + _kl(dense_logits, dense.run_with_hooks(tokens, fwd_hooks=[replace_at(loc, dec)]))
     n = len(locations)
     out = dict(nmse=nmse / n, kl_dense_to_sparse=kl_d2s / n, kl_sparse_to_dense=kl_s2d / n)
     out["total"] = out["nmse"] + out["kl_dense_to_sparse"] + out["kl_sparse_to_dense"]
@@ -194,17 +190,11 @@ def bridge_intervention(dense: HookedTransformer, sparse: HookedTransformer, bri
     pad = pad_token_id(sparse)
     for batch in data.batches(batch_size, pad_id=pad, device=sparse.cfg.device):
         captured: dict[str, Tensor] = {}
-
-        def capture(key: str) -> Callable:
-            def hook(act, hook):
-                captured[key] = act.detach().clone()
-            return hook
-
-        sparse_clean = two_logit_diff(sparse, batch, [(location, capture("clean"))])
-        sparse_edit = two_logit_diff(sparse, batch, [*sparse_hooks, (location, capture("edit"))])
+        sparse_clean = two_logit_diff(sparse, batch, [capture_at(location, captured, "clean")])
+        sparse_edit = two_logit_diff(sparse, batch, [*sparse_hooks, capture_at(location, captured, "edit")])
         delta_dense = (captured["edit"] - captured["clean"]) @ w_dec.T
         dense_clean = two_logit_diff(dense, batch)
-        dense_edit = two_logit_diff(dense, batch, [(location, lambda act, hook: act + delta_dense.to(act.dtype))])
+        dense_edit = two_logit_diff(dense, batch, [add_at(location, delta_dense)])
         for values in zip(sparse_clean.tolist(), sparse_edit.tolist(), dense_clean.tolist(), dense_edit.tolist()):
             rows.append(dict(zip(("sparse_clean", "sparse_intervened", "dense_clean", "dense_bridged"), values)))
     return pd.DataFrame(rows)

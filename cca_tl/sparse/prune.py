@@ -4,7 +4,7 @@ Nodes are single channels: every query/key/value channel (``attn.hook_q/k/v``, p
 ``d_head`` index) and every MLP neuron (``mlp.hook_post``). Each node has a score τ ∈ [−1, 1]; its gate is
 ``H(τ)`` — a Heaviside step forward, the derivative of a sigmoid backward (straight-through) — and a closed
 gate **mean-ablates** the node: ``a ← g·a + (1 − g)·mean(a)`` with means over general text, at every
-position. Training minimises the task loss plus ``k·(live nodes)``; then the nodes are ranked by τ and the
+position (:class:`cca_tl.interventions.Gate` with :attr:`~cca_tl.interventions.Baseline.TEXT_MEAN`). Training minimises the task loss plus ``k·(live nodes)``; then the nodes are ranked by τ and the
 number kept is **bisected** to the smallest circuit whose task loss reaches a target, and a scale and shift
 of the final logit difference are calibrated (LBFGS). Faithfulness: *sufficiency* (only the circuit, all
 else mean-ablated) and *necessity* (the circuit mean-ablated, all else kept).
@@ -25,9 +25,11 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import Kind, ModelIdentity, registry_of
-from cca_tl.params import trainable
+from cca_tl import interventions
+from cca_tl.components import ComponentMask, Kind, registry_of
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
+from cca_tl.interventions import Gate, Positions, text_means
+from cca_tl.params import trainable
 
 NODE_KINDS = (Kind.Q, Kind.K, Kind.V, Kind.NEURON)
 
@@ -51,96 +53,14 @@ def heaviside_ste(tau: Tensor, beta: float = 0.5) -> Tensor:
     return _HeavisideSTE.apply(tau, beta)
 
 
-def node_shapes(model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> dict[Kind, tuple[int, ...]]:
-    """Per kind, the shape of one layer's nodes: ``(heads, d_head)`` for q/k/v, ``(d_mlp,)`` for neurons."""
-    reg = registry_of(model)
-    d_head = model.cfg.d_head
-    out = {}
-    for kind in map(Kind, kinds):
-        if kind in (Kind.Q, Kind.K, Kind.V):
-            out[kind] = (reg.n_units(kind), d_head)
-        elif kind is Kind.NEURON:
-            out[kind] = (reg.n_units(kind),)
-        else:
-            raise ValueError(f"Node pruning covers q, k, v channels and neurons, not {kind.value!r}")
-    return out
+def circuit_gates(mask: ComponentMask) -> dict[Kind, Tensor]:
+    """A channel mask as gates (1 = kept, 0 = set to the baseline)."""
+    return {k: m.float() for k, m in mask.masks.items()}
 
 
-@dataclass
-class NodeMask:
-    """Kept nodes per kind: boolean ``[n_layers, *node shape]``."""
-
-    identity: ModelIdentity
-    keep: dict[Kind, Tensor]
-
-    def count(self) -> int:
-        return int(sum(int(m.sum()) for m in self.keep.values()))
-
-    def size(self) -> int:
-        return int(sum(m.numel() for m in self.keep.values()))
-
-    def counts_by_kind(self) -> dict[str, int]:
-        return {k.value: int(m.sum()) for k, m in self.keep.items()}
-
-    def counts_by_layer(self) -> pd.DataFrame:
-        return pd.DataFrame({k.value: m.flatten(1).sum(1).tolist() for k, m in self.keep.items()},
-                            index=pd.RangeIndex(self.identity.n_layers, name="layer"))
-
-    def __invert__(self) -> "NodeMask":
-        return NodeMask(self.identity, {k: ~m for k, m in self.keep.items()})
-
-    @classmethod
-    def full(cls, model: HookedTransformer, kinds: Iterable[Kind | str] = NODE_KINDS) -> "NodeMask":
-        reg = registry_of(model)
-        return cls(reg.identity, {k: torch.ones(reg.n_layers, *s, dtype=torch.bool) for k, s in node_shapes(model, kinds).items()})
-
-    @classmethod
-    def top_k(cls, model: HookedTransformer, scores: Mapping[Kind, Tensor], k: int) -> "NodeMask":
-        """The ``k`` nodes with the highest score (ties broken by position)."""
-        from cca_tl.analysis import top_k_select
-
-        return cls(registry_of(model).identity, top_k_select(scores, k))
-
-
-@torch.no_grad()
-def node_means(model: HookedTransformer, texts: Sequence[str] | Sequence[Tensor] | None = None,
-               kinds: Iterable[Kind | str] = NODE_KINDS, *, max_tokens: int = 128) -> dict[Kind, Tensor]:
-    """Mean activation of every node over every position of general text (default: CPython's pydoc topics,
-    :func:`cca_tl.evaluate.general_text`) — the values a pruned node is ablated to."""
-    from cca_tl.evaluate import general_text
-
-    reg = registry_of(model)
-    kinds = [Kind(k) for k in kinds]
-    texts = list(texts) if texts is not None else general_text()
-    if not texts:
-        raise ValueError("No text to take means over.")
-    names = [reg.hook_name(k, layer) for k in kinds for layer in range(reg.n_layers)]
-    sums: dict[str, Tensor] = {}
-    count = 0
-    for text in texts:
-        tokens = (text.reshape(1, -1) if isinstance(text, Tensor) else model.to_tokens(text))[:, :max_tokens]
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names,
-                                        stop_at_layer=model.cfg.n_layers)
-        for name in names:
-            sums[name] = sums.get(name, 0) + cache[name][0].sum(0).float()
-        count += tokens.shape[1]
-    return {k: torch.stack([sums[reg.hook_name(k, layer)] for layer in range(reg.n_layers)]) / count for k in kinds}
-
-
-def gate_hooks(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: Mapping[Kind, Tensor]) -> list:
-    """Hooks applying ``a ← g·a + (1 − g)·mean`` per node at every position; ``gates`` [n_layers, *shape]."""
-    reg = registry_of(model)
-    hooks = []
-    for kind, gate in gates.items():
-        for layer in range(reg.n_layers):
-            g, mu = gate[layer], means[kind][layer].to(model.cfg.device)
-
-            def hook(act: Tensor, hook, g=g, mu=mu) -> Tensor:
-                g_ = g.to(act.dtype)
-                return act * g_ + (1 - g_) * mu.to(act.dtype)
-
-            hooks.append((reg.hook_name(kind, layer), hook))
-    return hooks
+def gated(model: HookedTransformer, gates: Mapping[Kind, Tensor], means: Mapping[Kind, Tensor]) -> list:
+    """Hooks for ``a ← g·a + (1 − g)·mean`` at every position (:class:`cca_tl.interventions.Gate`)."""
+    return interventions.hooks(model, Gate(gates, means), positions=Positions.ALL)
 
 
 def _diffs(model: HookedTransformer, data: ContrastSet, hooks_fn: Callable[[], list], batch_size: int) -> Tensor:
@@ -156,13 +76,13 @@ def binary_loss(diff: Tensor, scale: float | Tensor = 1.0, shift: float | Tensor
 
 
 @torch.no_grad()
-def circuit_diffs(model: HookedTransformer, data: ContrastSet, keep: NodeMask | None,
+def circuit_diffs(model: HookedTransformer, data: ContrastSet, keep: ComponentMask | None,
                   means: Mapping[Kind, Tensor], *, batch_size: int = 16) -> Float[Tensor, "record"]:
     """Logit differences with every node outside ``keep`` mean-ablated (``None``: the full model)."""
     if keep is None:
         return _diffs(model, data, lambda: [], batch_size).float().cpu()
-    gates = {k: m.float() for k, m in keep.keep.items()}
-    return _diffs(model, data, lambda: gate_hooks(model, gates, means), batch_size).float().cpu()
+    gates = circuit_gates(keep)
+    return _diffs(model, data, lambda: gated(model, gates, means), batch_size).float().cpu()
 
 
 def bisect_smallest(loss_at: Callable[[int], float], lo: int, hi: int, target: float) -> tuple[int, dict[int, float]]:
@@ -211,7 +131,7 @@ def calibrate_logits(diffs: Tensor, *, steps: int = 16) -> tuple[float, float, f
 class PruneResult:
     """The pruned circuit, its scores, the bisection curve and the losses that matter."""
 
-    mask: NodeMask
+    mask: ComponentMask          # kept nodes, channel granularity
     scores: dict[Kind, Tensor]
     curve: pd.DataFrame          # k, loss (every circuit size the bisection evaluated)
     history: pd.DataFrame        # per step: task loss, live nodes
@@ -230,16 +150,17 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
                 seed: int = 0, progress: bool = True) -> PruneResult:
     """Learn node scores (see module doc), then bisect to the smallest top-k circuit reaching ``target_loss``.
 
-    The model's weights are untouched. ``means``: from :func:`node_means` (computed on general text if None).
+    The model's weights are untouched. ``means``: the general-text means of :func:`cca_tl.interventions.text_means`
+    (computed if None).
     """
     from tqdm.auto import tqdm
 
     data.validate(model)
     kinds = [Kind(k) for k in kinds]
-    means = means if means is not None else node_means(model, kinds=kinds)
+    means = means if means is not None else text_means(model, kinds=kinds)
     reg = registry_of(model)
-    shapes = node_shapes(model, kinds)
-    taus = nn.ParameterDict({k.value: nn.Parameter(torch.full((reg.n_layers, *shapes[k]), float(tau_init),
+    taus = nn.ParameterDict({k.value: nn.Parameter(torch.full((reg.n_layers, *reg.entry_shape(k, "channel")),
+                                                              float(tau_init),
                                                               device=model.cfg.device)) for k in kinds})
     opt = torch.optim.Adam(taus.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -249,7 +170,7 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
             idx = torch.randperm(len(data), generator=generator)[:batch_size].tolist()
             batch_data = data.subset(idx)
             gates = {k: heaviside_ste(taus[k.value], beta) for k in kinds}
-            diff = _diffs(model, batch_data, lambda: gate_hooks(model, gates, means), batch_size)
+            diff = _diffs(model, batch_data, lambda: gated(model, gates, means), batch_size)
             live = sum(g.sum() for g in gates.values())
             task = binary_loss(diff)
             loss = task + k_coef * live
@@ -266,11 +187,11 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
     total = sum(v.numel() for v in scores.values())
 
     def loss_at(k: int) -> float:
-        return float(binary_loss(circuit_diffs(model, data, NodeMask.top_k(model, scores, k), means,
+        return float(binary_loss(circuit_diffs(model, data, ComponentMask.top_k(model, scores, k), means,
                                                batch_size=batch_size)))
 
     k, seen = bisect_smallest(loss_at, 0, total, target_loss)
-    mask = NodeMask.top_k(model, scores, k)
+    mask = ComponentMask.top_k(model, scores, k)
     diffs = circuit_diffs(model, data, mask, means, batch_size=batch_size)
     a, b, calibrated = calibrate_logits(diffs)
     full = float(binary_loss(circuit_diffs(model, data, None, means, batch_size=batch_size)))
@@ -283,11 +204,11 @@ def prune_nodes(model: HookedTransformer, data: ContrastSet, means: Mapping[Kind
     )
 
 
-def faithfulness(model: HookedTransformer, data: ContrastSet, mask: NodeMask, means: Mapping[Kind, Tensor], *,
+def faithfulness(model: HookedTransformer, data: ContrastSet, mask: ComponentMask, means: Mapping[Kind, Tensor], *,
                  batch_size: int = 16) -> pd.DataFrame:
     """Binary loss and accuracy of: the full model; the circuit alone (sufficiency); the model with the
     circuit mean-ablated (necessity); everything mean-ablated."""
-    empty = NodeMask(mask.identity, {k: torch.zeros_like(m) for k, m in mask.keep.items()})
+    empty = mask & ~mask
     rows = []
     for label, keep in (("full model", None), ("circuit only (sufficiency)", mask),
                         ("circuit ablated (necessity)", ~mask), ("everything ablated", empty)):
@@ -298,18 +219,18 @@ def faithfulness(model: HookedTransformer, data: ContrastSet, mask: NodeMask, me
     return pd.DataFrame(rows).set_index("setting")
 
 
-def plot_circuit(mask: NodeMask, title: str = ""):
+def plot_circuit(mask: ComponentMask, title: str = ""):
     """The kept nodes as dots: one row per layer, one column block per kind (position = channel index)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    kinds = list(mask.keep)
+    kinds = list(mask.kinds)
     colours = {"q": "tab:blue", "k": "tab:green", "v": "tab:purple", "neuron": "tab:orange"}
     fig, ax = plt.subplots(figsize=(11, 5))
     for col, kind in enumerate(kinds):
-        keep = mask.keep[kind].flatten(1)  # [layer, nodes]
+        keep = mask.masks[kind].flatten(1)  # [layer, nodes]
         layers, idx = keep.nonzero(as_tuple=True)
         ax.scatter(col + idx.float() / keep.shape[1] * 0.9, layers, s=18, color=colours.get(kind.value, "grey"),
                    label=f"{kind.value}: {int(keep.sum())} of {keep.numel():,}")
@@ -324,24 +245,24 @@ def plot_circuit(mask: NodeMask, title: str = ""):
     return fig
 
 
-def _writers(model: HookedTransformer, mask: NodeMask) -> list[tuple[float, Tensor]]:
+def _writers(model: HookedTransformer, mask: ComponentMask) -> list[tuple[float, Tensor]]:
     """Kept writing nodes as ``(sublayer order, nonzero pattern over residual channels)``: a value channel
     writes through its row of ``W_O`` (attention of layer l: order 2l), a neuron through its row of ``W_out``
     (order 2l + 1)."""
     out = []
     reg = registry_of(model)
     group = model.cfg.n_heads // reg.n_units(Kind.V)
-    if Kind.V in mask.keep:
-        for layer, g, i in mask.keep[Kind.V].nonzero().tolist():
+    if Kind.V in mask.masks:
+        for layer, g, i in mask.masks[Kind.V].nonzero().tolist():
             rows = model.W_O[layer, g * group:(g + 1) * group, i]  # [heads sharing the kv head, d_model]
             out.append((2 * layer, (rows != 0).any(0)))
-    if Kind.NEURON in mask.keep:
-        for layer, n in mask.keep[Kind.NEURON].nonzero().tolist():
+    if Kind.NEURON in mask.masks:
+        for layer, n in mask.masks[Kind.NEURON].nonzero().tolist():
             out.append((2 * layer + 1, model.W_out[layer, n] != 0))
     return out
 
 
-def _readers(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[int]) -> list[tuple[float, Tensor]]:
+def _readers(model: HookedTransformer, mask: ComponentMask, logit_tokens: Sequence[int]) -> list[tuple[float, Tensor]]:
     """Kept reading nodes as ``(sublayer order, nonzero pattern over residual channels)``: q/k/v channels
     read through their column of ``W_Q/W_K/W_V`` (order 2l), neurons through ``W_in`` (2l + 1), the task's
     logits through ``W_U`` columns (after every layer)."""
@@ -349,14 +270,14 @@ def _readers(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[in
     weights = {Kind.Q: model.W_Q, Kind.K: model.W_K, Kind.V: model.W_V}
     reg = registry_of(model)
     for kind, w in weights.items():
-        if kind not in mask.keep:
+        if kind not in mask.masks:
             continue
         group = 1 if kind is Kind.Q else model.cfg.n_heads // reg.n_units(kind)
-        for layer, h, i in mask.keep[kind].nonzero().tolist():
+        for layer, h, i in mask.masks[kind].nonzero().tolist():
             cols = w[layer, h * group:(h + 1) * group, :, i]  # [heads, d_model]
             out.append((2 * layer, (cols != 0).any(0)))
-    if Kind.NEURON in mask.keep:
-        for layer, n in mask.keep[Kind.NEURON].nonzero().tolist():
+    if Kind.NEURON in mask.masks:
+        for layer, n in mask.masks[Kind.NEURON].nonzero().tolist():
             out.append((2 * layer + 1, model.W_in[layer, :, n] != 0))
     for token in logit_tokens:
         out.append((math.inf, model.W_U[:, token] != 0))
@@ -364,7 +285,7 @@ def _readers(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[in
 
 
 @torch.no_grad()
-def circuit_edges(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequence[int] = ()) -> dict[str, int]:
+def circuit_edges(model: HookedTransformer, mask: ComponentMask, logit_tokens: Sequence[int] = ()) -> dict[str, int]:
     """Edges of a circuit: pairs of kept nodes joined by a nonzero path of weights.
 
     - **residual edges**: a writer (value channel via ``W_O``, neuron via ``W_out``) and a later reader (q/k/v
@@ -386,9 +307,9 @@ def circuit_edges(model: HookedTransformer, mask: NodeMask, logit_tokens: Sequen
         later = w_order[:, None].double() < r_order[None, :]
         residual = int((touches & later).sum())
     attention = 0
-    if Kind.Q in mask.keep and Kind.K in mask.keep:
+    if Kind.Q in mask.masks and Kind.K in mask.masks:
         group = model.cfg.n_heads // registry_of(model).n_units(Kind.K)
-        q, k = mask.keep[Kind.Q], mask.keep[Kind.K]  # [layer, heads, d_head], [layer, kv heads, d_head]
+        q, k = mask.masks[Kind.Q], mask.masks[Kind.K]  # [layer, heads, d_head], [layer, kv heads, d_head]
         k_per_q = k.repeat_interleave(group, dim=1)
         attention = int((q & k_per_q).sum())
     return dict(residual_edges=residual, attention_edges=attention, edges=residual + attention)

@@ -39,11 +39,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cca_tl._io import atomic_directory, atomic_write_bytes
+from cca_tl.interventions import keep_top_k
 
 TOKENIZER_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
@@ -147,14 +148,6 @@ def token_windows(stream: Int[Tensor, "n_tokens"], n_ctx: int, bos_id: int) -> I
 # Sparsity: AbsTopK activations, top-k weights, the schedules
 # ----------------------------------------------------------------------------------------------------
 
-def abstopk(x: Float[Tensor, "... d"], k: int) -> Float[Tensor, "... d"]:
-    """Keep the ``k`` entries of largest magnitude along the last dimension, zero the rest."""
-    if k >= x.shape[-1]:
-        return x
-    idx = x.abs().topk(k, dim=-1).indices
-    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
-
-
 ACTIVATION_SPARSITY_HOOKS = ("ln1.hook_normalized", "ln2.hook_normalized", "attn.hook_q", "attn.hook_k",
                              "attn.hook_v", "mlp.hook_post", "hook_attn_out", "hook_mlp_out")
 
@@ -165,14 +158,8 @@ def add_abstopk_hooks(model: HookedTransformer, keep_fraction: float,
     heads' channels together (``[.., head, d_head]`` flattened)."""
     for layer in range(model.cfg.n_layers):
         for location in locations:
-            name = f"blocks.{layer}.{location}"
-
-            def hook(act: Tensor, hook, per_head=location.startswith("attn.hook_")) -> Tensor:
-                flat = act.flatten(-2) if per_head else act
-                k = max(1, round(keep_fraction * flat.shape[-1]))
-                return abstopk(flat, k).reshape(act.shape)
-
-            model.add_perma_hook(name, hook)
+            model.add_perma_hook(f"blocks.{layer}.{location}",
+                                 keep_top_k(keep_fraction, across_heads=location.startswith("attn.hook_")))
 
 
 def sparsified_matrices(model: HookedTransformer) -> dict[str, Tensor]:

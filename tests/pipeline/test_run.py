@@ -14,8 +14,9 @@ from cca_tl.components import ComponentMask
 from cca_tl.models import load_model
 from cca_tl.errors import CCAError
 from cca_tl.pipeline import (STAGES, EmptyLocalizationError, ProblemSplits, Run, RunConfig, RunConfigMismatch,
-                             WeightEdit, load_dcm, preset, run)
-from cca_tl.update import element_masks
+                             preset, run)
+from cca_tl.dcm import DCMResult
+from cca_tl.update import WeightEdit, element_masks
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert all(r["desired_id"] != r["undesired_id"] for r in records)
 
     model = load_model("tiny-gemma3")
-    dcm = load_dcm(tiny_run / "dcm")
+    dcm = DCMResult.load(tiny_run / "dcm")
     dcm.mask.validate(model)
     assert 0 < dcm.mask.count() < dcm.mask.size()  # a real selection, not all or nothing
     assert ComponentMask.load(tiny_run / "dcm" / "mask.json") == dcm.mask
@@ -156,7 +157,7 @@ def test_resume_after_a_kill_recomputes_nothing_and_matches(tiny_run, tmp_path):
         assert path.stat().st_mtime_ns == mtime, f"{path} was rewritten"
     # Same results as the uninterrupted run (up to fp32 matmul noise: MKL's sums may depend on memory
     # alignment, which differs between processes and allocations).
-    assert load_dcm(tmp_path / "r" / "dcm").mask == load_dcm(tiny_run / "dcm").mask
+    assert DCMResult.load(tmp_path / "r" / "dcm").mask == DCMResult.load(tiny_run / "dcm").mask
     a, b = WeightEdit.load(tmp_path / "r" / "update"), WeightEdit.load(tiny_run / "update")
     assert a.values.keys() == b.values.keys()
     for k in a.values:
@@ -246,7 +247,7 @@ def test_an_empty_dcm_mask_is_a_clear_error(tmp_path):
         run(preset("tiny", lam=1e4), tmp_path / "r", stop_after="dcm", progress=False)
     assert (tmp_path / "r" / "dcm" / "mask.safetensors").exists()  # kept for inspection
     assert not (tmp_path / "r" / "stages" / "dcm.json").exists()  # and redone on the next attempt
-    mask = load_dcm(tmp_path / "r" / "dcm").mask
+    mask = DCMResult.load(tmp_path / "r" / "dcm").mask
     r = Run.open(tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="nothing to update"):
         targeted_update(r.model, r.contrast("train"), mask, steps=1, progress=False)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from cca_tl import ContrastSet
-from cca_tl.components import Kind
-from cca_tl.sparse import NodeMask, node_means
+from cca_tl.components import ComponentMask, Kind
+from cca_tl.sparse import gated, text_means
 from cca_tl.sparse.bridges import Bridges, bridge_intervention, bridge_locations, bridge_losses, train_bridges
-from cca_tl.sparse.prune import gate_hooks, circuit_edges
+from cca_tl.sparse.prune import NODE_KINDS, circuit_edges
 from cca_tl.sparse.train import (SparseTrainConfig, build_model, sparsify_)
 from tests.sparse.conftest import TINY
 
@@ -18,12 +18,11 @@ from tests.sparse.conftest import TINY
 def test_circuit_edges_dense_counts_every_pair_and_sparsity_removes_them(tokenizer):
     cfg = SparseTrainConfig(**TINY)
     model = build_model(cfg.dense(), tokenizer)
-    keep = NodeMask.full(model)
-    keep = NodeMask(keep.identity, {k: torch.zeros_like(m) for k, m in keep.keep.items()})
-    keep.keep[Kind.V][0, 1, 2] = True     # writes in layer 0
-    keep.keep[Kind.NEURON][0, 5] = True   # reads after it in layer 0, writes
-    keep.keep[Kind.Q][1, 0, 3] = True     # reads in layer 1
-    keep.keep[Kind.K][1, 0, 3] = True     # pairs with the query channel
+    keep = ComponentMask.empty(model, NODE_KINDS, "channel")
+    keep.masks[Kind.V][0, 1, 2] = True     # writes in layer 0
+    keep.masks[Kind.NEURON][0, 5] = True   # reads after it in layer 0, writes
+    keep.masks[Kind.Q][1, 0, 3] = True     # reads in layer 1
+    keep.masks[Kind.K][1, 0, 3] = True     # pairs with the query channel
     edges = circuit_edges(model, keep, logit_tokens=[10, 11])
     # v -> neuron, v -> q, v -> k, v -> 2 logits; neuron -> q, k, 2 logits; q·k
     assert edges == dict(residual_edges=5 + 4, attention_edges=1, edges=10)
@@ -45,10 +44,10 @@ def test_bridge_intervention_with_identity_bridges_matches_the_edited_model(toke
     bridges = Bridges.identity(model.cfg.d_model, bridge_locations(model.cfg.n_layers))
     data = ContrastSet([tokenizer("x = 'a")["input_ids"], tokenizer('y = "b')["input_ids"]],
                        [tokenizer.convert_tokens_to_ids("'")] * 2, [tokenizer.convert_tokens_to_ids('"')] * 2)
-    means = node_means(model, [torch.tensor(tokenizer("def f(x):\n    return x\n")["input_ids"])])
-    gates = {k: torch.ones(m.shape) for k, m in NodeMask.full(model).keep.items()}
+    means = text_means(model, [torch.tensor(tokenizer("def f(x):\n    return x\n")["input_ids"])])
+    gates = {k: torch.ones(m.shape) for k, m in ComponentMask.full(model, NODE_KINDS, "channel").masks.items()}
     gates[Kind.NEURON][0, :32] = 0.0  # mean-ablate half the layer-0 neurons
-    df = bridge_intervention(model, model, bridges, data, "blocks.1.hook_resid_pre", gate_hooks(model, gates, means))
+    df = bridge_intervention(model, model, bridges, data, "blocks.1.hook_resid_pre", gated(model, gates, means))
     torch.testing.assert_close(torch.tensor(df.dense_bridged.values), torch.tensor(df.sparse_intervened.values),
                                rtol=1e-4, atol=1e-4)
     assert (df.dense_clean - df.dense_bridged).abs().max() > 1e-4  # the intervention did something

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cca_tl import ContrastSet, load_model
-from cca_tl.components import Kind
-from cca_tl.sparse import (NodeMask, bisect_smallest, calibrate_logits, faithfulness, heaviside_ste,
-                           node_means, prune_nodes)
-from cca_tl.sparse.prune import binary_loss, circuit_diffs
+from cca_tl.components import ComponentMask, Kind
+from cca_tl.sparse import (bisect_smallest, calibrate_logits, faithfulness, heaviside_ste, prune_nodes,
+                           text_means)
+from cca_tl.sparse.prune import NODE_KINDS, binary_loss, circuit_diffs
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +59,19 @@ def test_calibration_never_hurts():
 
 
 def test_mean_ablation_with_every_node_kept_changes_nothing(tiny, tiny_data):
-    means = node_means(tiny, [torch.randint(4, 256, (30,), generator=torch.Generator().manual_seed(s)) for s in range(3)])
-    full = circuit_diffs(tiny, tiny_data, NodeMask.full(tiny), means)
+    means = text_means(tiny, [torch.randint(4, 256, (30,), generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    full = circuit_diffs(tiny, tiny_data, ComponentMask.full(tiny, NODE_KINDS, "channel"), means)
     plain = circuit_diffs(tiny, tiny_data, None, means)
     assert torch.equal(full, plain)
-    nothing = circuit_diffs(tiny, tiny_data, ~NodeMask.full(tiny), means)
+    nothing = circuit_diffs(tiny, tiny_data, ~ComponentMask.full(tiny, NODE_KINDS, "channel"), means)
     assert not torch.allclose(nothing, plain)
     assert means[Kind.Q].shape == (2, 4, 16) and means[Kind.K].shape == (2, 4, 16) and means[Kind.NEURON].shape == (2, 128)
 
 
 def test_prune_nodes_finds_a_circuit_and_reports_faithfulness(tiny, tiny_data):
-    means = node_means(tiny, [torch.randint(4, 256, (30,), generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    means = text_means(tiny, [torch.randint(4, 256, (30,), generator=torch.Generator().manual_seed(s)) for s in range(3)])
     full_loss = float(binary_loss(circuit_diffs(tiny, tiny_data, None, means)))
-    empty_loss = float(binary_loss(circuit_diffs(tiny, tiny_data, ~NodeMask.full(tiny), means)))
+    empty_loss = float(binary_loss(circuit_diffs(tiny, tiny_data, ~ComponentMask.full(tiny, NODE_KINDS, "channel"), means)))
     assert full_loss < empty_loss
     target = (full_loss + empty_loss) / 2  # reachable (the full model meets it), not by nothing
     before = {n: p.detach().clone() for n, p in tiny.named_parameters()}

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from cca_tl.sparse.train import (SparseTrainConfig, TrainedModel, abstopk, build_model, kept_count, l0_fraction,
+from cca_tl.interventions import abstopk
+from cca_tl.sparse.train import (SparseTrainConfig, TrainedModel, build_model, kept_count, l0_fraction,
                                  normalise_grad_rms_, sharkfin_lr, sparsified_matrices, sparsify_, stdlib_python_files,
                                  train_sparse)
 from tests.sparse.conftest import TINY

@@ -17,10 +17,11 @@ def run(run) -> dict:
     import matplotlib.pyplot as plt
 
     from cca_tl.analysis import (ablation_checks, attention_view, count_table, default_sizes, faithfulness_area,
-                                 faithfulness_curve, last_position_means, layer_table, plot_faithfulness, plot_mask,
+                                 faithfulness_curve, layer_table, plot_faithfulness, plot_mask,
                                  save_html, top_heads)
     from cca_tl.components import ComponentRegistry
     from cca_tl.contrast import PrefixKV
+    from cca_tl.interventions import task_means
 
     cfg = run.config
     model = run.session.restore()
@@ -33,7 +34,7 @@ def run(run) -> dict:
         fig.savefig(out / "mask.png", dpi=110)
         # One prefix cache and one set of means for every ablation below (each costs a pass over the data).
         prefix_kv = PrefixKV(model, data, batch_size=FORWARD_BATCH)
-        means = last_position_means(model, data, list(dcm.gains), prefix_kv=prefix_kv, batch_size=FORWARD_BATCH)
+        means = task_means(model, data, list(dcm.gains), prefix_kv=prefix_kv, batch_size=FORWARD_BATCH)
         checks = ablation_checks(model, data, dcm.mask, seed=cfg.seed, n_random=cfg.ablation_random_sets,
                                  batch_size=FORWARD_BATCH, prefix_kv=prefix_kv, means=means)
         atomic_write_text(out / "ablation.csv", checks.to_csv())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cca_tl._io import atomic_directory
 from cca_tl.errors import EmptyMaskError
-from cca_tl.pipeline.artifacts import save_dcm
 from cca_tl.pipeline.stages import Stage
 
 
@@ -16,7 +15,7 @@ def run(run) -> dict:
                        lr=cfg.dcm_lr, batch_size=cfg.dcm_batch_size, max_epochs=cfg.dcm_epochs, seed=cfg.seed,
                        progress=run.progress)
     with atomic_directory(run.dir / "dcm", overwrite=True) as staging:
-        save_dcm(result, staging)
+        result.save(staging)
     if result.mask.count() == 0:
         raise EmptyMaskError(
             f"DCM at lam={cfg.lam} selected no component (the mask is in {run.dir / 'dcm'}): there is nothing "
