@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cca_tl.pipeline import RunConfig
+
 HERE = Path(__file__).resolve().parent
 STAGES = ("problems", "traces", "localize", "dcm", "update", "evaluate", "analysis", "report")
 BEFORE = {  # measured by the issue in a fresh clone, 2 cores (stage seconds), peak RSS 12.4 GB
@@ -97,9 +99,9 @@ def main() -> None:
     history_path = HERE / "bench_main_job_history.csv"
     history = pd.read_csv(history_path) if history_path.exists() else pd.DataFrame()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    config = json.loads((out / "config.json").read_text())
+    config = RunConfig.from_dict(json.loads((out / "config.json").read_text()))
     history = pd.concat([history, pd.DataFrame([dict(
-        label=args.label, commit=commit, task=config["task"], stage_seconds=round(total),
+        label=args.label, commit=commit, task=config.data.task, stage_seconds=round(total),
         peak_rss_gb=round(peak_kb / 2**20, 2), **{s: round(table.loc[s, "seconds"]) for s in ("traces", "update", "evaluate")})])])
     history.to_csv(history_path, index=False)
     text = "\n".join([

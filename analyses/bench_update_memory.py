@@ -5,7 +5,7 @@
 ``RUN_DIR`` is a main-job run directory that has finished its DCM stage (e.g. the ``runs/bench_main`` that
 ``analyses/bench_main_job.py`` leaves). One step of the random-mask update on its train pivots per batch
 size, RSS sampled every 20 ms in this process; the gradient is full-batch whatever the batch size, so the
-batch size trades time for memory only. This chose ``RunConfig.update_batch_size``.
+batch size trades time for memory only. This chose ``update.batch_size`` of the run config.
 """
 
 from __future__ import annotations

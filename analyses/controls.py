@@ -38,7 +38,7 @@ from cca_tl.update import WeightEdit
 
 OUT = Path(__file__).resolve().parent / "results" / "controls"
 PRESET = "easy"
-VARIANT_NAMES = {"base": "base", "cca": "CCA w/ mask", "control-all": "CCA w/o mask", "control-random": "random mask",
+VARIANT_NAMES = {"base": "base", "cca": "CCA w/ mask", "all": "CCA w/o mask", "random": "random mask",
                  "lora-r16": "LoRA r16 (authors)", "lora-budget": "LoRA (CCA budget)", "full-ft": "full fine-tuning"}
 
 
@@ -79,8 +79,8 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
     cca_params = json.loads((run.dir / "update" / "result.json").read_text())["n_params"]
 
     def val_accuracy(hf_model) -> float:
-        macro, _, _ = accuracy(base, splits.val, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.gen_batch_size, hf_model=hf_model, stops=run.stops(), progress=False)
+        macro, _, _ = accuracy(base, splits.val, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                               batch_size=cfg.traces.gen_batch_size, hf_model=hf_model, stops=run.stops(), progress=False)
         return macro
 
     from cca_tl.traces import hf_twin
@@ -98,8 +98,8 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
             log(f"seed {seed}: {name} {spec}")
             start = time.perf_counter()
             result = finetune(base, examples, validate=val_accuracy, seed=seed, progress=False, **spec)
-            macro, table, _ = accuracy(result.model, splits.test, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                                       batch_size=cfg.gen_batch_size, stops=run.stops(), progress=False)
+            macro, table, _ = accuracy(result.model, splits.test, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                                       batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=False)
             info = dict(variant=name, macro_accuracy=macro, n_test=len(splits.test),
                         per_template=table["accuracy"].to_dict(), trained_templates=sorted(table.index),
                         retention_kl=retention_kl(run.reset_model(), result.model), **general_text_scores(result.model),
@@ -155,10 +155,10 @@ def sweep(run0: Run, out: Path) -> pd.DataFrame:
         try:
             run.execute(stop_after="update")
         except EmptyMaskError as err:
-            rows.append(dict(lam=cfg.lam, update_lr=cfg.update_lr, run=str(run.dir), selected=0,
+            rows.append(dict(lam=cfg.dcm.lam, update_lr=cfg.update.lr, run=str(run.dir), selected=0,
                              best_val_accuracy=float("-inf"), note=str(err).split(":")[0]))
             continue
-        rows.append(dict(lam=cfg.lam, update_lr=cfg.update_lr, run=str(run.dir), **_sweep_stats(run)))
+        rows.append(dict(lam=cfg.dcm.lam, update_lr=cfg.update.lr, run=str(run.dir), **_sweep_stats(run)))
         release(run)
     df = pd.DataFrame(rows)
     best = df.sort_values(["best_val_accuracy", "selected"], ascending=[False, True]).iloc[0]
@@ -195,15 +195,15 @@ def rounds(run0: Run, out: Path, n_rounds: int) -> tuple[pd.DataFrame, str]:
         note = (f"`{run0.dir}` kept the unedited model (validation accuracy never rose), so repeating it would "
                 "change nothing: these rounds select each update's step by the validation logit difference "
                 "(the update's own objective), sharing round 1's traces and localization.")
-        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.lam,
-                     update_lr=run0.config.update_lr, **overrides)
+        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.dcm.lam,
+                     update_lr=run0.config.update.lr, **overrides)
         first = clone_front(run0, out / "round1-logitdiff", cfg)
         log("round 1 (logit-difference selection)")
         first.execute(stop_after="evaluate")
         run0 = first
     runs = [run0]
     for k in range(2, n_rounds + 1):
-        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.lam, update_lr=run0.config.update_lr,
+        cfg = preset(PRESET, seed=run0.config.seed, controls=[], lam=run0.config.dcm.lam, update_lr=run0.config.update.lr,
                      start_from=str(runs[-1].dir), **overrides)
         run = Run(cfg, out / f"round{k}{'-logitdiff' if overrides else ''}")
         log(f"round {k} (from {runs[-1].dir})")

@@ -8,7 +8,7 @@ is kept only at those entries).
 Validation at steps 2, 4, 6, 8, 10, then every 5; the best step's slices (only those, not model copies)
 are restored at the end.
 
-Variants: ``"mask"`` (CCA), ``"all"`` (CCA w/o mask: every real parameter), ``"random"`` (a seeded mask
+Variants: ``"cca"`` (the DCM mask), ``"all"`` (CCA w/o mask: every real parameter), ``"random"`` (a seeded mask
 with the same count per kind and layer as the given one).
 """
 
@@ -33,7 +33,7 @@ from cca_tl._io import atomic_write_bytes
 from cca_tl.errors import MaskMismatchError, NonFiniteLossError
 from cca_tl.params import trainable
 
-Variant = Literal["mask", "all", "random"]
+Variant = Literal["cca", "all", "random"]  # the pipeline's names for the same updates
 
 
 def default_eval_steps(steps: int) -> list[int]:
@@ -147,15 +147,15 @@ def update_selection(model: HookedTransformer, mask: ComponentMask | None, varia
                      seed: int) -> tuple[ComponentMask | None, dict[str, Tensor | None], float]:
     """What a variant updates: the mask used (None for ``"all"``), per touched parameter its element mask
     (None: every entry), and the fraction of components selected."""
-    if variant in ("mask", "random"):
+    if variant in ("cca", "random"):
         if mask is None:
             raise ValueError(f"variant={variant!r} needs a mask")
         mask.validate(registry_of(model))
-        used = mask if variant == "mask" else mask.random_like(seed)
+        used = mask if variant == "cca" else mask.random_like(seed)
         return used, dict(element_masks(model, used, weight_set)), used.fraction_components()
     if variant == "all":
         return None, {name: None for name in real_parameter_names(model)}, 1.0
-    raise ValueError(f"variant must be 'mask', 'all' or 'random', not {variant!r}")
+    raise ValueError(f"variant must be 'cca', 'all' or 'random', not {variant!r}")
 
 
 class SelectedEntries:
@@ -201,7 +201,7 @@ def targeted_update(
     train: ContrastSet,
     mask: ComponentMask | None = None,
     *,
-    variant: Variant = "mask",
+    variant: Variant = "cca",
     weight_set: WeightSet = "authors",
     lr: float = 1e-3,
     steps: int = 50,

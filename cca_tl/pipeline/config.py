@@ -1,131 +1,280 @@
-"""The run configuration and its presets.
+"""The run configuration and its presets: one typed section per stage, validated from the annotations.
+
+``RunConfig`` holds what says *which* model runs and where (``model``, ``device``, ``dtype``, ``n_devices``,
+``seed``, ``start_from``) and one section per stage: :class:`DataConfig` (problems), :class:`TracesConfig`
+(traces and localization), :class:`DCMConfig`, :class:`UpdateConfig`, :class:`EvaluateConfig` and
+:class:`AnalysisConfig`. Every field is checked against its type annotation (``Literal`` choices, ``int``,
+``float``, ``list[...]``, ``None`` where optional) plus the bounds in its metadata, so a typo or a wrong
+type is an error when the config is made, not a crash an hour into a run.
 
 Two kinds of fields: those that determine a run's results (locked: a run directory refuses a config that
 differs in any of them), and *execution* settings — ``device``, ``n_devices`` — that say where it runs and
 may change when a run is resumed elsewhere (a run started on a laptop can be finished on a GPU machine).
 ``dtype`` changes the numbers, so it is locked.
+
+Keys are written ``section.field`` (``dcm.lam``, ``update.lr``); a field name that only one section has may
+be given alone (``lam``). Run directories written before the sections existed hold flat keys
+(``lam``, ``dcm_lr``, ``update_steps``, ...); :meth:`RunConfig.from_dict` reads them unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
-
-from cca_tl.components import Kind
 
 CONTROL_VARIANTS = ("random", "all")
 DTYPES = ("float32", "bfloat16", "float16")
 EXECUTION_KEYS = ("device", "n_devices")  # where a run executes; not part of its identity
 
+Control = Literal["random", "all"]
+KindName = Literal["q", "k", "v", "z", "neuron"]
+
+
+def _positive(default: int) -> Any:
+    return field(default=default, metadata={"min": 1})
+
+
+class _Section:
+    """Validation shared by every section: each field against its annotation (and ``metadata["min"]``)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                if not isinstance(value, hints[f.name]):
+                    raise ValueError(f"{f.name} must be a {hints[f.name].__name__}, not {value!r}")
+                continue  # a section validated itself
+            if not _fits(value, hints[f.name]):
+                raise ValueError(_mismatch(f.name, value, hints[f.name]))
+            if "min" in f.metadata and value is not None and value < f.metadata["min"]:
+                raise ValueError(f"{f.name} must be at least {f.metadata['min']}, not {value!r}")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _mismatch(name: str, value: Any, annotation: Any) -> str:
+    literals = _literal_choices(annotation)
+    if typing.get_origin(annotation) is list or list in map(typing.get_origin, typing.get_args(annotation)):
+        return f"{name} must be a list of {literals or 'values of ' + _type_name(annotation)}, not {value!r}"
+    if literals:
+        return f"{name} must be one of {literals}, not {value!r}"
+    return f"{name} must be {_type_name(annotation)}, not {value!r}"
+
+
+def _literal_choices(annotation: Any) -> list:
+    """The choices of every ``Literal`` inside ``annotation`` (through ``list[...]`` and ``| None``)."""
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    return [c for a in typing.get_args(annotation) for c in _literal_choices(a)]
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
 
 @dataclass
-class RunConfig:
-    """Everything that determines a run's results. Defaults: the README's main job (2 CPU cores)."""
+class DataConfig(_Section):
+    """Which problems (stage ``problems``): the task, its templates, the prompt and the split sizes."""
 
-    model: str = "gemma-3-270m"
-    device: str = "auto"                 # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    n_devices: int = 1                   # TransformerLens' layer split over this many GPUs (big models)
     task: Literal["two-step", "arithmetic", "gsm-symbolic"] = "two-step"
-    n_per_template: int = 100            # instances generated per template before the 52/8/40 split
-    max_value: int = 3                   # largest operand of the two-step / arithmetic tasks
-    templates: list[str] | None = None   # None: all templates of the task
-    n_templates: int | None = None       # keep only the first N template ids (sorted), to size a run
+    n_per_template: int = _positive(100)  # instances generated per template before the 52/8/40 split
+    max_value: int = _positive(3)         # largest operand of the two-step / arithmetic tasks
+    templates: list[str] | None = None    # None: all templates of the task
+    n_templates: int | None = None        # keep only the first N template ids (sorted), to size a run
     prompt: Literal["few-shot", "chat"] = "few-shot"
-    shots: int | None = None             # few-shot exemplars (None: all)
-    train_per_template: int | None = 12  # questions per template traced for training (None: whole split)
+    shots: int | None = None              # few-shot exemplars (None: all)
+    train_per_template: int | None = 12   # questions per template traced for training (None: whole split)
     val_per_template: int | None = 8
     test_per_template: int | None = 24
-    weak_threshold: float = 0.8          # train only on templates with greedy train accuracy below this
+
+
+@dataclass
+class TracesConfig(_Section):
+    """Traces and localization (stages ``traces``, ``localize``)."""
+
     # reference: pivots where wrong greedy answers leave the reference solution (no sampling; the two-step
     # task's right answers are its reference text). prefix / branching: the paper's, from sampled traces.
     localization: Literal["reference", "prefix", "branching"] = "reference"
-    n_samples: int = 0                   # sampled traces per question at most (paper: 10; reference needs none)
-    max_new_tokens: int = 32
+    weak_threshold: float = 0.8           # train only on templates with greedy train accuracy below this
+    n_samples: int = 0                    # sampled traces per question at most (paper: 10; reference needs none)
+    max_new_tokens: int = _positive(32)
     # Rows decoded together. Throughput is flat from 32 to 128 rows on 2 CPU cores (compute-bound), and the
     # key/value buffer grows with the rows: 32 halves it against 64 at no cost in time.
-    gen_batch_size: int = 32
-    kinds: list[str] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
+    gen_batch_size: int = _positive(32)
+
+
+@dataclass
+class DCMConfig(_Section):
+    """The DCM mask (stage ``dcm``; docs/method.md §A3)."""
+
+    kinds: list[KindName] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
     form: Literal["paper", "authors"] = "paper"
     lam: float = 1e-2
-    dcm_lr: float = 0.1
-    dcm_epochs: int = 10
-    dcm_batch_size: int = 8
+    lr: float = 0.1
+    epochs: int = _positive(10)
+    batch_size: int = _positive(8)
+
+
+@dataclass
+class UpdateConfig(_Section):
+    """The targeted update (stage ``update``)."""
+
     weight_set: Literal["authors", "extended"] = "authors"
-    update_lr: float = 1e-4              # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
+    lr: float = 1e-4                      # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
     # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
     # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
     # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
-    update_steps: int = 4
-    update_eval_steps: list[int] | None = None  # None: 2, 4, 6, 8, 10, then every 5
+    steps: int = _positive(4)
+    eval_steps: list[int] | None = None   # None: 2, 4, 6, 8, 10, then every 5
     # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
     # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
     # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
-    update_batch_size: int = 4
+    batch_size: int = _positive(4)
     # Picks the update's best step. logit_diff: mean pivot logit difference on the held-out val records —
     # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each.
     val_metric: Literal["accuracy", "logit_diff"] = "logit_diff"
-    controls: list[str] = field(default_factory=lambda: ["random"])
+
+
+@dataclass
+class EvaluateConfig(_Section):
+    """Evaluation (stage ``evaluate``): the controls beside CCA, and retention."""
+
+    controls: list[Control] = field(default_factory=lambda: ["random"])
     # Retention: KL to the base model and NLL over this many 128-token general texts (CPython's pydoc topics;
     # 8 texts = 1,024 positions). Each text costs an edited variant two full-vocabulary forward passes.
-    retention_texts: int = 8
-    ablation_random_sets: int = 3
-    faithfulness_points: int = 8
-    attention_heads: int = 4
+    retention_texts: int = _positive(8)
+
+
+@dataclass
+class AnalysisConfig(_Section):
+    """Ablation checks, the faithfulness curve and attention views (stage ``analysis``)."""
+
+    ablation_random_sets: int = _positive(3)
+    faithfulness_points: int = _positive(8)
+    attention_heads: int = _positive(4)
+
+
+SECTIONS: dict[str, type] = dict(data=DataConfig, traces=TracesConfig, dcm=DCMConfig, update=UpdateConfig,
+                                 evaluate=EvaluateConfig, analysis=AnalysisConfig)
+
+
+@dataclass
+class RunConfig(_Section):
+    """Everything that determines a run's results. Defaults: the README's main job (2 CPU cores)."""
+
+    model: str = "gemma-3-270m"
+    device: str = "auto"                  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    n_devices: int = _positive(1)         # TransformerLens' layer split over this many GPUs (big models)
     seed: int = 0
-    start_from: str | None = None        # multi-round CCA: a finished run dir whose edit is this run's base
+    start_from: str | None = None         # multi-round CCA: a finished run dir whose edit is this run's base
+    data: DataConfig = field(default_factory=DataConfig)
+    traces: TracesConfig = field(default_factory=TracesConfig)
+    dcm: DCMConfig = field(default_factory=DCMConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
-    def __post_init__(self) -> None:
-        bad = [c for c in self.controls if c not in CONTROL_VARIANTS]
-        if bad:
-            raise ValueError(f"Unknown control(s) {bad}; choose from {list(CONTROL_VARIANTS)}.")
-        for name, allowed in (("task", ("two-step", "arithmetic", "gsm-symbolic")), ("localization", ("reference", "prefix", "branching")),
-                              ("val_metric", ("accuracy", "logit_diff")), ("prompt", ("few-shot", "chat")),
-                              ("dtype", DTYPES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {list(allowed)}, not {getattr(self, name)!r}")
-        if not isinstance(self.retention_texts, int) or self.retention_texts < 1:
-            raise ValueError(f"retention_texts must be a positive integer, not {self.retention_texts!r}")
-        if not isinstance(self.n_devices, int) or self.n_devices < 1:
-            raise ValueError(f"n_devices must be a positive integer, not {self.n_devices!r}")
-        for k in self.kinds:
-            Kind(k)
+    # -- keys -----------------------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every leaf key: ``model``, ..., ``data.task``, ..., ``analysis.attention_heads``."""
+        out = []
+        for f in dataclasses.fields(cls):
+            section = SECTIONS.get(f.name)
+            out += [f"{f.name}.{g.name}" for g in dataclasses.fields(section)] if section else [f.name]
+        return out
 
+    @classmethod
+    def resolve(cls, key: str) -> str:
+        """A dotted key, a field name only one section has (``lam``), or a pre-section flat name
+        (``dcm_lr``, ``update_steps``) → the dotted key. Unknown keys are a clear error."""
+        keys = cls.keys()
+        if key in keys:
+            return key
+        if key in LEGACY_KEYS:
+            return LEGACY_KEYS[key]
+        matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ValueError(f"Config key {key!r} is ambiguous: say which of {matches}.")
+        raise ValueError(f"Unknown config key {key!r}; known: {keys}")
+
+    # -- dict forms -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Nested: ``{"model": ..., "dcm": {"lam": ...}, ...}`` (what ``config.json`` holds)."""
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """``{"model": ..., "dcm.lam": ..., ...}``."""
+        nested = self.to_dict()
+        return {key: (nested[key] if "." not in key else nested[key.split(".")[0]][key.split(".")[1]])
+                for key in self.keys()}
+
     def identity(self) -> dict[str, Any]:
-        """The fields that determine results (everything but the execution settings)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        """The fields that determine results (every flat key but the execution settings)."""
+        return {k: v for k, v in self.flat().items() if k not in EXECUTION_KEYS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown config keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        """From nested sections, dotted keys, single-section field names or a flat pre-section dict (keys
+        absent take their defaults)."""
+        nested: dict[str, Any] = {}
+        for key, value in _flatten(data).items():
+            resolved = cls.resolve(key)
+            if "." in resolved:
+                section, name = resolved.split(".")
+                nested.setdefault(section, {})[name] = value
+            else:
+                nested[resolved] = value
+        sections = {name: SECTIONS[name](**values) for name, values in nested.items() if name in SECTIONS}
+        return cls(**{**{k: v for k, v in nested.items() if k not in SECTIONS}, **sections})
 
     def with_overrides(self, pairs: Sequence[str]) -> "RunConfig":
-        """Apply ``key=value`` strings (values parsed as JSON where possible, e.g. ``lam=1e-3``,
-        ``controls=["random","all"]``, ``templates=null``)."""
-        data = self.to_dict()
+        """Apply ``key=value`` strings (values parsed as JSON where possible, e.g. ``dcm.lam=1e-3``,
+        ``evaluate.controls=["random","all"]``, ``data.templates=null``; ``lam=1e-3`` and
+        ``controls=random,all`` work too)."""
+        flat = self.flat()
         for pair in pairs:
             if "=" not in pair:
                 raise ValueError(f"Expected key=value, got {pair!r}")
             key, raw = pair.split("=", 1)
-            if key not in data:
-                raise ValueError(f"Unknown config key {key!r}; known: {sorted(data)}")
+            key = self.resolve(key)
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:
                 value = raw
-            if isinstance(data[key], list) and isinstance(value, str):
+            if isinstance(flat[key], list) and isinstance(value, str):
                 value = [v for v in value.split(",") if v]
-            data[key] = value
-        return RunConfig.from_dict(data)
+            flat[key] = value
+        return RunConfig.from_dict(flat)
+
+
+#: Flat keys of run directories written before the sections existed, where the field name changed.
+LEGACY_KEYS = {"dcm_lr": "dcm.lr", "dcm_epochs": "dcm.epochs", "dcm_batch_size": "dcm.batch_size",
+               "update_lr": "update.lr", "update_steps": "update.steps", "update_eval_steps": "update.eval_steps",
+               "update_batch_size": "update.batch_size"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -133,26 +282,54 @@ PRESETS: dict[str, dict[str, Any]] = {
     "easy": {},
     # The previous main job: the longer arithmetic task, the paper's Prefix localization from sampled traces
     # and validation by accuracy (Gemma-3-270M is at ~15 % there).
-    "arithmetic": dict(task="arithmetic", max_value=9, n_per_template=50, shots=2, train_per_template=8,
-                       val_per_template=4, test_per_template=8, localization="prefix", n_samples=6,
-                       max_new_tokens=40, val_metric="accuracy", update_steps=8, retention_texts=16),
+    "arithmetic": {
+        "data": dict(task="arithmetic", max_value=9, n_per_template=50, shots=2, train_per_template=8,
+                     val_per_template=4, test_per_template=8),
+        "traces": dict(localization="prefix", n_samples=6, max_new_tokens=40),
+        "update": dict(val_metric="accuracy", steps=8),
+        "evaluate": dict(retention_texts=16),
+    },
     # Qwen2.5-Coder-0.5B-Instruct (optional extra) on GSM-Symbolic, chat prompt; sized for a CPU afternoon.
-    "gsm-qwen": dict(model="qwen2.5-coder-0.5b-instruct", task="gsm-symbolic", prompt="chat", shots=None,
-                     localization="prefix", val_metric="accuracy", max_value=9, gen_batch_size=64,
-                     n_templates=16, train_per_template=3, val_per_template=1, test_per_template=2,
-                     max_new_tokens=256, n_samples=6, lam=1e-3, update_lr=2e-5, update_steps=6,
-                     controls=["random", "all"]),
+    "gsm-qwen": {
+        "model": "qwen2.5-coder-0.5b-instruct",
+        "data": dict(task="gsm-symbolic", prompt="chat", shots=None, max_value=9, n_templates=16,
+                     train_per_template=3, val_per_template=1, test_per_template=2),
+        "traces": dict(localization="prefix", gen_batch_size=64, max_new_tokens=256, n_samples=6),
+        "dcm": dict(lam=1e-3),
+        "update": dict(val_metric="accuracy", lr=2e-5, steps=6),
+        "evaluate": dict(controls=["random", "all"]),
+    },
     # A seeded random tiny Gemma-3 with a character tokenizer: the whole pipeline in seconds (tests, demos).
     # Its answers are never right, so the update's best step is chosen by the logit difference.
-    "tiny": dict(model="tiny-gemma3", task="arithmetic", localization="prefix", shots=0, n_per_template=24,
-                 train_per_template=None, val_per_template=None,
-                 test_per_template=4, max_value=3, max_new_tokens=12, n_samples=8, val_metric="logit_diff",
-                 dcm_epochs=4, lam=1e-2, dcm_lr=0.3, update_steps=4, update_lr=1e-2, update_batch_size=8,
-                 controls=["random", "all"], faithfulness_points=5, attention_heads=2),
+    "tiny": {
+        "model": "tiny-gemma3",
+        "data": dict(task="arithmetic", shots=0, n_per_template=24, train_per_template=None,
+                     val_per_template=None, test_per_template=4, max_value=3),
+        "traces": dict(localization="prefix", max_new_tokens=12, n_samples=8),
+        "dcm": dict(epochs=4, lam=1e-2, lr=0.3),
+        "update": dict(val_metric="logit_diff", steps=4, lr=1e-2, batch_size=8),
+        "evaluate": dict(controls=["random", "all"]),
+        "analysis": dict(faithfulness_points=5, attention_heads=2),
+    },
 }
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
+    """A preset with ``overrides`` (any key :meth:`RunConfig.from_dict` reads: ``lam=1e-3``,
+    ``update_lr=...``, or a section as a dict)."""
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return RunConfig.from_dict({**RunConfig().to_dict(), **PRESETS[name], **overrides})
+    flat = RunConfig.from_dict(PRESETS[name]).flat()
+    for key, value in _flatten(overrides).items():
+        flat[RunConfig.resolve(key)] = value
+    return RunConfig.from_dict(flat)
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out

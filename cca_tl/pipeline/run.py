@@ -103,16 +103,16 @@ class Run:
         from cca_tl.tasks import EXEMPLARS, chat_prompt, few_shot_prompt
 
         cfg = self.config
-        if cfg.prompt == "chat":
+        if cfg.data.prompt == "chat":
             return functools.partial(chat_prompt, self.model.tokenizer)
-        exemplars = EXEMPLARS[cfg.task]
-        exemplars = exemplars if cfg.shots is None else exemplars[:cfg.shots]
+        exemplars = EXEMPLARS[cfg.data.task]
+        exemplars = exemplars if cfg.data.shots is None else exemplars[:cfg.data.shots]
         return functools.partial(few_shot_prompt, exemplars=exemplars)
 
     def stops(self) -> tuple[str, ...]:
         from cca_tl.generation import DEFAULT_STOPS
 
-        return () if self.config.prompt == "chat" else DEFAULT_STOPS
+        return () if self.config.data.prompt == "chat" else DEFAULT_STOPS
 
     # -- artifacts ----------------------------------------------------------------------------------
     def problems(self) -> ProblemSplits:
@@ -148,7 +148,7 @@ class Run:
 
         out: dict[str, float] = {}
         for name, suffix, column in (("accuracy", "records", "correct"), ("pivot_accuracy", "pivots", "logit_diff")):
-            a, b = (pd.read_csv(self.dir / "evaluate" / f"{v}_{suffix}.csv")[column] for v in (variant, other))
+            a, b = (pd.read_csv(self.evaluation_file(v, suffix))[column] for v in (variant, other))
             if column == "logit_diff":
                 a, b = a > 0, b > 0
             mean, low, high = paired_bootstrap_ci(a.to_numpy(float), b.to_numpy(float), seed=self.config.seed)
@@ -161,16 +161,24 @@ class Run:
         return DCMResult.load(self.dir / "dcm")
 
     def evaluations(self) -> dict[str, dict]:
+        """Per variant (``base``, ``cca``, ``random``, ``all``) its ``evaluate/<variant>.json``."""
         out = {}
         for path in sorted((self.dir / "evaluate").glob("*.json")):
             info = json.loads(path.read_text())
+            info["variant"] = info["variant"].removeprefix("control-")  # written before the names were one
             out[info["variant"]] = info
         return out
+
+    def evaluation_file(self, variant: str, suffix: str) -> Path:
+        """``evaluate/<variant>_<suffix>.csv`` (``control-<variant>_...`` in runs from before the names were one)."""
+        path = self.dir / "evaluate" / f"{variant}_{suffix}.csv"
+        legacy = self.dir / "evaluate" / f"control-{variant}_{suffix}.csv"
+        return legacy if not path.exists() and legacy.exists() else path
 
     def accuracy_table(self) -> pd.DataFrame:
         """One row per variant: macro test accuracy, per-template accuracy, logit differences, % updated."""
         rows = []
-        order = ["base", "cca", *[f"control-{c}" for c in CONTROL_VARIANTS]]
+        order = ["base", "cca", *CONTROL_VARIANTS]
         evals = self.evaluations()
         for variant in [v for v in order if v in evals]:
             info = evals[variant]
@@ -196,7 +204,7 @@ class Run:
         dcm = self.stage_info("dcm")
         out = dict(macro_accuracy=head, pivot_accuracy=pivots, selected=dcm.get("selected"),
                    pct_components=dcm.get("pct_components"))
-        for other in [v for v in evals if v.startswith("control-")]:
+        for other in [v for v in evals if v in CONTROL_VARIANTS]:
             if "cca" in evals and (self.dir / "evaluate" / "cca_pivots.csv").exists():
                 d = self.paired("cca", other)
                 out[f"cca_minus_{other}"] = {  # paired bootstrap 95 % intervals, in points
@@ -245,8 +253,8 @@ class Run:
             raise OutOfMemory(
                 f"Stage {stage.name} ran out of memory on {self.session.device} ({type(exc).__name__}). Every "
                 f"finished stage in {self.dir} is kept; rerun the same command to resume after lowering "
-                f"gen_batch_size (now {cfg.gen_batch_size}), update_batch_size ({cfg.update_batch_size}) or "
-                f"dcm_batch_size ({cfg.dcm_batch_size}) with --set, or run on a larger device (--device).") from exc
+                f"traces.gen_batch_size (now {cfg.traces.gen_batch_size}), update.batch_size ({cfg.update.batch_size})"
+                f" or dcm.batch_size ({cfg.dcm.batch_size}) with --set, or run on a larger device (--device).") from exc
         finally:
             release_freed_memory()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,6 +17,7 @@ from cca_tl.errors import CCAError
 from cca_tl.pipeline import (STAGES, EmptyLocalizationError, ProblemSplits, Run, RunConfig, RunConfigMismatch,
                              preset, run)
 from cca_tl.dcm import DCMResult
+from cca_tl.pipeline.config import EvaluateConfig
 from cca_tl.update import WeightEdit, element_masks
 
 
@@ -65,17 +67,17 @@ def test_cli_run_writes_every_artifact(tiny_run, capsys):
     assert changed > 0
 
     table = pd.read_csv(tiny_run / "evaluate" / "accuracy.csv", index_col="variant")
-    assert list(table.index) == ["base", "cca", "control-random", "control-all"]
+    assert list(table.index) == ["base", "cca", "random", "all"]
     assert table.loc["cca", "train_logit_diff"] > table.loc["base", "train_logit_diff"]  # the update did its job
-    assert table.loc["control-all", "pct_params"] == pytest.approx(100.0)
+    assert table.loc["all", "pct_params"] == pytest.approx(100.0)
     assert table["macro_accuracy"].between(0, 1).all()
-    assert table.loc["base", "retention_kl"] == 0.0 and (table.loc[["cca", "control-all"], "retention_kl"] > 0).all()
+    assert table.loc["base", "retention_kl"] == 0.0 and (table.loc[["cca", "all"], "retention_kl"] > 0).all()
     assert table["general_top1"].between(0, 1).all()
     # Held-out test pivots come from the base model's wrong answers, so the base model loses every one of
     # them (its greedy token is the undesired one); every variant is scored on the same records.
     assert table["n_pivots_test"].nunique() == 1 and table.loc["base", "n_pivots_test"] > 0
     assert table.loc["base", "pivot_accuracy"] <= 0.05
-    paired = run_.paired("cca", "control-random")
+    paired = run_.paired("cca", "random")
     assert paired["accuracy_low"] <= paired["accuracy_diff"] <= paired["accuracy_high"]
     assert paired["pivot_accuracy_n"] == table.loc["base", "n_pivots_test"]
 
@@ -88,7 +90,7 @@ def test_logit_differences_reused_from_the_update_are_the_models(tiny_run):
     run_ = Run.open(tiny_run, progress=False)
     update = run_.stage_info("update")
     assert update["val_metric"] == "logit_diff" and not update["val_is_train"]
-    batch = run_.config.update_batch_size
+    batch = run_.config.update.batch_size
     for variant in ("base", "cca"):
         model = run_.session.restore() if variant == "base" else run_.edited_model()
         info = json.loads((tiny_run / "evaluate" / f"{variant}.json").read_text())
@@ -107,8 +109,8 @@ def test_logit_differences_reused_from_the_update_are_the_models(tiny_run):
     page = (analysis / "attention.html").read_text()
     assert "CircuitsVis" in page and "<script src=" not in page and "cdn" not in page.lower()
     report = (tiny_run / "report.md").read_text()
-    assert "control-random" in report and "Ablation checks" in report and "analysis/mask.png" in report
-    assert "CCA − control-random" in report and "pivot accuracy" in report
+    assert "| random " in report and "Ablation checks" in report and "analysis/mask.png" in report
+    assert "CCA − random" in report and "pivot accuracy" in report
 
 
 def test_two_step_task_with_reference_pivots_runs_to_the_update(tmp_path):
@@ -184,12 +186,12 @@ def test_no_pairs_is_a_clear_error_and_keeps_the_traces(tmp_path):
 
 def test_config_overrides_and_validation():
     cfg = RunConfig().with_overrides(["lam=1e-3", "controls=random,all", "templates=null", "model=tiny-llama"])
-    assert cfg.lam == 1e-3 and cfg.controls == ["random", "all"] and cfg.templates is None
+    assert cfg.dcm.lam == 1e-3 and cfg.evaluate.controls == ["random", "all"] and cfg.data.templates is None
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="Unknown config key"):
         RunConfig().with_overrides(["lamda=1"])
-    with pytest.raises(ValueError, match="Unknown control"):
-        RunConfig(controls=["lora"])
+    with pytest.raises(ValueError, match=r"controls must be a list of \['random', 'all'\]"):
+        RunConfig(evaluate=EvaluateConfig(controls=["lora"]))
     with pytest.raises(ValueError, match="Unknown preset"):
         preset("huge")
 
@@ -221,7 +223,7 @@ def test_accuracy_validation_keeps_the_unedited_model_when_nothing_helps(tmp_pat
 def test_a_run_started_before_a_config_key_existed_still_opens(tmp_path):
     cfg = preset("tiny")
     old = cfg.to_dict()
-    del old["n_templates"]  # as written by an older cca_tl
+    del old["data"]["n_templates"]  # as written by an older cca_tl
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps(old))
     assert Run.open(tmp_path / "r").config == cfg
@@ -251,3 +253,33 @@ def test_an_empty_dcm_mask_is_a_clear_error(tmp_path):
     r = Run.open(tmp_path / "r", progress=False)
     with pytest.raises(ValueError, match="nothing to update"):
         targeted_update(r.model, r.contrast("train"), mask, steps=1, progress=False)
+
+
+def test_a_run_directory_with_the_flat_config_of_the_previous_version_opens_and_resumes(tmp_path):
+    """``analyses/results/main_two_step/config.json`` was written with flat keys (``lam``, ``dcm_lr``, ...) before
+    the config had sections: it still opens, means the same run, and the main job's config may resume it."""
+    flat = json.loads((Path(__file__).parents[2] / "analyses/results/main_two_step/config.json").read_text())
+    assert "dcm_lr" in flat and "dcm" not in flat
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text(json.dumps(flat))
+    opened = Run.open(tmp_path / "r").config
+    assert opened == RunConfig(device="cpu")
+    assert opened.dcm.lr == flat["dcm_lr"] and opened.update.steps == flat["update_steps"]
+    Run(RunConfig(), tmp_path / "r", progress=False)._check_config()  # same identity: resumes
+    with pytest.raises(RunConfigMismatch, match="dcm.lr"):
+        Run(RunConfig().with_overrides(["dcm.lr=0.5"]), tmp_path / "r", progress=False)._check_config()
+
+
+def test_config_sections_are_typed_and_keys_resolve():
+    cfg = RunConfig().with_overrides(["dcm.lam=0.003", "update.lr=2e-5", "data.templates=[\"a\"]", "steps=2"])
+    assert (cfg.dcm.lam, cfg.update.lr, cfg.data.templates, cfg.update.steps) == (0.003, 2e-5, ["a"], 2)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg == RunConfig.from_dict(cfg.flat())
+    assert set(cfg.flat()) == set(RunConfig.keys()) and "dcm.batch_size" in RunConfig.keys()
+    with pytest.raises(ValueError, match="ambiguous.*dcm.lr.*update.lr"):
+        RunConfig().with_overrides(["lr=1"])
+    for bad, message in (("dcm.lam=high", "lam must be float"), ("dcm.kinds=q,x", "kinds must be a list of"),
+                         ("data.task=poetry", "task must be one of"), ("evaluate.retention_texts=0", "at least 1"),
+                         ("traces.n_samples=1.5", "n_samples must be int")):
+        with pytest.raises(ValueError, match=message):
+            RunConfig().with_overrides([bad])
+    assert preset("tiny", lam=0.5, update_lr=0.1).dcm.lam == 0.5 and preset("tiny", update_lr=0.1).update.lr == 0.1

@@ -17,8 +17,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config_keys: tuple[str, ...]  # the RunConfig fields this stage's own results depend on
+    config_keys: tuple[str, ...]  # the RunConfig keys (or whole sections) this stage's own results depend on
     run: Callable[["Run"], dict]
+
+    def keys(self) -> tuple[str, ...]:
+        """``config_keys`` with each section name expanded to its dotted keys."""
+        from cca_tl.pipeline.config import RunConfig
+
+        every = RunConfig.keys()
+        return tuple(k for key in self.config_keys for k in every if k == key or k.startswith(key + "."))
 
 
 def _stages() -> tuple[Stage, ...]:

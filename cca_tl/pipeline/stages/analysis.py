@@ -30,22 +30,22 @@ def run(run) -> dict:
     with atomic_directory(run.dir / "analysis", overwrite=True) as out:
         atomic_write_text(out / "components.csv", count_table({"cca": dcm.mask}).to_csv())
         atomic_write_text(out / "components_per_layer.csv", layer_table(dcm.mask).to_csv())
-        fig = plot_mask(dcm.mask, dcm.gains, title=f"DCM mask, {cfg.model}, λ={cfg.lam:g}")
+        fig = plot_mask(dcm.mask, dcm.gains, title=f"DCM mask, {cfg.model}, λ={cfg.dcm.lam:g}")
         fig.savefig(out / "mask.png", dpi=110)
         # One prefix cache and one set of means for every ablation below (each costs a pass over the data).
         prefix_kv = PrefixKV(model, data, batch_size=FORWARD_BATCH)
         means = task_means(model, data, list(dcm.gains), prefix_kv=prefix_kv, batch_size=FORWARD_BATCH)
-        checks = ablation_checks(model, data, dcm.mask, seed=cfg.seed, n_random=cfg.ablation_random_sets,
+        checks = ablation_checks(model, data, dcm.mask, seed=cfg.seed, n_random=cfg.analysis.ablation_random_sets,
                                  batch_size=FORWARD_BATCH, prefix_kv=prefix_kv, means=means)
         atomic_write_text(out / "ablation.csv", checks.to_csv())
         total = sum(v.numel() for v in dcm.gains.values())
-        sizes = default_sizes(total, extra=[dcm.mask.count()], points=cfg.faithfulness_points)
+        sizes = default_sizes(total, extra=[dcm.mask.count()], points=cfg.analysis.faithfulness_points)
         curve = faithfulness_curve(model, data, dcm.gains, sizes=sizes, progress=run.progress,
                                    batch_size=FORWARD_BATCH, prefix_kv=prefix_kv, means=means)
         atomic_write_text(out / "faithfulness.csv", curve.to_csv(index=False))
         plot_faithfulness(curve, mark=dcm.mask.count()).savefig(out / "faithfulness.png", dpi=110)
         area = faithfulness_area(curve)
-        heads = top_heads(ComponentRegistry.from_model(model), dcm.gains, cfg.attention_heads)
+        heads = top_heads(ComponentRegistry.from_model(model), dcm.gains, cfg.analysis.attention_heads)
         example = run.localization("train")[0]
         view = attention_view(model, example["prefix_ids"], heads)
         tok = model.tokenizer
@@ -56,4 +56,4 @@ def run(run) -> dict:
     return dict(cpr=area["cpr"], cmd=area["cmd"], heads=heads)
 
 
-STAGE = Stage("analysis", ("ablation_random_sets", "faithfulness_points", "attention_heads"), run)
+STAGE = Stage("analysis", ("analysis",), run)

@@ -11,17 +11,17 @@ def run(run) -> dict:
     from cca_tl.dcm import train_dcm
 
     cfg = run.config
-    result = train_dcm(run.session.restore(), run.contrast("train"), lam=cfg.lam, kinds=cfg.kinds, form=cfg.form,
-                       lr=cfg.dcm_lr, batch_size=cfg.dcm_batch_size, max_epochs=cfg.dcm_epochs, seed=cfg.seed,
+    result = train_dcm(run.session.restore(), run.contrast("train"), lam=cfg.dcm.lam, kinds=cfg.dcm.kinds, form=cfg.dcm.form,
+                       lr=cfg.dcm.lr, batch_size=cfg.dcm.batch_size, max_epochs=cfg.dcm.epochs, seed=cfg.seed,
                        progress=run.progress)
     with atomic_directory(run.dir / "dcm", overwrite=True) as staging:
         result.save(staging)
     if result.mask.count() == 0:
         raise EmptyMaskError(
-            f"DCM at lam={cfg.lam} selected no component (the mask is in {run.dir / 'dcm'}): there is nothing "
-            f"to update. Lower lam (e.g. --set lam={cfg.lam / 3:.2g}) or train DCM longer (dcm_epochs).")
+            f"DCM at lam={cfg.dcm.lam} selected no component (the mask is in {run.dir / 'dcm'}): there is nothing "
+            f"to update. Lower it (e.g. --set dcm.lam={cfg.dcm.lam / 3:.2g}) or train DCM longer (dcm.epochs).")
     return dict(selected=result.mask.count(), by_kind=result.mask.counts_by_kind(),
                 pct_components=100 * result.mask.fraction_components(), stopped=result.stopped)
 
 
-STAGE = Stage("dcm", ("kinds", "form", "lam", "dcm_lr", "dcm_epochs", "dcm_batch_size"), run)
+STAGE = Stage("dcm", ("dcm",), run)

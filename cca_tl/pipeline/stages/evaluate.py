@@ -15,7 +15,7 @@ from cca_tl.pipeline.stages.update import update_summary, update_variant
 
 
 def variants(cfg) -> list[str]:
-    return ["base", "cca", *[f"control-{c}" for c in cfg.controls]]
+    return ["base", "cca", *cfg.evaluate.controls]
 
 
 def prepare(run, variant: str) -> dict:
@@ -26,7 +26,7 @@ def prepare(run, variant: str) -> dict:
     if variant == "cca":
         run.edited_model()
         return {}
-    result = update_variant(run, variant.removeprefix("control-"))
+    result = update_variant(run, variant)
     return update_summary(result, run)
 
 
@@ -64,7 +64,7 @@ def run(run) -> dict:
     out_dir.mkdir(exist_ok=True)
     val, train = run.localization("val"), run.localization("train")
     trained_templates = sorted(set(train["template_id"]))
-    texts = general_text(cfg.retention_texts)
+    texts = general_text(cfg.evaluate.retention_texts)
     reference = None  # the unedited model's final residuals on the retention texts, computed once
     for variant in variants(cfg):
         path = out_dir / f"{variant}.json"
@@ -84,8 +84,8 @@ def run(run) -> dict:
             continue
         model = run.model
         run.log(f"evaluating {variant} on {len(splits.test)} test questions")
-        macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                                         batch_size=cfg.gen_batch_size, stops=run.stops(), progress=run.progress)
+        macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                                         batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
         release_freed_memory()  # the key/value buffers, before retention's 134 MB logits (mmap'd, not reused)
         if variant == "base" or not (out_dir / "test_pivots").exists():
             save_test_pivots(run, records)
@@ -95,7 +95,7 @@ def run(run) -> dict:
             with nullcontext() if variant == "base" else run.session.base_weights():
                 reference = final_residuals(model, texts)
         known = measured_logit_diffs(run, variant, update_info)
-        batch = cfg.update_batch_size  # the update's: its measurements and these are the same computation
+        batch = cfg.update.batch_size  # the update's: its measurements and these are the same computation
         info = dict(variant=variant, macro_accuracy=macro, n_test=len(records), **pivots,
                     per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
                     **retention_scores(model, None if variant == "base" else run.session.base_weights, texts,
@@ -113,4 +113,4 @@ def run(run) -> dict:
     return run.headline()
 
 
-STAGE = Stage("evaluate", ("controls", "retention_texts"), run)
+STAGE = Stage("evaluate", ("evaluate",), run)

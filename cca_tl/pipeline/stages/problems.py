@@ -24,16 +24,16 @@ def run(run) -> dict:
     from cca_tl.tasks import arithmetic_problems, gsm_symbolic, split_problems, two_step_problems
 
     cfg = run.config
-    if cfg.task in ("two-step", "arithmetic"):
-        make = two_step_problems if cfg.task == "two-step" else arithmetic_problems
-        problems = make(cfg.n_per_template, seed=cfg.seed, max_value=cfg.max_value, templates=cfg.templates)
+    if cfg.data.task in ("two-step", "arithmetic"):
+        make = two_step_problems if cfg.data.task == "two-step" else arithmetic_problems
+        problems = make(cfg.data.n_per_template, seed=cfg.seed, max_value=cfg.data.max_value, templates=cfg.data.templates)
     else:
-        problems = gsm_symbolic(cfg.n_per_template, seed=cfg.seed, templates=cfg.templates)
-    if cfg.n_templates is not None:
-        keep = sorted({p.template_id for p in problems})[:cfg.n_templates]
+        problems = gsm_symbolic(cfg.data.n_per_template, seed=cfg.seed, templates=cfg.data.templates)
+    if cfg.data.n_templates is not None:
+        keep = sorted({p.template_id for p in problems})[:cfg.data.n_templates]
         problems = [p for p in problems if p.template_id in keep]
     splits = split_problems(problems, seed=cfg.seed)
-    caps = dict(train=cfg.train_per_template, val=cfg.val_per_template, test=cfg.test_per_template)
+    caps = dict(train=cfg.data.train_per_template, val=cfg.data.val_per_template, test=cfg.data.test_per_template)
     capped = {name: cap_per_template(items, caps[name]) for name, items in splits.items()}
     artifact = ProblemSplits(**capped)
     if not artifact.train or not artifact.test:
@@ -43,5 +43,4 @@ def run(run) -> dict:
     return {name: len(items) for name, items in capped.items()}
 
 
-STAGE = Stage("problems", ("task", "n_per_template", "max_value", "templates", "n_templates", "seed",
-                           "train_per_template", "val_per_template", "test_per_template"), run)
+STAGE = Stage("problems", ("seed", "data"), run)

@@ -53,7 +53,7 @@ def render_report(run) -> str:
     per_template = table[[c for c in table.columns if c.startswith("acc[")]]
     seconds = sum(i.get("seconds", 0) for i in info.values())
     lines = [
-        f"# CCA run: {cfg.model} on the {cfg.task} task",
+        f"# CCA run: {cfg.model} on the {cfg.data.task} task",
         "",
         f"Run directory `{run.dir}`; total stage time {seconds:.0f} s on {_device_name(run)} "
         f"({cfg.dtype}). Config: `{json.dumps(cfg.to_dict())}`",
@@ -61,12 +61,12 @@ def render_report(run) -> str:
         "## Traces and localization",
         f"- {info['traces'].get('questions')} train+val questions traced: {info['traces'].get('greedy_correct')} "
         f"greedy-correct, {info['traces'].get('pairs')} with a trace of opposite correctness.",
-        f"- {cfg.localization} localization: {info['localize'].get('train')} train and {info['localize'].get('val')} "
-        f"val records; weak templates (greedy train accuracy < {cfg.weak_threshold}): "
+        f"- {cfg.traces.localization} localization: {info['localize'].get('train')} train and {info['localize'].get('val')} "
+        f"val records; weak templates (greedy train accuracy < {cfg.traces.weak_threshold}): "
         f"{', '.join(info['localize'].get('weak_templates', []))}.",
         "",
         "## DCM mask",
-        f"λ = {cfg.lam:g}, {cfg.dcm_epochs} epochs at most ({dcm.stopped}): **{dcm.mask.count()} of {dcm.mask.size()} "
+        f"λ = {cfg.dcm.lam:g}, {cfg.dcm.epochs} epochs at most ({dcm.stopped}): **{dcm.mask.count()} of {dcm.mask.size()} "
         f"components ({100 * dcm.mask.fraction_components():.2f} %)**.",
         "",
         dcm.mask.summary().astype({"selected": int, "of": int}).to_markdown(floatfmt=".2f"),
@@ -79,8 +79,8 @@ def render_report(run) -> str:
         "one — forward passes only, so it has power where answer accuracy on a few questions does not.",
         f"Base model, CCA (update of the selected components only), and controls: `random` = the same update on a "
         f"random mask with the same count per kind and layer; `all` = the same update on every parameter (CCA w/o "
-        f"mask). lr {cfg.update_lr:g}, {cfg.update_steps} steps, best step by validation "
-        f"{'accuracy' if cfg.val_metric == 'accuracy' else 'logit difference'} (step 0, the unedited model, is a "
+        f"mask). lr {cfg.update.lr:g}, {cfg.update.steps} steps, best step by validation "
+        f"{'accuracy' if cfg.update.val_metric == 'accuracy' else 'logit difference'} (step 0, the unedited model, is a "
         "candidate: an update that never helps on validation changes nothing).",
         "",
         table[accuracy_cols].to_markdown(floatfmt=".3f"),

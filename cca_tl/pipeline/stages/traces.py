@@ -11,13 +11,13 @@ def run(run) -> dict:
 
     cfg, splits = run.config, run.problems()
     traces = generate_traces(run.session.restore(), splits.train + splits.val, run.prompt_fn(),
-                             n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens,
-                             batch_size=cfg.gen_batch_size, seed=cfg.seed, stops=run.stops(), progress=run.progress)
+                             n_samples=cfg.traces.n_samples, max_new_tokens=cfg.traces.max_new_tokens,
+                             batch_size=cfg.traces.gen_batch_size, seed=cfg.seed, stops=run.stops(), progress=run.progress)
     with atomic_directory(run.dir / "traces", overwrite=True) as staging:
         traces.save_to_disk(str(staging))
     return dict(questions=len(traces), greedy_correct=int(sum(traces["greedy_correct"])),
                 pairs=int(sum(traces["flipped"])))
 
 
-STAGE = Stage("traces", ("model", "dtype", "prompt", "shots", "n_samples", "max_new_tokens", "gen_batch_size",
-                         "start_from"), run)
+STAGE = Stage("traces", ("model", "dtype", "start_from", "traces.n_samples", "traces.max_new_tokens",
+                         "traces.gen_batch_size"), run)

@@ -14,23 +14,23 @@ from cca_tl.pipeline.stages import Stage
 
 
 def update_variant(run, variant: str):
-    """Run one targeted update (``"mask"`` = CCA, ``"random"``, ``"all"``) from the unedited model; the
+    """Run one targeted update (``"cca"``: the DCM mask, ``"random"``, ``"all"``) from the unedited model; the
     session protects what it touches, so the run's model is left edited and :meth:`restore` undoes it."""
     from cca_tl.update import targeted_update
 
     cfg = run.config
     train = run.contrast("train")
     model = run.session.restore()
-    return targeted_update(model, train, run.dcm().mask, variant=variant, weight_set=cfg.weight_set,
-                           lr=cfg.update_lr, steps=cfg.update_steps, batch_size=cfg.update_batch_size,
-                           val_metric=val_metric(run), eval_steps=cfg.update_eval_steps, seed=cfg.seed,
+    return targeted_update(model, train, run.dcm().mask, variant=variant, weight_set=cfg.update.weight_set,
+                           lr=cfg.update.lr, steps=cfg.update.steps, batch_size=cfg.update.batch_size,
+                           val_metric=val_metric(run), eval_steps=cfg.update.eval_steps, seed=cfg.seed,
                            progress=run.progress, protect=run.session.protect)
 
 
 def selection_metric(run) -> str:
     """What picks the update's best step: ``"accuracy"`` (greedy accuracy on the val questions, the paper's
     rule) or ``"logit_diff"`` (mean pivot logit difference on the val records, else the train records)."""
-    return "accuracy" if run.config.val_metric == "accuracy" and run.problems().val else "logit_diff"
+    return "accuracy" if run.config.update.val_metric == "accuracy" and run.problems().val else "logit_diff"
 
 
 def val_metric(run) -> Callable[[HookedTransformer], float]:
@@ -46,9 +46,9 @@ def val_metric(run) -> Callable[[HookedTransformer], float]:
 
     def measure(model: HookedTransformer) -> float:
         if kind == "accuracy":
-            return accuracy(model, run.problems().val, run.prompt_fn(), max_new_tokens=cfg.max_new_tokens,
-                            batch_size=cfg.gen_batch_size, stops=run.stops(), progress=False)[0]
-        return float(record_logit_diffs(model, records, cfg.update_batch_size).sum()) / len(records)
+            return accuracy(model, run.problems().val, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                            batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=False)[0]
+        return float(record_logit_diffs(model, records, cfg.update.batch_size).sum()) / len(records)
 
     def metric(model: HookedTransformer) -> float:
         if not run.session.is_base():
@@ -75,8 +75,8 @@ def update_summary(result, run) -> dict:
 
 
 def run(run) -> dict:
-    result = update_variant(run, "mask")
-    edit = WeightEdit.capture(run.model, result.mask, run.config.weight_set)
+    result = update_variant(run, "cca")
+    edit = WeightEdit.capture(run.model, result.mask, run.config.update.weight_set)
     summary = update_summary(result, run)
     with atomic_directory(run.dir / "update", overwrite=True) as staging:
         edit.save(staging)
@@ -86,5 +86,4 @@ def run(run) -> dict:
     return summary
 
 
-STAGE = Stage("update", ("weight_set", "update_lr", "update_steps", "update_eval_steps", "update_batch_size",
-                         "val_metric"), run)
+STAGE = Stage("update", ("update",), run)
