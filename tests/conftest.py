@@ -44,6 +44,22 @@ def records_behind_a_prompt(*, seed: int, prompt: int, longest_tail: int, n: int
             for _ in range(n)]
 
 
+@pytest.fixture
+def model():
+    """The default tiny model (grouped-query attention, gated MLP); a test module may define its own."""
+    from cca_tl import load_model
+
+    return load_model("tiny-llama")
+
+
+@pytest.fixture
+def batch():
+    """Four right-padded contrast records of the default tiny model's vocabulary."""
+    from cca_tl.contrast import Batch
+
+    return Batch.collate(contrast(n=4))
+
+
 @pytest.fixture(params=TINY_HF)
 def tiny_hf_name(request) -> str:
     return request.param

@@ -11,16 +11,6 @@ from cca_tl.dcm import DCMMask, train_dcm
 from tests.conftest import contrast, records_behind_a_prompt
 
 
-@pytest.fixture
-def model():
-    return load_model("tiny-llama")
-
-
-@pytest.fixture
-def batch() -> Batch:
-    return Batch.collate(contrast(n=4))
-
-
 def assert_prefix_cache_is_exact(model, data, kv, *, seed: int) -> None:
     """Logit differences and DCM-gain gradients over ``kv`` equal those of the full right-padded batch."""
     g = torch.Generator().manual_seed(seed)

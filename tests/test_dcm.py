@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, load_model
+from cca_tl import Component, ComponentMask, ComponentRegistry, Kind
 from cca_tl.contrast import Batch, two_logit_diff
 from cca_tl.dcm import DCMMask, train_dcm
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.update import targeted_update
 from tests.conftest import contrast
-
-
-@pytest.fixture
-def model():
-    return load_model("tiny-llama")
-
-
-@pytest.fixture
-def batch() -> Batch:
-    return Batch.collate(contrast(n=4))
 
 
 def test_zero_mask_is_bit_identical(model, batch):

@@ -111,6 +111,9 @@ def test_logit_differences_reused_from_the_update_are_the_models(tiny_run):
     report = (tiny_run / "report.md").read_text()
     assert "| random " in report and "Ablation checks" in report and "analysis/mask.png" in report
     assert "CCA − random" in report and "pivot accuracy" in report
+    base_row = next(line for line in report.splitlines() if line.startswith("| base "))
+    n_test = int(run_.accuracy_table().loc["base", "n_test"])
+    assert str(n_test) in [cell.strip() for cell in base_row.split("|")]  # a count, not "4.000"
 
 
 def test_two_step_task_with_reference_pivots_runs_to_the_update(tmp_path):

@@ -83,7 +83,9 @@ def render_report(run) -> str:
         f"{'accuracy' if cfg.update.val_metric == 'accuracy' else 'logit difference'} (step 0, the unedited model, is a "
         "candidate: an update that never helps on validation changes nothing).",
         "",
-        table[accuracy_cols].to_markdown(floatfmt=".3f"),
+        # counts as integers (a float format would print 96 questions as 96.000)
+        table[accuracy_cols].astype({c: "Int64" for c in ("n_test", "n_pivots_test", "best_step")})
+        .to_markdown(floatfmt=".3f"),
         "",
         "Per template:",
         "",
