@@ -371,41 +371,53 @@ def prefix_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
 def shared_prompt(model: HookedTransformer, data: ContrastSet, min_shared: int = 8) -> tuple[int, list[Tensor]]:
     """The prompt common to *all* records, run once: its length and each layer's keys and values
     (``[k0, v0, k1, v1, ...]``, batch 1). Length 0 and no tensors when it is shorter than ``min_shared``."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    from cca_tl.generation import common_prefix_length, grouped_attention_without_copies
-
-    cfg = model.cfg
     shared = common_prefix_length(data.prefix_ids)
     if shared < min_shared:
         return 0, []
-    head = torch.tensor([data.prefix_ids[0][:shared]], device=cfg.device)
+    return shared, prompt_keys_values(model, data.prefix_ids[0][:shared])
+
+
+def prompt_keys_values(model: HookedTransformer, head: Sequence[int]) -> list[Tensor]:
+    """One prompt's keys and values per layer (``[k0, v0, k1, v1, ...]``, batch 1), with gradients when
+    they are enabled: what :func:`cache_over_prompt` lets every row of a batch attend to."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    from cca_tl.generation import grouped_attention_without_copies
+
+    cfg = model.cfg
+    tokens = torch.tensor([list(head)], device=cfg.device)
     prefix = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
     with grouped_attention_without_copies():
-        model(head, past_kv_cache=prefix, attention_mask=torch.ones_like(head), stop_at_layer=cfg.n_layers)
-    return shared, [t for e in prefix.entries for t in (e.past_keys, e.past_values)]
+        model(tokens, past_kv_cache=prefix, attention_mask=torch.ones_like(tokens), stop_at_layer=cfg.n_layers)
+    return [t for e in prefix.entries for t in (e.past_keys, e.past_values)]
+
+
+def cache_over_prompt(model: HookedTransformer, rows: int, keys_values: Sequence[Tensor]):
+    """A TL key/value cache for ``rows`` rows whose past is the one prompt of ``keys_values`` (expanded
+    views: gradients from every row add up in the one computation)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cfg = model.cfg
+    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, rows)
+    for layer, entry in enumerate(cache.entries):
+        keys, values = keys_values[2 * layer], keys_values[2 * layer + 1]
+        entry.past_keys = keys.expand(rows, *keys.shape[1:])
+        entry.past_values = values.expand(rows, *values.shape[1:])
+    shared = keys_values[0].shape[1]
+    cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=cfg.device)
+    return cache
 
 
 def batches_over_prompt(model: HookedTransformer, data: ContrastSet, batch_size: int, shared: int,
                          keys_values: Sequence[Tensor]) -> Iterator[Batch]:
-    """Mini-batches of the records' tails, each attending to the shared prompt's ``keys_values`` (expanded
-    views: gradients from every row add up in the one computation). Records in the order of
-    :func:`by_tail_length` (the caller's order is the data's)."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    cfg = model.cfg
+    """Mini-batches of the records' tails, each attending to the shared prompt's ``keys_values`` (see
+    :func:`cache_over_prompt`). Records in the order of :func:`by_tail_length` (the caller's order is the
+    data's)."""
     tails = ContrastSet([p[shared:] for p in data.prefix_ids], data.desired, data.undesired)
     for start in range(0, len(data), batch_size):
         subset = tails.subset(range(start, min(start + batch_size, len(data))))
-        rows = len(subset)
-        cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, rows)
-        for layer, entry in enumerate(cache.entries):
-            keys, values = keys_values[2 * layer], keys_values[2 * layer + 1]
-            entry.past_keys = keys.expand(rows, *keys.shape[1:])
-            entry.past_values = values.expand(rows, *values.shape[1:])
-        cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=cfg.device)
-        batch = Batch.collate(subset, pad_id=pad_token_id(model), device=cfg.device)
-        batch.past_kv = cache
+        batch = Batch.collate(subset, pad_id=pad_token_id(model), device=model.cfg.device)
+        batch.past_kv = cache_over_prompt(model, len(subset), keys_values)
         yield batch
 
 

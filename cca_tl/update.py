@@ -15,6 +15,7 @@ with the same count per kind and layer as the given one).
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,28 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from cca_tl.components import ComponentMask, WeightSet, registry_of, real_parameter_names
+from cca_tl.answers import AnswerSet, answer_losses_over_prompt, reference_path_scores, shared_prompt_length
 from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
-                             shared_prompt, two_logit_diff)
+                             prompt_keys_values, shared_prompt, two_logit_diff)
 from cca_tl._io import atomic_write_bytes
 from cca_tl.errors import MaskMismatchError, NonFiniteLossError
+from cca_tl.lora import LoRAParams
 from cca_tl.params import trainable
 
-Variant = Literal["cca", "all", "random"]  # the pipeline's names for the same updates
+Objective = Literal["pivot", "answer"]
+Params = Literal["mask", "random", "all", "lora"]
+Optimizer = Literal["sgd", "adamw"]
+OBJECTIVES: tuple[Objective, ...] = ("pivot", "answer")
+PARAMS: tuple[Params, ...] = ("mask", "random", "all", "lora")
+
+#: The updates by name: (objective, parameters). The first three are CCA and its controls (the pipeline's
+#: variants); the others complete the objective x parameters table of ``analyses/power.py``.
+VARIANTS: dict[str, tuple[Objective, Params]] = {
+    "cca": ("pivot", "mask"), "random": ("pivot", "random"), "all": ("pivot", "all"), "pivot-lora": ("pivot", "lora"),
+    "masked-ft": ("answer", "mask"), "random-ft": ("answer", "random"), "full-ft": ("answer", "all"),
+    "lora": ("answer", "lora"),
+}
+Variant = Literal["cca", "all", "random"]  # the pipeline's names for CCA and its controls
 
 
 def default_eval_steps(steps: int) -> list[int]:
@@ -143,34 +159,38 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
         torch.autograd.backward([t for t, _ in reached], grad_tensors=[g for _, g in reached])
 
 
-def update_selection(model: HookedTransformer, mask: ComponentMask | None, variant: Variant, weight_set: WeightSet,
+def update_selection(model: HookedTransformer, mask: ComponentMask | None, params: Params, weight_set: WeightSet,
                      seed: int) -> tuple[ComponentMask | None, dict[str, Tensor | None], float]:
-    """What a variant updates: the mask used (None for ``"all"``), per touched parameter its element mask
-    (None: every entry), and the fraction of components selected."""
-    if variant in ("cca", "random"):
+    """Which entries a masked update changes: the mask used (None for ``"all"``), per touched parameter its
+    element mask (None: every entry), and the fraction of components selected."""
+    if params in ("mask", "random"):
         if mask is None:
-            raise ValueError(f"variant={variant!r} needs a mask")
+            raise ValueError(f"params={params!r} needs a DCM mask")
         mask.validate(registry_of(model))
-        used = mask if variant == "cca" else mask.random_like(seed)
+        used = mask if params == "mask" else mask.random_like(seed)
         return used, dict(element_masks(model, used, weight_set)), used.fraction_components()
-    if variant == "all":
+    if params == "all":
         return None, {name: None for name in real_parameter_names(model)}, 1.0
-    raise ValueError(f"variant must be 'cca', 'all' or 'random', not {variant!r}")
+    raise ValueError(f"params must be one of {list(PARAMS)} for a masked update, not {params!r}")
 
 
 class SelectedEntries:
     """The entries an update may change, as coordinates per parameter: the step, snapshots and restores
     touch only those, and the gradient is kept only there (see :func:`_compact_gradients`). Low-precision
     parameters get a float32 master copy of their selected entries, so that small steps are not lost to
-    bfloat16 rounding (the copy is ~1 % of a matrix's entries for a DCM mask, not a second model)."""
+    bfloat16 rounding (the copy is ~1 % of a matrix's entries for a DCM mask, not a second model); an
+    AdamW update keeps one for every parameter (its moments are float32 too)."""
 
-    def __init__(self, model: HookedTransformer, element_masks: dict[str, Tensor | None]):
+    def __init__(self, model: HookedTransformer, element_masks: dict[str, Tensor | None], optimizer: Optimizer = "sgd"):
         self.params = {name: model.get_parameter(name) for name in element_masks}
         self.where: dict[str, Index] = {n: (m.nonzero(as_tuple=True) if m is not None else None)
                                         for n, m in element_masks.items()}
+        self.regions = dict(element_masks)
         self.count = sum(int(m.sum()) if m is not None else self.params[n].numel() for n, m in element_masks.items())
         self.master = {n: _entries(self.params[n], i).float().clone() for n, i in self.where.items()
-                       if self.params[n].dtype in (torch.bfloat16, torch.float16)}
+                       if optimizer == "adamw" or self.params[n].dtype in (torch.bfloat16, torch.float16)}
+        self.optimizer = optimizer
+        self._adamw: torch.optim.Optimizer | None = None
 
     def snapshot(self) -> dict[str, Tensor]:
         return {n: _entries(self.params[n], i).clone() for n, i in self.where.items()}
@@ -182,9 +202,17 @@ class SelectedEntries:
             if n in self.master:
                 self.master[n].copy_(snapshot[n].float())
 
+    @contextmanager
+    def gradients(self) -> Iterator[dict[str, Tensor | None]]:
+        with _compact_gradients(self.params, self.where) as grads:
+            yield grads
+
     @torch.no_grad()
-    def sgd_step(self, grads: dict[str, Tensor | None], lr: float) -> None:
-        """``W ← W − lr·g`` at the selected entries; every other entry keeps its bits."""
+    def step(self, grads: dict[str, Tensor | None], lr: float) -> None:
+        """``W ← W − lr·g`` (SGD) or an AdamW step at the selected entries; every other entry keeps its bits."""
+        if self.optimizer == "adamw":
+            self._adamw_step(grads, lr)
+            return
         for n, i in self.where.items():
             p, g = self.params[n], grads[n]
             if g is None:  # the loss does not reach this parameter
@@ -194,6 +222,193 @@ class SelectedEntries:
                 _set_entries(p, i, self.master[n].to(p.dtype))
             else:  # the same arithmetic per entry as torch.where(m, p - lr * g, p): bit-identical
                 _set_entries(p, i, _entries(p, i) - lr * g)
+
+    def _adamw_step(self, grads: dict[str, Tensor | None], lr: float) -> None:
+        if self._adamw is None:
+            self._adamw = torch.optim.AdamW(list(self.master.values()), lr=lr, weight_decay=0.0)
+        for n, master in self.master.items():
+            master.grad = None if grads[n] is None else grads[n].float()
+        self._adamw.step()
+        for n, i in self.where.items():
+            if grads[n] is not None:
+                _set_entries(self.params[n], i, self.master[n].to(self.params[n].dtype))
+
+
+class LoRAEntries:
+    """:class:`cca_tl.lora.LoRAParams` behind the interface the update loop uses (the gradient reaches the
+    factors through the weights' own gradients; SGD or AdamW on the factors)."""
+
+    def __init__(self, lora: LoRAParams, optimizer: Optimizer, lr: float):
+        self.lora = lora
+        self.regions = lora.regions()
+        self.params = lora.params
+        self.count = lora.count
+        leaves = lora.leaves()
+        self._opt = (torch.optim.AdamW(leaves, lr=lr, weight_decay=0.0) if optimizer == "adamw"
+                     else torch.optim.SGD(leaves, lr=lr))
+
+    def snapshot(self) -> dict[str, Tensor]:
+        return self.lora.snapshot()
+
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        self.lora.restore(snapshot)
+
+    @contextmanager
+    def gradients(self) -> Iterator[dict[str, Tensor | None]]:
+        with self.lora.gradients():
+            yield {}
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, Tensor | None], lr: float) -> None:
+        self._opt.step()
+        self._opt.zero_grad(set_to_none=True)
+        self.lora.write()
+
+
+def _pivot_step(model: HookedTransformer, data: ContrastSet, batch_size: int, shared_prefix: bool) -> float:
+    """Backpropagate the full-batch pivot loss ``-mean(logit diff)``; returns the mean logit difference."""
+    total = 0.0
+    for diff in _backward_over_batches(model, data, batch_size, shared_prefix):
+        total += diff.sum().item()
+    return total / len(data)
+
+
+def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) -> float:
+    """Backpropagate the mean cross-entropy over every answer token of ``data`` (the prompt all rows share
+    runs once, like the pivot loss's); returns it."""
+    shared = shared_prompt_length(data)
+    computed = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
+    leaves = [t.detach().requires_grad_() for t in computed]
+    total = 0.0
+    for _, losses in answer_losses_over_prompt(model, data, micro_batch, shared, leaves):
+        loss = losses.sum() / data.n_tokens
+        loss.backward()
+        total += loss.item()
+    reached = [(t, leaf.grad) for t, leaf in zip(computed, leaves) if leaf.grad is not None and t.requires_grad]
+    if reached:
+        torch.autograd.backward([t for t, _ in reached], grad_tensors=[g for _, g in reached])
+    return total
+
+
+def train_update(
+    model: HookedTransformer,
+    data: ContrastSet | AnswerSet,
+    mask: ComponentMask | None = None,
+    *,
+    objective: Objective = "pivot",
+    params: Params = "mask",
+    optimizer: Optimizer = "sgd",
+    weight_set: WeightSet = "authors",
+    lr: float = 1e-3,
+    steps: int = 50,
+    batch_size: int = 8,
+    lora_rank: int | None = None,
+    val_metric: Callable[[HookedTransformer], float] | None = None,
+    eval_steps: Sequence[int] | None = None,
+    seed: int = 0,
+    shared_prefix: bool = True,
+    progress: bool = True,
+    protect: Callable[[dict[str, Tensor | None]], None] | None = None,
+    name: str | None = None,
+) -> UpdateResult:
+    """One update of ``model`` in place — an objective on a set of parameters — left at its best validation
+    step (step 0, the unedited model, is a candidate).
+
+    ``objective``: ``"pivot"`` (``data`` a :class:`ContrastSet`; every step the full-batch gradient of
+    ``−mean(logit[desired] − logit[undesired])``, accumulated over mini-batches of ``batch_size``) or
+    ``"answer"`` (``data`` an :class:`AnswerSet`; every step one shuffled mini-batch of ``batch_size``
+    questions, the mean cross-entropy of their reference answers' tokens, epoch after epoch).
+    ``params``: ``"mask"`` (the DCM mask's slices), ``"random"`` (a seeded mask with the same count per kind
+    and layer), ``"all"`` (every real parameter) or ``"lora"`` (rank ``lora_rank`` factors of every
+    projection, :mod:`cca_tl.lora`). ``optimizer``: ``"sgd"`` (``W ← W − lr·g``, the paper's update) or
+    ``"adamw"`` (the authors' fine-tuning baselines). Whatever the parameters, every entry outside them keeps
+    its bits. ``val_metric(model)``: higher is better (default: the objective on ``data`` itself).
+    """
+    from tqdm.auto import tqdm
+
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, not {objective!r}")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {optimizer!r}")
+    expected = ContrastSet if objective == "pivot" else AnswerSet
+    if not isinstance(data, expected):
+        raise TypeError(f"The {objective!r} objective trains on a {expected.__name__}, not {type(data).__name__}.")
+    data.validate(model)
+    used, fraction_components = None, 0.0
+    if params == "lora":
+        if lora_rank is None:
+            raise ValueError("params='lora' needs lora_rank (cca_tl.lora.rank_for_budget sizes it to a mask).")
+        entries = LoRAEntries(LoRAParams(model, lora_rank, seed=seed), optimizer, lr)
+    else:
+        used, emasks, fraction_components = update_selection(model, mask, params, weight_set, seed)
+        entries = SelectedEntries(model, emasks, optimizer)
+    if entries.count == 0:
+        raise ValueError("The mask selects no weight entry (an empty DCM mask?): there is nothing to update. "
+                         "Lower DCM's lam to keep some components.")
+    val_kind = "custom" if val_metric is not None else "objective"
+    if val_metric is None:
+        val_metric = _objective_metric(objective, data, batch_size, shared_prefix)
+    if protect is not None:
+        protect(dict(entries.regions))
+    eval_at = set(eval_steps if eval_steps is not None else default_eval_steps(steps))
+    order = _answer_order(len(data), batch_size, steps, seed) if objective == "answer" else None
+    with trainable(model, names=entries.regions):  # only the touched matrices take gradients
+        history = [dict(step=0, train_loss=float("nan"), val_metric=val_metric(model))]
+        best_step, best_metric, best = 0, history[0]["val_metric"], entries.snapshot()
+        label = name or f"{objective}/{params}"
+        for step in tqdm(range(1, steps + 1), desc=f"update[{label}] lr={lr:g}", disable=not progress, leave=False):
+            with entries.gradients() as grads:
+                if objective == "pivot":
+                    loss = -_pivot_step(model, data, batch_size, shared_prefix)
+                else:
+                    loss = _answer_step(model, data.subset(order[step - 1]), micro_batch=min(batch_size, 4))
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"Update loss is {loss} at step {step}; the model keeps its state from before that step "
+                        f"(best validation so far at step {best_step}).", step, best_step)
+            entries.step(grads, lr)
+            row = dict(step=step, train_loss=loss)
+            if step in eval_at:
+                row["val_metric"] = val_metric(model)
+                if row["val_metric"] > best_metric:
+                    best_step, best_metric, best = step, row["val_metric"], entries.snapshot()
+            history.append(row)
+    if eval_at:
+        entries.restore(best)  # step 0 (unedited) is a candidate too: if no step helps, nothing is changed
+    else:
+        best_step, best_metric = steps, float("nan")  # nothing validated: keep the final state
+    total = registry_of(model).total_model_params
+    frame = pd.DataFrame(history)
+    if objective == "pivot":  # the pivot loss is -(mean logit difference): keep the readable column
+        frame["train_logit_diff"] = -frame["train_loss"]
+    return UpdateResult(
+        variant=name or f"{objective}/{params}", lr=lr, history=frame, best_step=best_step, best_metric=best_metric,
+        n_params=entries.count,
+        # "all": every parameter. (TransformerLens holds a tied embedding twice, so n_params can exceed the
+        # HF count; the update then unties them and export writes an untied lm_head.)
+        fraction_params=1.0 if params == "all" else entries.count / total,
+        fraction_components=fraction_components, mask=used,
+        config=dict(objective=objective, params=params, optimizer=optimizer, weight_set=weight_set, steps=steps,
+                    batch_size=batch_size, seed=seed, lora_rank=lora_rank, eval_steps=sorted(eval_at),
+                    shared_prefix=shared_prefix, val_metric=val_kind),
+    )
+
+
+def _objective_metric(objective: Objective, data, batch_size: int, shared_prefix: bool) -> Callable[[HookedTransformer], float]:
+    """The default validation metric: the objective on the training data (higher is better)."""
+    if objective == "pivot":
+        return lambda m: mean_logit_diff(m, data, batch_size, shared_prefix)
+    return lambda m: -float(reference_path_scores(m, data, batch_size)["nll"].sum()) / data.n_tokens
+
+
+def _answer_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Mini-batches of ``batch_size`` question indices for ``steps`` steps: a fresh seeded shuffle per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        order = torch.randperm(n, generator=generator).tolist()
+        batches += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return batches[:steps]
 
 
 def targeted_update(
@@ -214,61 +429,25 @@ def targeted_update(
     progress: bool = True,
     protect: Callable[[dict[str, Tensor | None]], None] | None = None,
 ) -> UpdateResult:
-    """Update ``model`` in place (see module doc) and leave it at the best-validation step.
+    """CCA's update (see module doc): the pivot objective, plain SGD, on the DCM mask (``variant="cca"``), a
+    random mask of the same size (``"random"``) or every parameter (``"all"``); ``model`` is left at the
+    best-validation step.
 
     Validation metric (higher is better): ``val_metric(model)`` if given, else the mean logit difference
-    on ``val_data``, else on ``train``. ``shared_prefix``: run each mini-batch's common prefix (a few-shot
-    prompt) once and share it across the rows — the same loss and gradients, 2–3x less work on few-shot
-    prompts (:func:`cca_tl.contrast.shared_prefix_batch`).
+    on ``val_data``, else on ``train``. ``shared_prefix``: run the records' common prefix (a few-shot
+    prompt) once per step and share it across the rows — the same loss and gradients, 2–3x less work on
+    few-shot prompts (:func:`cca_tl.contrast.shared_prefix_batch`).
     """
-    from tqdm.auto import tqdm
-
+    if variant not in ("cca", "random", "all"):
+        raise ValueError(f"variant must be 'cca', 'all' or 'random', not {variant!r}")
     train.validate(model)
-    used, emasks, fraction_components = update_selection(model, mask, variant, weight_set, seed)
-    entries = SelectedEntries(model, emasks)
-    if entries.count == 0:
-        raise ValueError("The mask selects no weight entry (an empty DCM mask?): there is nothing to update. "
-                         "Lower DCM's lam to keep some components.")
-    val_kind = "custom" if val_metric is not None else "logit_diff"
-    if val_metric is None:
-        source = val_data if val_data is not None else train
-        val_metric = lambda m: mean_logit_diff(m, source, batch_size, shared_prefix)  # noqa: E731
-    if protect is not None:
-        protect(dict(emasks))
-    eval_at = set(eval_steps if eval_steps is not None else default_eval_steps(steps))
-    with trainable(model, names=emasks):  # only the touched matrices take gradients
-        history = [dict(step=0, train_logit_diff=float("nan"), val_metric=val_metric(model))]
-        best_step, best_metric, best = 0, history[0]["val_metric"], entries.snapshot()
-        for step in tqdm(range(1, steps + 1), desc=f"update[{variant}] lr={lr:g}", disable=not progress, leave=False):
-            total = 0.0
-            with _compact_gradients(entries.params, entries.where) as grads:
-                for diff in _backward_over_batches(model, train, batch_size, shared_prefix):
-                    if not torch.isfinite(diff).all():
-                        raise NonFiniteLossError(
-                            f"Update loss is {-diff.sum().item()} at step {step}; the model keeps its state from "
-                            f"before that step (best validation so far at step {best_step}).", step, best_step)
-                    total += diff.sum().item()
-            entries.sgd_step(grads, lr)
-            row = dict(step=step, train_logit_diff=total / len(train))
-            if step in eval_at:
-                row["val_metric"] = val_metric(model)
-                if row["val_metric"] > best_metric:
-                    best_step, best_metric, best = step, row["val_metric"], entries.snapshot()
-            history.append(row)
-    if eval_at:
-        entries.restore(best)  # step 0 (unedited) is a candidate too: if no step helps, nothing is changed
-    else:
-        best_step, best_metric = steps, float("nan")  # nothing validated: keep the final state
-    return UpdateResult(
-        variant=variant, lr=lr, history=pd.DataFrame(history), best_step=best_step, best_metric=best_metric,
-        n_params=entries.count,
-        # "all": every parameter. (TransformerLens holds a tied embedding twice, so n_params can exceed the
-        # HF count; the update then unties them and export writes an untied lm_head.)
-        fraction_params=1.0 if variant == "all" else entries.count / registry_of(model).total_model_params,
-        fraction_components=fraction_components, mask=used,
-        config=dict(weight_set=weight_set, steps=steps, batch_size=batch_size, seed=seed,
-                    eval_steps=sorted(eval_at), shared_prefix=shared_prefix, val_metric=val_kind),
-    )
+    source = val_data if val_data is not None else train
+    metric = val_metric or (lambda m: mean_logit_diff(m, source, batch_size, shared_prefix))
+    result = train_update(model, train, mask, objective="pivot", params=VARIANTS[variant][1], weight_set=weight_set,
+                          lr=lr, steps=steps, batch_size=batch_size, val_metric=metric, eval_steps=eval_steps,
+                          seed=seed, shared_prefix=shared_prefix, progress=progress, protect=protect, name=variant)
+    result.config["val_metric"] = "custom" if val_metric is not None else "logit_diff"
+    return result
 
 
 @dataclass
