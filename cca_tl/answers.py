@@ -125,6 +125,7 @@ def answer_batches(model: HookedTransformer, data: AnswerSet,
                    batch_size: int) -> Iterator[tuple[Sequence[int], Float[Tensor, "tokens vocab"], Int[Tensor, "tokens"], Int[Tensor, "tokens"]]]:
     """``(indices, logits, targets, rows)`` per mini-batch (rows index into ``indices``); the prompt the
     whole set shares runs once (with gradients when enabled) and every mini-batch attends to it."""
+    data.validate(model)
     shared = shared_prompt_length(data)
     keys_values = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
     for start in range(0, len(data), batch_size):

@@ -182,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_components)
 
     p = sub.add_parser("run", help="run or resume the CCA pipeline (the main job)")
-    p.add_argument("--preset", default="easy", choices=("easy", "arithmetic", "gsm-qwen", "tiny"),
-                   help="starting config: easy = Gemma-3-270M on the two-step task (default); arithmetic = the "
+    p.add_argument("--preset", default="easy", choices=("easy", "power", "arithmetic", "gsm-qwen", "tiny"),
+                   help="starting config: easy = Gemma-3-270M on the two-step task (default); power = the same task at "
+                        "the power experiment's sizes (analyses/power.py); arithmetic = the "
                         "previous main job (longer task, sampled Prefix traces); gsm-qwen = the Qwen extra on "
                         "GSM-Symbolic; tiny = a random tiny model (seconds)")
     p.add_argument("--config", help="a JSON config file instead of a preset")

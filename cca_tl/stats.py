@@ -40,3 +40,38 @@ def verdict(low: float, high: float) -> str:
     if high < 0:
         return "effect (worse)"
     return "no effect seen"
+
+
+def stratified_paired_bootstrap_ci(groups: "list[tuple[np.ndarray, np.ndarray]]", *, n_resamples: int = 10_000,
+                                   level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over several paired samples (e.g. one per seed, each with its own questions) and its
+    interval, resampling items within each group (so every resample keeps each seed's size)."""
+    if not groups:
+        raise ValueError("Need at least one group of paired values.")
+    diffs = []
+    for a, b in groups:
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+            raise ValueError(f"Paired values need the same non-empty 1-d shape, got {a.shape} and {b.shape}.")
+        diffs.append(a - b)
+    rng = np.random.default_rng(seed)
+    total = sum(len(d) for d in diffs)
+    sums = np.zeros(n_resamples)
+    for d in diffs:
+        sums += d[rng.integers(0, len(d), size=(n_resamples, len(d)))].sum(axis=1)
+    means = sums / total
+    tail = (1 - level) / 2
+    mean = float(np.concatenate(diffs).mean())
+    return mean, float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def verdict_with_margin(low: float, high: float, margin: float) -> str:
+    """Three answers for an interval of a difference: an effect (the interval excludes 0), no effect (the
+    whole interval lies within ``±margin``, a difference too small to matter), or cannot tell (neither)."""
+    if low > 0:
+        return "effect (better)"
+    if high < 0:
+        return "effect (worse)"
+    if -margin <= low and high <= margin:
+        return f"no effect (within ±{margin:g})"
+    return "cannot tell"

@@ -127,6 +127,12 @@ class UpdateResult:
     fraction_components: float
     mask: ComponentMask | None = None
     config: dict = field(default_factory=dict)
+    regions: dict[str, Tensor | None] = field(default_factory=dict)  # what the update may have written
+
+    def captured(self, model: HookedTransformer) -> dict[str, Tensor]:
+        """The model's current values of :attr:`regions` (whole tensors where a region is None)."""
+        return {n: (model.get_parameter(n).detach()[r] if r is not None else model.get_parameter(n).detach()).clone()
+                for n, r in self.regions.items()}
 
 
 def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
@@ -391,6 +397,7 @@ def train_update(
         config=dict(objective=objective, params=params, optimizer=optimizer, weight_set=weight_set, steps=steps,
                     batch_size=batch_size, seed=seed, lora_rank=lora_rank, eval_steps=sorted(eval_at),
                     shared_prefix=shared_prefix, val_metric=val_kind),
+        regions=dict(entries.regions),
     )
 
 

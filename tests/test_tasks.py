@@ -18,6 +18,7 @@ from cca_tl.tasks import (
     is_correct,
     macro_accuracy,
     split_problems,
+    two_step_problems,
 )
 
 
@@ -63,7 +64,7 @@ def test_unknown_template_ids_are_refused():
 
 
 def test_splits_are_deterministic_per_template():
-    problems = arithmetic_problems(50, seed=0)
+    problems = arithmetic_problems(50, seed=0, max_value=20)  # no repeated question at this range
     a, b, c = split_problems(problems, seed=0), split_problems(problems, seed=0), split_problems(problems, seed=1)
     assert a == b and a != c
     for tid in {p.template_id for p in problems}:
@@ -71,6 +72,21 @@ def test_splits_are_deterministic_per_template():
         assert sizes == [26, 4, 20]
     ids = [(p.template_id, p.instance_id) for s in a.values() for p in s]
     assert len(ids) == len(set(ids)) == len(problems)
+
+
+def test_a_repeated_question_is_kept_once_so_no_question_is_on_both_sides_of_a_split():
+    problems = two_step_problems(300, seed=0, max_value=3)
+    distinct = {(p.template_id, p.question) for p in problems}
+    assert len(distinct) < len(problems)  # small operands repeat questions
+    splits = split_problems(problems, seed=0, fractions=(0.34, 0.33, 0.33))
+    kept = [(p.template_id, p.question) for s in splits.values() for p in s]
+    assert len(kept) == len(set(kept)) == len(distinct)
+    first = {}
+    for p in problems:
+        first.setdefault((p.template_id, p.question), p.instance_id)
+    assert all(p.instance_id == first[(p.template_id, p.question)] for s in splits.values() for p in s)
+    with pytest.raises(ValueError, match="fractions"):
+        split_problems(problems, fractions=(0.5, 0.6, 0.1))
 
 
 def test_empty_inputs_are_refused():

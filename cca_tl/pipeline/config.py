@@ -97,7 +97,8 @@ class DataConfig(_Section):
     """Which problems (stage ``problems``): the task, its templates, the prompt and the split sizes."""
 
     task: Literal["two-step", "arithmetic", "gsm-symbolic"] = "two-step"
-    n_per_template: int = _positive(100)  # instances generated per template before the 52/8/40 split
+    n_per_template: int = _positive(100)  # instances generated per template before the split
+    split: list[float] = field(default_factory=lambda: [0.52, 0.08, 0.40])  # train / val / test shares (the paper's)
     max_value: int = _positive(3)         # largest operand of the two-step / arithmetic tasks
     templates: list[str] | None = None    # None: all templates of the task
     n_templates: int | None = None        # keep only the first N template ids (sorted), to size a run
@@ -106,6 +107,12 @@ class DataConfig(_Section):
     train_per_template: int | None = 12   # questions per template traced for training (None: whole split)
     val_per_template: int | None = 8
     test_per_template: int | None = 24
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"split must be three non-negative shares of train / val / test summing to 1, "
+                             f"not {self.split}")
 
 
 @dataclass
@@ -288,6 +295,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "traces": dict(localization="prefix", n_samples=6, max_new_tokens=40),
         "update": dict(val_metric="accuracy", steps=8),
         "evaluate": dict(retention_texts=16),
+    },
+    # The power experiment (analyses/power.py): per seed 320 test questions, 120 validation questions and
+    # ~120 training pivots; a third of each template's distinct questions per split (the paper's 8 %
+    # validation share would leave ~20 validation questions per template).
+    "power": {
+        "data": dict(n_per_template=300, split=[0.34, 0.33, 0.33], train_per_template=50, val_per_template=30,
+                     test_per_template=80),
+        "evaluate": dict(controls=["random", "all"]),
     },
     # Qwen2.5-Coder-0.5B-Instruct (optional extra) on GSM-Symbolic, chat prompt; sized for a CPU afternoon.
     "gsm-qwen": {

@@ -32,7 +32,7 @@ def run(run) -> dict:
     if cfg.data.n_templates is not None:
         keep = sorted({p.template_id for p in problems})[:cfg.data.n_templates]
         problems = [p for p in problems if p.template_id in keep]
-    splits = split_problems(problems, seed=cfg.seed)
+    splits = split_problems(problems, seed=cfg.seed, fractions=cfg.data.split)
     caps = dict(train=cfg.data.train_per_template, val=cfg.data.val_per_template, test=cfg.data.test_per_template)
     capped = {name: cap_per_template(items, caps[name]) for name, items in splits.items()}
     artifact = ProblemSplits(**capped)

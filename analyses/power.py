@@ -1,0 +1,484 @@
+"""Does CCA work, with power? Objective x parameters at a matched budget, 3 seeds (issue 15).
+
+    .venv/bin/python analyses/power.py --seeds 0 1 2            # run (or resume) and summarise
+    .venv/bin/python analyses/power.py --seeds 0 1 2 --summary  # only rewrite the tables and plots
+
+Task: the two-step task (Gemma-3-270M greedy macro accuracy 0.37 on 320 questions, analyses/task_screen.md),
+preset ``power``: per seed 320 test questions, 120 validation questions, ~120 training pivots (reference
+localization on 200 training questions). The seed changes the questions, their split, the DCM batches, the
+random mask and the LoRA initialisation.
+
+Per seed, on the same data: the base model and eight updates, objective x parameters
+(:data:`cca_tl.update.VARIANTS`):
+
+==========  ================  ================  =====================  ================
+objective   DCM mask          random mask       all parameters         LoRA (same count)
+==========  ================  ================  =====================  ================
+pivot       ``cca``           ``random``        ``all``                ``pivot-lora``
+answer      ``masked-ft``     ``random-ft``     ``full-ft``            ``lora``
+==========  ================  ================  =====================  ================
+
+* pivot objective: CCA's — the full-batch mean logit difference at the training pivots, plain SGD, 4 steps;
+* answer objective: reference-answer fine-tuning of the questions behind those pivots (the same questions,
+  the loss on every token of their reference solutions), AdamW, mini-batches of 8, one epoch;
+* random mask: the DCM mask's count per kind and layer, seeded; LoRA: on all seven projections, the rank
+  whose parameter count is closest to the DCM mask's (scale α/r = 2, no dropout).
+
+Selection, the same rule for every cell: learning rate from {1e-5, 5e-5, 1e-4, 5e-4} (the authors' sweep)
+and step from {0, half, end} by **reference-path accuracy on the 120 validation questions** — the share whose
+reference solution is the greedy path under teacher forcing (:func:`cca_tl.answers.reference_path_scores`;
+forward passes only, and on this task within a few questions of greedy accuracy: measured per seed in
+``base.json``). Step 0 (the unedited model) is a candidate; ties keep the smaller edit. The validation
+pivot logit difference was the main job's rule, but it rose at every step while answer accuracy fell
+(docs/method.md §A6), so it would pick the largest edit.
+
+Reported per cell: greedy accuracy on the 320 test questions, held-out pivot accuracy and logit difference on
+the test pivots (the base model's wrong test answers; never seen by DCM, the update or the selection) and on
+the validation pivots, KL to the base model and NLL on general text, the share of parameters trained.
+Everything resumes: each seed's pipeline stages, each (cell, learning rate) of the sweep and each cell's
+evaluation are written atomically under ``runs/power/seed<N>/power``; the summary goes to
+``analyses/results/power/`` (rows.csv, sweep.csv, summary.md, plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
+from cca_tl.pipeline import Run, preset
+from cca_tl.update import VARIANTS
+
+OUT = Path(__file__).resolve().parent / "results" / "power"
+LRS = (1e-5, 5e-5, 1e-4, 5e-4)
+PIVOT_STEPS, ANSWER_BATCH = 4, 8
+#: What picks the learning rate and step (higher is better): reference-path accuracy, or (for a model that is
+#: never on the path, like the tiny random check) minus the mean answer NLL per token.
+SELECTION = {"reference": lambda scores, data: float(scores["on_path"].float().mean()),
+             "nll": lambda scores, data: -float(scores["nll"].sum()) / data.n_tokens}
+MARGIN = {"test_accuracy": 0.03, "pivot_accuracy": 0.05}  # differences smaller than this do not matter here
+
+
+def log(text: str) -> None:
+    print(f"[power {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+class Seed:
+    """One seed's data, model and the cached pieces every cell reuses."""
+
+    def __init__(self, seed: int, runs: Path, preset_name: str = "power", lrs: tuple[float, ...] = LRS,
+                 progress: bool = True, overrides: tuple[str, ...] = (), select: str = "reference"):
+        from cca_tl.answers import AnswerSet
+
+        if select not in SELECTION:
+            raise ValueError(f"select must be one of {list(SELECTION)}, not {select!r}")
+        self.seed, self.lrs, self.select = seed, tuple(lrs), select
+        config = preset(preset_name, seed=seed, device="cpu").with_overrides(list(overrides))
+        self.run = Run(config, runs / f"seed{seed}", progress=progress)
+        self.run.execute(stop_after="dcm")  # problems, traces, localize, dcm (resumes)
+        self.dir = self.run.dir / "power"
+        (self.dir / "sweep").mkdir(parents=True, exist_ok=True)
+        model, splits, prompt = self.run.model, self.run.problems(), self.run.prompt_fn()
+        self.pivots = self.run.contrast("train")
+        train_rows = self.run.localization("train")
+        by_id = {(p.template_id, p.instance_id): p for p in splits.train}
+        self.train_questions = [by_id[(t, i)] for t, i in zip(train_rows["template_id"], train_rows["instance_id"])]
+        self.answers = AnswerSet.from_problems(model, self.train_questions, prompt)
+        self.val = AnswerSet.from_problems(model, splits.val, prompt)
+        self.mask = self.run.dcm().mask
+        self._base_val: float | None = None
+        self._reference = None
+
+    # -- the selection metric --------------------------------------------------------------------------
+    def val_scores(self, model) -> dict:
+        from cca_tl.answers import reference_path_scores
+
+        return reference_path_scores(model, self.val, batch_size=8)
+
+    def val_accuracy(self, model) -> float:
+        """The selection metric on the validation questions (the unedited model's measured once)."""
+        if self.run.session.is_base():
+            if self._base_val is None:
+                self._base_val = SELECTION[self.select](self.val_scores(model), self.val)
+            return self._base_val
+        return SELECTION[self.select](self.val_scores(model), self.val)
+
+    def reference(self):
+        from cca_tl.evaluate import final_residuals, general_text
+
+        if self._reference is None:
+            with self.run.session.base_weights():
+                self._reference = final_residuals(self.run.model, general_text(self.run.config.evaluate.retention_texts))
+        return self._reference
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self, variant: str, extra: dict) -> None:
+        """Test accuracy, held-out pivots (test and val), retention of the model as it is now."""
+        from cca_tl.evaluate import accuracy, general_text, pivot_scores, retention_scores
+
+        run, cfg = self.run, self.run.config
+        model = run.model
+        start = time.perf_counter()
+        macro, table, records = accuracy(model, run.problems().test, run.prompt_fn(),
+                                         max_new_tokens=cfg.traces.max_new_tokens, batch_size=cfg.traces.gen_batch_size,
+                                         stops=run.stops(), progress=run.progress)
+        release_freed_memory()
+        if variant == "base":
+            self._save_test_pivots(records)
+        test = pivot_scores(model, self._test_pivots())
+        val = pivot_scores(model, run.localization("val"))
+        scores = self.val_scores(model)
+        edited = not run.session.is_base()
+        retention = retention_scores(model, run.session.base_weights if edited else None,
+                                     general_text(cfg.evaluate.retention_texts), reference=self.reference())
+        info = dict(seed=self.seed, variant=variant, test_accuracy=macro, n_test=len(records),
+                    per_template=table["accuracy"].to_dict(),
+                    pivot_accuracy=test["pivot_accuracy"], pivot_logit_diff=test["pivot_logit_diff"],
+                    n_pivots_test=test["n_pivots"], val_pivot_accuracy=val["pivot_accuracy"],
+                    val_pivot_logit_diff=val["pivot_logit_diff"], n_pivots_val=val["n_pivots"],
+                    val_reference_accuracy=float(scores["on_path"].float().mean()), n_val=len(self.val),
+                    kl_to_base=retention["retention_kl"], general_nll=retention["general_nll"],
+                    general_top1=retention["general_top1"], seconds_eval=round(time.perf_counter() - start, 1), **extra)
+        atomic_write_text(self.dir / f"{variant}_records.csv", records.to_csv(index=False))
+        atomic_write_text(self.dir / f"{variant}_pivots.csv",
+                          pd.DataFrame(dict(logit_diff=test["diffs"])).to_csv(index=False))
+        atomic_write_text(self.dir / f"{variant}.json", json.dumps(info, indent=1))
+
+    def _save_test_pivots(self, records: pd.DataFrame) -> None:
+        from cca_tl.localize import localize_reference
+
+        run = self.run
+        model, prompt, test = run.model, run.prompt_fn(), run.problems().test
+        prompt_ids = [model.to_tokens(prompt(p.question), prepend_bos=True)[0].tolist() for p in test]
+        pivots = localize_reference(test, prompt_ids, list(records["output"]), list(records["correct"]), model.tokenizer)
+        with atomic_directory(self.dir / "test_pivots", overwrite=True) as staging:
+            pivots.save_to_disk(str(staging))
+
+    def _test_pivots(self):
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.dir / "test_pivots"))
+
+    def base(self) -> None:
+        if (self.dir / "base.json").exists():
+            return
+        log(f"seed {self.seed}: base model")
+        self.run.session.restore()
+        greedy = self._greedy_val_agreement()
+        self.evaluate("base", dict(objective=None, params=None, lr=None, best_step=None, n_params=0, pct_params=0.0,
+                                   **greedy))
+
+    def _greedy_val_agreement(self) -> dict:
+        """How well the selection metric stands for greedy accuracy: the base model's greedy correctness on
+        the validation questions (from the traces) against reference-path accuracy on the same questions."""
+        traces = self.run.traces().to_pandas()
+        val = self.run.problems().val
+        greedy = traces.set_index(["template_id", "instance_id"])["greedy_correct"]
+        correct = torch.tensor([bool(greedy.get((p.template_id, p.instance_id), False)) for p in val])
+        on_path = self.val_scores(self.run.model)["on_path"]
+        return dict(val_greedy_accuracy=float(correct.float().mean()),
+                    val_on_path_and_correct=int((on_path & correct).sum()), val_on_path_not_correct=int((on_path & ~correct).sum()),
+                    val_correct_off_path=int((~on_path & correct).sum()))
+
+    # -- one cell -------------------------------------------------------------------------------------
+    def cell(self, variant: str) -> None:
+        if (self.dir / f"{variant}.json").exists():
+            return
+        from cca_tl.lora import rank_for_budget
+
+        objective, params = VARIANTS[variant]
+        rank = rank_for_budget(self.run.model, self.mask.n_params(self.run.model)) if params == "lora" else None
+        sweep, kept = [], None  # kept: (lr, values of the best state so far)
+        for lr in self.lrs:
+            path = self.dir / "sweep" / f"{variant}_lr{lr:g}.json"
+            if path.exists():
+                sweep.append(json.loads(path.read_text()))
+                continue
+            result, seconds = self._train(variant, lr, rank)
+            row = dict(seed=self.seed, variant=variant, lr=lr, best_step=result.best_step,
+                       best_val=result.best_metric, history=result.history.to_dict("list"),
+                       n_params=result.n_params, pct_params=100 * result.fraction_params, seconds=seconds)
+            if kept is None or _better(row, _best(sweep)):
+                kept = (lr, result.regions, result.captured(self.run.model))
+            sweep.append(row)
+            atomic_write_text(path, json.dumps(row, default=float))
+            self.run.session.restore()
+        best = _best(sweep)
+        log(f"seed {self.seed} {variant}: selected lr {best['lr']:g}, step {best['best_step']} "
+            f"(val reference-path accuracy {best['best_val']:.3f})")
+        model = self.run.session.restore()
+        if best["best_step"] != 0:
+            if kept is None or kept[0] != best["lr"]:  # resumed: train the selected setting again (deterministic)
+                result, _ = self._train(variant, best["lr"], rank)
+            else:
+                self.run.session.protect(kept[1])
+                with torch.no_grad():
+                    for name, values in kept[2].items():
+                        region = kept[1][name]
+                        if region is None:
+                            model.get_parameter(name).copy_(values)
+                        else:
+                            model.get_parameter(name)[region] = values
+        extra = dict(objective=objective, params=params, lr=best["lr"], best_step=best["best_step"],
+                     n_params=best["n_params"], pct_params=best["pct_params"], lora_rank=rank,
+                     seconds_train=round(sum(r["seconds"] for r in sweep), 1))
+        if best["best_step"] == 0:  # the unedited model, bit for bit: its evaluation is the base's
+            info = json.loads((self.dir / "base.json").read_text())
+            info.update(extra, variant=variant, same_weights_as="base")
+            for suffix in ("records", "pivots"):
+                atomic_write_text(self.dir / f"{variant}_{suffix}.csv", (self.dir / f"base_{suffix}.csv").read_text())
+            atomic_write_text(self.dir / f"{variant}.json", json.dumps(info, indent=1))
+        else:
+            log(f"seed {self.seed}: evaluating {variant}")
+            self.evaluate(variant, extra)
+        self.run.session.restore()
+        release_freed_memory()
+
+    def _train(self, variant: str, lr: float, rank: int | None):
+        from cca_tl.update import train_update
+
+        objective, params = VARIANTS[variant]
+        model = self.run.session.restore()
+        if objective == "pivot":
+            data, steps, batch, optimizer = self.pivots, PIVOT_STEPS, self.run.config.update.batch_size, "sgd"
+        else:
+            data, batch, optimizer = self.answers, ANSWER_BATCH, "adamw"
+            steps = math.ceil(len(self.answers) / ANSWER_BATCH)  # one epoch
+        log(f"seed {self.seed} {variant}: lr {lr:g}, {steps} steps")
+        start = time.perf_counter()
+        result = train_update(model, data, self.mask, objective=objective, params=params, optimizer=optimizer,
+                              lr=lr, steps=steps, batch_size=batch, lora_rank=rank, val_metric=self.val_accuracy,
+                              eval_steps=[steps // 2, steps], seed=self.seed, protect=self.run.session.protect,
+                              progress=self.run.progress, name=variant)
+        return result, round(time.perf_counter() - start, 1)
+
+
+def _best(sweep: list[dict]) -> dict | None:
+    """The sweep row with the highest validation score; ties keep the earlier (smaller) learning rate, and a
+    row that kept step 0 counts as the unedited model."""
+    best = None
+    for row in sweep:
+        if best is None or _better(row, best):
+            best = row
+    return best
+
+
+def _better(row: dict, best: dict | None) -> bool:
+    return best is None or row["best_val"] > best["best_val"]
+
+
+# -- summary -------------------------------------------------------------------------------------------
+
+
+def collect(runs: Path, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, sweep = [], []
+    for seed in seeds:
+        folder = runs / f"seed{seed}" / "power"
+        for variant in ["base", *VARIANTS]:
+            path = folder / f"{variant}.json"
+            if path.exists():
+                info = json.loads(path.read_text())
+                info.pop("per_template", None)
+                rows.append(info)
+        for path in sorted((folder / "sweep").glob("*.json")) if folder.exists() else []:
+            row = json.loads(path.read_text())
+            row.pop("history", None)
+            sweep.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(sweep)
+
+
+def paired_groups(runs: Path, seeds: list[int], a: str, b: str, metric: str) -> list:
+    """Per seed, the per-item outcomes of variants a and b (questions for test accuracy, test pivots for
+    pivot accuracy), when both are there."""
+    groups = []
+    for seed in seeds:
+        folder = runs / f"seed{seed}" / "power"
+        suffix, column = ("records", "correct") if metric == "test_accuracy" else ("pivots", "logit_diff")
+        paths = [folder / f"{v}_{suffix}.csv" for v in (a, b)]
+        if not all(p.exists() for p in paths):
+            continue
+        x, y = (pd.read_csv(p)[column] for p in paths)
+        if column == "logit_diff":
+            x, y = x > 0, y > 0
+        groups.append((x.to_numpy(float), y.to_numpy(float)))
+    return groups
+
+
+COMPARISONS = [  # (a, b, what the difference answers)
+    ("cca", "base", "does CCA change the model at all"),
+    ("cca", "random", "the DCM mask against a random mask of the same size (pivot objective)"),
+    ("cca", "all", "the mask against every parameter (pivot objective)"),
+    ("cca", "pivot-lora", "the mask against LoRA at the same budget (pivot objective)"),
+    ("cca", "masked-ft", "the objective, on the DCM mask"),
+    ("pivot-lora", "lora", "the objective, on LoRA"),
+    ("masked-ft", "random-ft", "the DCM mask against a random one (answer objective)"),
+    ("masked-ft", "lora", "the mask against LoRA at the same budget (answer objective)"),
+    ("lora", "cca", "the gap between LoRA fine-tuning and CCA"),
+]
+
+
+def comparisons(runs: Path, seeds: list[int]) -> pd.DataFrame:
+    from cca_tl.stats import stratified_paired_bootstrap_ci, verdict_with_margin
+
+    rows = []
+    for a, b, question in COMPARISONS:
+        for metric in ("test_accuracy", "pivot_accuracy"):
+            groups = paired_groups(runs, seeds, a, b, metric)
+            if not groups:
+                continue
+            mean, low, high = stratified_paired_bootstrap_ci(groups, seed=0)
+            rows.append(dict(comparison=f"{a} − {b}", metric=metric, seeds=len(groups),
+                             n=sum(len(x) for x, _ in groups), diff=mean, low=low, high=high,
+                             verdict=verdict_with_margin(low, high, MARGIN[metric]), question=question))
+    return pd.DataFrame(rows)
+
+
+def plot(rows: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if not table.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(table) / 2 + 1.8), sharey=True)
+        for ax, metric in zip(axes, ("test_accuracy", "pivot_accuracy")):
+            part = table[table["metric"] == metric].iloc[::-1]
+            y = range(len(part))
+            ax.errorbar(100 * part["diff"], y, xerr=[100 * (part["diff"] - part["low"]), 100 * (part["high"] - part["diff"])],
+                        fmt="o", capsize=3)
+            ax.axvline(0, color="grey", lw=1)
+            ax.axvspan(-100 * MARGIN[metric], 100 * MARGIN[metric], color="grey", alpha=0.12)
+            ax.set_yticks(list(y), part["comparison"])
+            ax.set_xlabel(f"{metric.replace('_', ' ')} difference (points), 95 % CI")
+        axes[0].set_title("answers (test questions)")
+        axes[1].set_title("held-out test pivots")
+        fig.tight_layout()
+        fig.savefig(out / "differences.png", dpi=110)
+        plt.close(fig)
+        written.append("differences.png")
+    if not rows.empty:
+        means = rows.groupby("variant")[["test_accuracy", "pivot_accuracy", "kl_to_base"]].mean()
+        order = [v for v in ["base", *VARIANTS] if v in means.index]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for v in order:
+            ax.scatter(100 * means.loc[v, "pivot_accuracy"], 100 * means.loc[v, "test_accuracy"], s=40)
+            ax.annotate(v, (100 * means.loc[v, "pivot_accuracy"], 100 * means.loc[v, "test_accuracy"]),
+                        textcoords="offset points", xytext=(5, 3), fontsize=8)
+        ax.set_xlabel("held-out test pivot accuracy (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("mean over seeds")
+        fig.tight_layout()
+        fig.savefig(out / "variants.png", dpi=110)
+        plt.close(fig)
+        written.append("variants.png")
+    return written
+
+
+def summarise(runs: Path, seeds: list[int], out: Path = OUT, command: str | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows, sweep = collect(runs, seeds)
+    if rows.empty:
+        log("nothing to summarise yet")
+        return
+    columns = ["seed", "variant", "objective", "params", "n_test", "test_accuracy", "n_pivots_test", "pivot_accuracy",
+               "pivot_logit_diff", "n_pivots_val", "val_pivot_accuracy", "n_val", "val_reference_accuracy",
+               "pct_params", "n_params", "lora_rank", "lr", "best_step", "kl_to_base", "general_nll", "general_top1",
+               "seconds_train", "seconds_eval"]
+    rows = rows.reindex(columns=[c for c in columns if c in rows.columns])
+    atomic_write_text(out / "rows.csv", rows.to_csv(index=False))
+    if not sweep.empty:
+        atomic_write_text(out / "sweep.csv", sweep.to_csv(index=False))
+    table = comparisons(runs, seeds)
+    atomic_write_text(out / "comparisons.csv", table.to_csv(index=False))
+    pictures = plot(rows, table, out)
+    command = command or ".venv/bin/python analyses/power.py --seeds " + " ".join(map(str, seeds))
+    atomic_write_text(out / "summary.md", summary_text(rows, sweep, table, command, pictures))
+    log(f"wrote {out}/summary.md ({len(rows)} rows)")
+
+
+def summary_text(rows: pd.DataFrame, sweep: pd.DataFrame, table: pd.DataFrame, command: str,
+                 pictures: list[str]) -> str:
+    done = rows.groupby("seed")["variant"].nunique().to_dict()
+    means = rows.groupby("variant")[["test_accuracy", "pivot_accuracy", "val_pivot_accuracy", "kl_to_base",
+                                     "general_nll", "pct_params"]].mean()
+    grid = pd.DataFrame(index=["pivot", "answer"], columns=["mask", "random", "all", "lora"], dtype=object)
+    for variant, (objective, params) in VARIANTS.items():
+        if variant in means.index:
+            grid.loc[objective, params] = (f"{100 * means.loc[variant, 'test_accuracy']:.1f} / "
+                                           f"{100 * means.loc[variant, 'pivot_accuracy']:.1f}")
+    lines = [
+        "# Does CCA work? Objective x parameters with power (issue 15)",
+        "",
+        f"Command: `{command}` (2 CPU cores, float32, no GPU). Design, selection rule and sizes: the docstring of `analyses/power.py`. Cells "
+        f"finished per seed: {done} (of 9).",
+        "",
+        "## Mean over seeds: test accuracy / held-out test pivot accuracy (%)",
+        "",
+        grid.fillna("—").to_markdown(),
+        "",
+        f"Base model: {100 * means.loc['base', 'test_accuracy']:.1f} / {100 * means.loc['base', 'pivot_accuracy']:.1f}"
+        if "base" in means.index else "",
+        "",
+        "## Every seed and cell (`rows.csv`)",
+        "",
+        rows[["seed", "variant", "n_test", "test_accuracy", "n_pivots_test", "pivot_accuracy", "val_reference_accuracy",
+              "lr", "best_step", "pct_params", "kl_to_base", "general_nll"]].round(4).to_markdown(index=False),
+        "",
+        "## Paired differences, pooled over seeds (bootstrap within each seed, 95 % CI)",
+        "",
+        f"Verdict: *effect* when the interval excludes 0; *no effect* when it lies within ±{100 * MARGIN['test_accuracy']:.0f} "
+        f"points (test accuracy) or ±{100 * MARGIN['pivot_accuracy']:.0f} points (pivot accuracy), differences too small "
+        "to matter for a user; *cannot tell* otherwise.",
+        "",
+    ]
+    if not table.empty:
+        shown = table.assign(**{c: (100 * table[c]).round(1) for c in ("diff", "low", "high")})
+        lines += [shown[["comparison", "metric", "seeds", "n", "diff", "low", "high", "verdict", "question"]]
+                  .to_markdown(index=False), ""]
+    lines += [f"![{p}]({p})" for p in pictures]
+    if not sweep.empty:
+        chosen = rows.dropna(subset=["lr"])[["seed", "variant", "lr", "best_step"]]
+        lines += ["", "## Learning-rate sweep (`sweep.csv`)", "",
+                  "Validation reference-path accuracy at the best step of each learning rate; the selected setting "
+                  "per seed and cell:", "", chosen.to_markdown(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs", type=Path, default=Path("runs/power"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--summary", action="store_true", help="only rewrite analyses/results/power from finished cells")
+    parser.add_argument("--preset", default="power", help="the run preset (tiny: a seconds-long check of this script)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
+    parser.add_argument("--out", type=Path, default=OUT, help="where the tables and plots go")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the preset (as in cca-tl run)")
+    parser.add_argument("--select", default="reference", choices=list(SELECTION),
+                        help="selection metric on the validation questions (default: reference-path accuracy)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    command = ".venv/bin/python analyses/power.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if not args.summary:
+        for seed in args.seeds:
+            state = Seed(seed, args.runs, args.preset, tuple(args.lrs), progress=not args.quiet, overrides=tuple(args.overrides),
+                         select=args.select)
+            state.base()
+            for variant in args.variants:
+                state.cell(variant)
+            summarise(args.runs, args.seeds, args.out, command)
+            state.run.session.close()
+    summarise(args.runs, args.seeds, args.out, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
