@@ -54,6 +54,7 @@ import torch
 
 from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
 from cca_tl.pipeline import Run, preset
+from cca_tl.stats import MARGINS
 from cca_tl.update import VARIANTS
 
 OUT = Path(__file__).resolve().parent / "results" / "power"
@@ -63,7 +64,7 @@ PIVOT_STEPS, ANSWER_BATCH = 4, 8
 #: never on the path, like the tiny random check) minus the mean answer NLL per token.
 SELECTION = {"reference": lambda scores, data: float(scores["on_path"].float().mean()),
              "nll": lambda scores, data: -float(scores["nll"].sum()) / data.n_tokens}
-MARGIN = {"test_accuracy": 0.03, "pivot_accuracy": 0.05}  # differences smaller than this do not matter here
+MARGIN = {"test_accuracy": MARGINS["accuracy"], "pivot_accuracy": MARGINS["pivot_accuracy"]}
 
 
 def log(text: str) -> None:
@@ -325,7 +326,7 @@ COMPARISONS = [  # (a, b, what the difference answers)
 
 
 def comparisons(runs: Path, seeds: list[int]) -> pd.DataFrame:
-    from cca_tl.stats import stratified_paired_bootstrap_ci, verdict_with_margin
+    from cca_tl.stats import stratified_paired_bootstrap_ci, verdict
 
     rows = []
     for a, b, question in COMPARISONS:
@@ -336,7 +337,7 @@ def comparisons(runs: Path, seeds: list[int]) -> pd.DataFrame:
             mean, low, high = stratified_paired_bootstrap_ci(groups, seed=0)
             rows.append(dict(comparison=f"{a} − {b}", metric=metric, seeds=len(groups),
                              n=sum(len(x) for x, _ in groups), diff=mean, low=low, high=high,
-                             verdict=verdict_with_margin(low, high, MARGIN[metric]), question=question))
+                             verdict=verdict(low, high, MARGIN[metric]), question=question))
     return pd.DataFrame(rows)
 
 

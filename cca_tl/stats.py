@@ -33,15 +33,6 @@ def paired_bootstrap_ci(a: Float[np.ndarray, "n"], b: Float[np.ndarray, "n"], *,
     return float((a - b).mean()), low, high
 
 
-def verdict(low: float, high: float) -> str:
-    """Plain words for an interval of a difference: an effect either way, or none that this sample can see."""
-    if low > 0:
-        return "effect (better)"
-    if high < 0:
-        return "effect (worse)"
-    return "no effect seen"
-
-
 def stratified_paired_bootstrap_ci(groups: "list[tuple[np.ndarray, np.ndarray]]", *, n_resamples: int = 10_000,
                                    level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Mean of ``a - b`` over several paired samples (e.g. one per seed, each with its own questions) and its
@@ -65,7 +56,12 @@ def stratified_paired_bootstrap_ci(groups: "list[tuple[np.ndarray, np.ndarray]]"
     return mean, float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def verdict_with_margin(low: float, high: float, margin: float) -> str:
+#: Differences smaller than these (fractions; test accuracy, held-out pivot accuracy) are too small to matter
+#: to a user choosing an update method: a CI inside them reads "no effect" rather than "cannot tell".
+MARGINS = {"accuracy": 0.03, "pivot_accuracy": 0.05}
+
+
+def verdict(low: float, high: float, margin: float) -> str:
     """Three answers for an interval of a difference: an effect (the interval excludes 0), no effect (the
     whole interval lies within ``±margin``, a difference too small to matter), or cannot tell (neither)."""
     if low > 0:

@@ -158,8 +158,10 @@ class UpdateConfig(_Section):
     # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
     batch_size: int = _positive(4)
     # Picks the update's best step. logit_diff: mean pivot logit difference on the held-out val records —
-    # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each.
-    val_metric: Literal["accuracy", "logit_diff"] = "logit_diff"
+    # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each;
+    # reference: the share of val questions whose reference solution is the greedy path (teacher-forced,
+    # forward passes only; the power experiment's rule, cca_tl.answers.reference_path_scores).
+    val_metric: Literal["accuracy", "logit_diff", "reference"] = "logit_diff"
 
 
 @dataclass

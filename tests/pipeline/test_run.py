@@ -259,9 +259,10 @@ def test_an_empty_dcm_mask_is_a_clear_error(tmp_path):
 
 
 def test_a_run_directory_with_the_flat_config_of_the_previous_version_opens_and_resumes(tmp_path):
-    """``analyses/results/main_two_step/config.json`` was written with flat keys (``lam``, ``dcm_lr``, ...) before
-    the config had sections: it still opens, means the same run, and the main job's config may resume it."""
-    flat = json.loads((Path(__file__).parents[2] / "analyses/results/main_two_step/config.json").read_text())
+    """``tests/data/flat_config_before_sections.json`` (the main job's config.json as the previous version wrote
+    it, with flat keys: ``lam``, ``dcm_lr``, ...) still opens, means the same run, and the main job's config
+    may resume it."""
+    flat = json.loads((Path(__file__).parents[1] / "data/flat_config_before_sections.json").read_text())
     assert "dcm_lr" in flat and "dcm" not in flat
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "config.json").write_text(json.dumps(flat))
@@ -286,3 +287,13 @@ def test_config_sections_are_typed_and_keys_resolve():
         with pytest.raises(ValueError, match=message):
             RunConfig().with_overrides([bad])
     assert preset("tiny", lam=0.5, update_lr=0.1).dcm.lam == 0.5 and preset("tiny", update_lr=0.1).update.lr == 0.1
+
+
+def test_reference_path_validation_is_wired_and_measured_on_the_val_questions(tmp_path):
+    """``update.val_metric="reference"``: the update's step-0 score is the share of val questions whose reference
+    solution is the greedy path (a tiny random model: none), recorded as the selection metric."""
+    cfg = preset("tiny", **{"data.task": "two-step", "update.val_metric": "reference", "update.lr": 0.0})
+    run(cfg, tmp_path / "r", stop_after="update", progress=False)
+    info = Run.open(tmp_path / "r", progress=False).stage_info("update")
+    assert info["val_metric"] == "reference" and info["best_step"] == 0
+    assert info["start_metric"] == 0.0  # a random character model is never on the reference path

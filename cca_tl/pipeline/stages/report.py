@@ -13,12 +13,16 @@ from cca_tl.pipeline.stages import Stage, stage_names
 def verdict(run, table: pd.DataFrame) -> str:
     """What CCA did, against the base model and each control, with paired bootstrap 95 % intervals on test
     accuracy (per question) and on held-out pivot accuracy (per test pivot: the base model's wrong answers)."""
-    from cca_tl.stats import verdict as words
+    from cca_tl import stats
 
     n = int(table["n_test"].iloc[0])
     lines = [f"With {n} test questions one question is {100 / max(n, 1):.1f} points; the held-out pivots are the "
              f"{int(table['n_pivots_test'].iloc[0] or 0)} places where the base model's wrong test answers leave "
-             "the reference solution (the base model is wrong at every one of them by construction)."]
+             "the reference solution (the base model is wrong at every one of them by construction). Verdicts: an "
+             "effect when the interval excludes 0, no effect when it lies within "
+             f"±{100 * stats.MARGINS['accuracy']:.0f} points (answers) or ±{100 * stats.MARGINS['pivot_accuracy']:.0f} (pivots), "
+             "cannot tell otherwise; one seed — `analyses/results/power/summary.md` has three, with LoRA and "
+             "masked fine-tuning beside CCA."]
     if "cca" not in table.index:
         return lines[0]
     for other in [v for v in table.index if v != "cca"]:
@@ -33,10 +37,11 @@ def verdict(run, table: pd.DataFrame) -> str:
             continue
         lines.append(
             f"- **CCA − {other}**: test accuracy {100 * d['accuracy_diff']:+.1f} points "
-            f"[{100 * d['accuracy_low']:+.1f}, {100 * d['accuracy_high']:+.1f}] → {words(d['accuracy_low'], d['accuracy_high'])}; "
+            f"[{100 * d['accuracy_low']:+.1f}, {100 * d['accuracy_high']:+.1f}] → "
+            f"{stats.verdict(d['accuracy_low'], d['accuracy_high'], stats.MARGINS['accuracy'])}; "
             f"pivot accuracy {100 * d['pivot_accuracy_diff']:+.1f} points "
             f"[{100 * d['pivot_accuracy_low']:+.1f}, {100 * d['pivot_accuracy_high']:+.1f}] → "
-            f"{words(d['pivot_accuracy_low'], d['pivot_accuracy_high'])}.")
+            f"{stats.verdict(d['pivot_accuracy_low'], d['pivot_accuracy_high'], stats.MARGINS['pivot_accuracy'])}.")
     return "\n".join(lines)
 
 

@@ -29,16 +29,19 @@ def update_variant(run, variant: str):
 
 def selection_metric(run) -> str:
     """What picks the update's best step: ``"accuracy"`` (greedy accuracy on the val questions, the paper's
-    rule) or ``"logit_diff"`` (mean pivot logit difference on the val records, else the train records)."""
-    return "accuracy" if run.config.update.val_metric == "accuracy" and run.problems().val else "logit_diff"
+    rule), ``"reference"`` (reference-path accuracy on the val questions) or ``"logit_diff"`` (mean pivot
+    logit difference on the val records, else the train records — also the fallback without val questions)."""
+    chosen = run.config.update.val_metric
+    return chosen if chosen in ("accuracy", "reference") and run.problems().val else "logit_diff"
 
 
 def val_metric(run) -> Callable[[HookedTransformer], float]:
     """The update's step-selection metric (higher is better; see :func:`selection_metric`). The unedited
     model's value is measured once per run and reused: every update (CCA's, each control's) starts from it,
     and the session knows when the model is unedited (no parameter version moved since it was restored)."""
-    from cca_tl.evaluate import accuracy
+    from cca_tl.answers import AnswerSet, reference_path_scores
     from cca_tl.contrast import record_logit_diffs
+    from cca_tl.evaluate import accuracy
 
     cfg = run.config
     kind = selection_metric(run)
@@ -48,6 +51,9 @@ def val_metric(run) -> Callable[[HookedTransformer], float]:
         if kind == "accuracy":
             return accuracy(model, run.problems().val, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
                             batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=False)[0]
+        if kind == "reference":
+            answers = AnswerSet.from_problems(model, run.problems().val, run.prompt_fn())
+            return float(reference_path_scores(model, answers, cfg.update.batch_size)["on_path"].float().mean())
         return float(record_logit_diffs(model, records, cfg.update.batch_size).sum()) / len(records)
 
     def metric(model: HookedTransformer) -> float:
