@@ -68,8 +68,9 @@ def row(seed: int, variant: str, info: dict, frac_components: float, frac_params
 
 def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
     """LoRA (authors), LoRA (CCA budget), full fine-tuning — on this run's splits; cached as JSON."""
-    from cca_tl.baselines import finetune, lora_rank_for_budget, sft_examples
+    from cca_tl.baselines import finetune, sft_examples
     from cca_tl.evaluate import accuracy, general_text_scores, retention_kl
+    from cca_tl.lora import rank_for_budget
 
     cfg, splits = run.config, run.problems()
     out_dir = run.dir / "baselines"
@@ -83,9 +84,7 @@ def finetune_baselines(run: Run, seed: int, full_ft: bool = True) -> list[dict]:
                                batch_size=cfg.traces.gen_batch_size, hf_model=hf_model, stops=run.stops(), progress=False)
         return macro
 
-    from cca_tl.traces import hf_twin
-
-    budget_r = lora_rank_for_budget(hf_twin(base), cca_params)
+    budget_r = rank_for_budget(base, cca_params)
     specs = {"lora-r16": dict(method="lora", r=16, lr=1e-5, epochs=2),
              "lora-budget": dict(method="lora", r=budget_r, lr=1e-5, epochs=2),
              "full-ft": dict(method="full", lr=1e-5, epochs=2)}

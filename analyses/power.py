@@ -36,8 +36,9 @@ Reported per cell: greedy accuracy on the 320 test questions, held-out pivot acc
 the test pivots (the base model's wrong test answers; never seen by DCM, the update or the selection) and on
 the validation pivots, KL to the base model and NLL on general text, the share of parameters trained.
 Everything resumes: each seed's pipeline stages, each (cell, learning rate) of the sweep and each cell's
-evaluation are written atomically under ``runs/power/seed<N>/power``; the summary goes to
-``analyses/results/power/`` (rows.csv, sweep.csv, summary.md, plots).
+evaluation are written atomically under ``analyses/results/power/runs/seed<N>/`` (committed, ~3 MB per seed:
+traces, pivots, the DCM mask, JSON per cell; no weights), so a later session picks up where one stopped;
+the summary goes to ``analyses/results/power/`` (rows.csv, sweep.csv, comparisons.csv, summary.md, plots).
 """
 
 from __future__ import annotations
@@ -456,7 +457,8 @@ def summary_text(rows: pd.DataFrame, sweep: pd.DataFrame, table: pd.DataFrame, c
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs", type=Path, default=Path("runs/power"))
+    parser.add_argument("--runs", type=Path, default=OUT / "runs",
+                        help="the seeds' run directories (committed: a few MB per seed, so a later session resumes)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--summary", action="store_true", help="only rewrite analyses/results/power from finished cells")
     parser.add_argument("--preset", default="power", help="the run preset (tiny: a seconds-long check of this script)")
@@ -468,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="selection metric on the validation questions (default: reference-path accuracy)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    command = ".venv/bin/python analyses/power.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/python analyses/power.py " + " ".join(a for a in (sys.argv[1:] if argv is None else argv)
+                                                              if a != "--summary")
     if not args.summary:
         for seed in args.seeds:
             state = Seed(seed, args.runs, args.preset, tuple(args.lrs), progress=not args.quiet, overrides=tuple(args.overrides),

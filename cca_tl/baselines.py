@@ -2,8 +2,8 @@
 
 The authors' baselines (docs/method.md §A5): LoRA r 16, α 32, dropout 0.1 on q, k, v, o, gate, up, down; learning rate
 1e-5, 2 epochs; full fine-tuning at lr 1e-5 — supervised on the reference solutions of the training
-questions, loss on the answer tokens only. :func:`lora_rank_for_budget` sizes a LoRA to the number of
-parameters a CCA edit changed (the budget-matched variant).
+questions, loss on the answer tokens only. :func:`cca_tl.lora.rank_for_budget` sizes a LoRA to the number
+of parameters a CCA edit changed (the budget-matched variant).
 
 Training runs on the model's HF twin (``transformers`` + ``peft``, the way users fine-tune); the result is
 merged and brought back as a HookedTransformer, so every evaluation, retention and analysis function of
@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from cca_tl.lora import LORA_TARGETS
 from cca_tl.params import WeightSnapshot
 from cca_tl.tasks import Problem
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -80,22 +80,6 @@ def answer_loss(causal_lm: Any, ids: Tensor, attn: Tensor, predict: Tensor) -> T
     if cap:
         logits = cap * torch.tanh(logits / cap)
     return torch.nn.functional.cross_entropy(logits, ids[rows, cols + 1])
-
-
-def lora_params_per_rank(hf_model: Any, targets: Sequence[str] = LORA_TARGETS) -> int:
-    """Trainable parameters one LoRA rank adds over ``targets``: Σ (in + out features)."""
-    total = 0
-    for name, module in hf_model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            total += module.in_features + module.out_features
-    if total == 0:
-        raise ValueError(f"No linear modules named {list(targets)} in this model.")
-    return total
-
-
-def lora_rank_for_budget(hf_model: Any, n_params: int, targets: Sequence[str] = LORA_TARGETS) -> int:
-    """The LoRA rank whose trainable parameter count is closest to ``n_params`` (at least 1)."""
-    return max(1, round(n_params / lora_params_per_rank(hf_model, targets)))
 
 
 @dataclass
@@ -206,6 +190,5 @@ def same_weights(a: HookedTransformer, b: HookedTransformer) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-__all__ = ["FinetuneResult", "LORA_TARGETS", "SFTExample", "answer_loss", "finetune", "lora_params_per_rank",
-           "lora_rank_for_budget", "same_weights", "sft_examples"]
+__all__ = ["FinetuneResult", "LORA_TARGETS", "SFTExample", "answer_loss", "finetune", "same_weights", "sft_examples"]
 

@@ -30,6 +30,7 @@ def test_merged_lora_equals_peft_lora_on_the_hf_twin(arch):
                      if n.endswith(f"layers.{t.layer}.{'self_attn' if t.projection.endswith(('q_proj', 'k_proj', 'v_proj', 'o_proj')) else 'mlp'}.{t.projection}"))
         layer.lora_A["default"].weight.data.copy_(lora.A[t.name])
         layer.lora_B["default"].weight.data.copy_(lora.B[t.name])
+    assert lora.count == peft_model.get_nb_trainable_parameters()[0]  # the same budget as peft's
     tokens = torch.randint(0, 200, (2, 9), generator=g)
     with torch.no_grad():
         ours = model(tokens).float()
