@@ -342,7 +342,7 @@ def comparisons(runs: Path, seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot(rows: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[str]:
+def plot(rows: pd.DataFrame, table: pd.DataFrame, sweep: pd.DataFrame, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,6 +381,27 @@ def plot(rows: pd.DataFrame, table: pd.DataFrame, out: Path) -> list[str]:
         fig.savefig(out / "variants.png", dpi=110)
         plt.close(fig)
         written.append("variants.png")
+    if not sweep.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        for ax, objective in zip(axes, ("pivot", "answer")):
+            for variant, (obj, _) in VARIANTS.items():
+                part = sweep[(sweep["variant"] == variant)] if obj == objective else sweep.iloc[0:0]
+                for seed, runs in part.groupby("seed"):
+                    runs = runs.sort_values("lr")
+                    ax.plot(runs["lr"], 100 * runs["best_val"], marker="o", label=f"{variant} (seed {seed})")
+            base = rows[rows["variant"] == "base"]
+            for value in 100 * base["val_reference_accuracy"]:
+                ax.axhline(value, color="grey", lw=0.8, ls="--")
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate")
+            ax.set_title(f"{objective} objective")
+            if ax.get_lines()[len(base):]:
+                ax.legend(fontsize=7)
+        axes[0].set_ylabel("val reference-path accuracy at the best step (%)")
+        fig.tight_layout()
+        fig.savefig(out / "sweep.png", dpi=110)
+        plt.close(fig)
+        written.append("sweep.png")
     return written
 
 
@@ -400,7 +421,7 @@ def summarise(runs: Path, seeds: list[int], out: Path = OUT, command: str | None
         atomic_write_text(out / "sweep.csv", sweep.to_csv(index=False))
     table = comparisons(runs, seeds)
     atomic_write_text(out / "comparisons.csv", table.to_csv(index=False))
-    pictures = plot(rows, table, out)
+    pictures = plot(rows, table, sweep, out)
     command = command or ".venv/bin/python analyses/power.py --seeds " + " ".join(map(str, seeds))
     atomic_write_text(out / "summary.md", summary_text(rows, sweep, table, command, pictures))
     log(f"wrote {out}/summary.md ({len(rows)} rows)")

@@ -2,7 +2,8 @@
 
 The package reads as the pipeline: ``models → components → tasks → traces → localize → dcm → update →
 evaluate → analysis → export`` (plus ``sparse`` for weight-sparse circuits). Implemented so far: the
-foundation (models, components, export) and the CCA core (dcm, update):
+foundation (models, components, export) and the CCA core (dcm, update; the update also as reference-answer
+fine-tuning and on LoRA factors, for comparisons at a matched budget):
 
 >>> import cca_tl
 >>> model = cca_tl.load_model()                       # Gemma-3-270M, offline, no weight processing
@@ -11,6 +12,8 @@ foundation (models, components, export) and the CCA core (dcm, update):
 >>> data = cca_tl.ContrastSet.from_texts(model, prefixes, desired, undesired)
 >>> result = cca_tl.train_dcm(model, data, lam=1e-3)     # binary ComponentMask + history DataFrame
 >>> cca_tl.targeted_update(model, data, result.mask, lr=1e-3)
+>>> answers = cca_tl.AnswerSet.from_problems(model, problems, prompt_fn)   # reference solutions
+>>> cca_tl.train_update(model, answers, result.mask, objective="answer", params="mask", optimizer="adamw")
 >>> cca_tl.export_hf(model, "edited-gemma")            # verified HF directory
 """
 
@@ -30,7 +33,8 @@ from cca_tl.dcm import DCMMask, DCMResult, lambda_sweep, train_dcm
 from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError, NonFiniteLossError
 from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
 from cca_tl.models import DEFAULT_MODEL, known_models, load_model, provenance, tiny_model
-from cca_tl.update import UpdateResult, targeted_update
+from cca_tl.answers import AnswerSet
+from cca_tl.update import VARIANTS, UpdateResult, targeted_update, train_update
 
 __version__ = "0.1.0"
 
@@ -40,5 +44,5 @@ __all__ = [
     "ModelLoadError", "ParamSlice", "component_table", "export_hf", "hf_state_dict", "known_models",
     "load_model", "max_logit_diff", "provenance", "tiny_model",
     "ContrastSet", "DCMMask", "DCMResult", "NonFiniteLossError", "lambda_sweep", "train_dcm", "two_logit_diff",
-    "UpdateResult", "targeted_update",
+    "AnswerSet", "UpdateResult", "VARIANTS", "targeted_update", "train_update",
 ]
