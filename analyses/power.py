@@ -467,6 +467,21 @@ def summary_text(rows: pd.DataFrame, sweep: pd.DataFrame, table: pd.DataFrame, c
         lines += [shown[["comparison", "metric", "seeds", "n", "diff", "low", "high", "verdict", "question"]]
                   .to_markdown(index=False), ""]
     lines += [f"![{p}]({p})" for p in pictures]
+    lines += ["", "## What these numbers can and cannot show", "",
+              "- **Shared arithmetic.** Test questions are distinct texts, but with operands <= 3 a template has only "
+              "17-27 operand combinations, so every test question's arithmetic also occurs (with other names and "
+              "items) among the training questions. Reference-answer fine-tuning can learn that whole table of facts; "
+              "the pivot objective moves one token per record. The answer objective's lead measures both the "
+              "objective and this overlap; a split that holds out operand combinations would separate them.",
+              "- **The selection metric** is a lower bound of greedy accuracy: on the base model, every question on "
+              "the reference path is greedy-correct, and some greedy-correct answers leave the path (`base.json`: "
+              "`val_on_path_and_correct`, `val_correct_off_path`).",
+              "- **Objective includes its optimiser**: SGD full-batch steps for the pivot objective (the paper's), "
+              "AdamW mini-batches for the answer objective (the authors' baselines); the learning rate is swept per "
+              "cell, the step count is fixed (4 pivot steps, one epoch of answers).",
+              "- **Held-out pivots** are where the *base* model's wrong test answers leave the reference: the base "
+              "scores 0 there by construction, so pivot accuracy measures repair of the base model's slips, not "
+              "new errors an edit introduces (test accuracy does)."]
     if not sweep.empty:
         chosen = rows.dropna(subset=["lr"])[["seed", "variant", "lr", "best_step"]]
         lines += ["", "## Learning-rate sweep (`sweep.csv`)", "",
