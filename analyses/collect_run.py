@@ -2,8 +2,9 @@
 
     .venv/bin/python analyses/collect_run.py runs/easy --name easy_gemma --command "cca-tl run ..."
 
-Copies report.md (with the command that made it prepended), stages/*.json timings, evaluate/accuracy.csv,
-the analysis tables and pictures, and the attention page; model weights and traces stay in the run dir.
+Copies report.md (with the command that made it prepended), the self-contained report.html, stages/*.json
+timings, evaluate/accuracy.csv, the analysis tables and pictures, and the attention page; model weights and
+traces stay in the run dir.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SMALL = ["evaluate/accuracy.csv", "analysis/components.csv", "analysis/components_per_layer.csv",
          "analysis/ablation.csv", "analysis/faithfulness.csv", "analysis/mask.png", "analysis/faithfulness.png",
-         "analysis/attention.html", "dcm/history.csv", "dcm/mask.json", "update/history.csv", "config.json"]
+         "analysis/attention.html", "report.html", "dcm/history.csv", "dcm/mask.json", "update/history.csv", "config.json"]
 
 
 def main() -> None:

@@ -121,6 +121,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """(Re)write a finished run's report.md and self-contained report.html from its artifacts (no model
+    is loaded, nothing is recomputed)."""
+    from cca_tl.pipeline import Run
+    from cca_tl.pipeline.stages.report import write_reports
+
+    run = Run.open(args.run, progress=False)
+    missing = [s for s in ("evaluate", "analysis") if not run.done(s)]
+    if missing:
+        raise CCAError(f"{args.run} has not finished {' and '.join(missing)} yet; `cca-tl run --out {args.run}` "
+                       "with its config resumes it.")
+    paths = write_reports(run)
+    print(f"wrote {paths['report']} and {paths['html']}")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     """Component counts of the DCM masks of several runs (or mask files), with mean ± std."""
     from cca_tl.analysis import count_summary, count_table
@@ -203,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="(re)write a finished run's report.md and self-contained report.html")
+    p.add_argument("run", help="a run directory whose analysis stage is done")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("table", help="component-count table across runs or mask files")
     p.add_argument("runs", nargs="+", help="run directories or mask files (.safetensors/.json)")

@@ -230,7 +230,7 @@ class Run:
                 start = time.perf_counter()
                 self.log(f"stage {stage.name} ...")
                 info = self._run_stage(stage)
-                info = dict(info, seconds=round(time.perf_counter() - start, 2))
+                info = dict(info, seconds=round(time.perf_counter() - start, 2), device=self.session.describe())
                 atomic_write_text(self.marker(stage.name), json.dumps(info, indent=1, default=str))
                 self.log(f"stage {stage.name} done in {info['seconds']:.1f} s")
                 ran.append(stage.name)

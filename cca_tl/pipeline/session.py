@@ -78,6 +78,13 @@ class ModelSession:
     def loaded(self) -> bool:
         return self._model is not None
 
+    def describe(self) -> str:
+        """The device in words, as reports and benchmarks record it ("NVIDIA H100 80GB HBM3", "cpu (2
+        threads)")."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"{self.device.type} ({torch.get_num_threads()} threads)"
+
     def _params(self) -> dict[str, torch.nn.Parameter]:
         return dict(self.model.named_parameters())
 

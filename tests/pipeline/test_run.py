@@ -116,6 +116,42 @@ def test_logit_differences_reused_from_the_update_are_the_models(tiny_run):
     assert str(n_test) in [cell.strip() for cell in base_row.split("|")]  # a count, not "4.000"
 
 
+def test_report_html_is_self_contained_and_rewritable(tiny_run, tmp_path):
+    """report.html carries its plots and the attention view inside it: copied alone to another directory it
+    references no file and no remote script; ``cca-tl report`` rewrites both reports without the model."""
+    import base64
+    import html as html_lib
+    import re
+    import shutil
+
+    page = (tiny_run / "report.html").read_text()
+    alone = tmp_path / "alone.html"
+    shutil.copy(tiny_run / "report.html", alone)  # nothing beside it
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    frames = re.findall(r'<iframe title="([^"]+)" srcdoc="([^"]*)"', page)
+    assert [title for title, _ in frames] == ["analysis/attention.html"]
+    assert html_lib.unescape(frames[0][1]) == (tiny_run / "analysis" / "attention.html").read_text()
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="(https?:)?//', page)
+    assert "<table>" in page and "CCA − random" in page and "pivot accuracy" in page
+
+    (tiny_run / "report.html").unlink()
+    marker = json.loads((tiny_run / "stages" / "report.json").read_text())
+    assert marker["device"].startswith("cpu")
+    assert main(["report", str(tiny_run)]) == 0
+    assert (tiny_run / "report.html").read_text() == page
+    assert "on cpu (" in (tiny_run / "report.md").read_text()
+
+
+def test_report_command_refuses_an_unfinished_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    run(preset("tiny"), out, stop_after="dcm", progress=False)
+    assert main(["report", str(out)]) == 2
+    assert "has not finished evaluate and analysis" in capsys.readouterr().err
+    assert not (out / "report.html").exists()
+
+
 def test_two_step_task_with_reference_pivots_runs_to_the_update(tmp_path):
     """The main job's path (two-step task, reference localization, no sampling, validation on held-out
     pivots) on the tiny model."""

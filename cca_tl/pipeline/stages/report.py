@@ -1,8 +1,14 @@
-"""Stage ``report``: everything above tied together in ``report.md``, with a plain verdict."""
+"""Stage ``report``: everything above tied together in ``report.md``, with a plain verdict, and the same as
+one self-contained ``report.html`` (plots and the attention view inline; it opens offline, from an e-mail or
+a course page, with no files beside it)."""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 
@@ -56,12 +62,12 @@ def render_report(run) -> str:
     accuracy_cols = ["macro_accuracy", "n_test", "pivot_accuracy", "pivot_logit_diff", "n_pivots_test",
                      "train_logit_diff", "val_logit_diff", "pct_components", "pct_params", "best_step"]
     per_template = table[[c for c in table.columns if c.startswith("acc[")]]
-    seconds = sum(i.get("seconds", 0) for i in info.values())
+    seconds = sum(i.get("seconds", 0) for stage, i in info.items() if stage != "report")  # the same when rewritten
     lines = [
         f"# CCA run: {cfg.model} on the {cfg.data.task} task",
         "",
-        f"Run directory `{run.dir}`; total stage time {seconds:.0f} s on {_device_name(run)} "
-        f"({cfg.dtype}). Config: `{json.dumps(cfg.to_dict())}`",
+        f"Run directory `{run.dir}`; total stage time {seconds:.0f} s on {_devices(run, info)} "
+        f"({cfg.dtype}); the config is at the end.",
         "",
         "## Traces and localization",
         f"- {info['traces'].get('questions')} train+val questions traced: {info['traces'].get('greedy_correct')} "
@@ -74,7 +80,7 @@ def render_report(run) -> str:
         f"λ = {cfg.dcm.lam:g}, {cfg.dcm.epochs} epochs at most ({dcm.stopped}): **{dcm.mask.count()} of {dcm.mask.size()} "
         f"components ({100 * dcm.mask.fraction_components():.2f} %)**.",
         "",
-        dcm.mask.summary().astype({"selected": int, "of": int}).to_markdown(floatfmt=".2f"),
+        dcm.mask.summary().astype({"selected": "Int64", "of": "Int64"}).to_markdown(floatfmt=".2f"),
         "",
         "![mask](analysis/mask.png)",
         "",
@@ -110,20 +116,71 @@ def render_report(run) -> str:
         f"Attention of the top heads {info['analysis'].get('heads')}: [analysis/attention.html](analysis/attention.html) "
         "(self-contained, opens offline).",
         "",
+        "## Config",
+        "",
+        f"```json\n{json.dumps(cfg.to_dict(), indent=1)}\n```",
+        "",
     ]
     return "\n".join(lines)
 
 
-def _device_name(run) -> str:
-    import torch
-
-    device = run.session.device
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
-
-
-def run(run) -> dict:
-    atomic_write_text(run.dir / "report.md", render_report(run))
-    return dict(report=str(run.dir / "report.md"))
+def _devices(run, info: dict[str, dict]) -> str:
+    """Where the stages ran, as their markers recorded it (a run resumed elsewhere names both)."""
+    devices = sorted({i["device"] for i in info.values() if i.get("device")})
+    return " and ".join(devices) if devices else run.session.describe()
 
 
-STAGE = Stage("report", (), run)
+_STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1150px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .88em; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+tr:nth-child(even) td { background: #f6f8fa; }
+code { background: #f3f3f3; padding: 0 .2em; font-size: .85em; word-break: break-all; }
+img { max-width: 100%; border: 1px solid #eee; }
+iframe { width: 100%; height: 820px; border: 1px solid #ddd; }
+"""
+
+
+def render_html(markdown_text: str, root: Path, *, title: str) -> str:
+    """``markdown_text`` as one HTML page with every local PNG it shows inlined as a data URI and every local
+    ``.html`` page it links (the circuitsvis attention view) embedded below the link in an ``iframe srcdoc``:
+    nothing is fetched, from disk or the network, when the page opens."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+
+    def inline_image(match: re.Match) -> str:
+        path = root / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}"'
+
+    def embed_page(match: re.Match) -> str:
+        path = root / html.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        return f'{match.group(0)}\n<iframe title="{match.group(1)}" srcdoc="{html.escape(path.read_text())}"></iframe>'
+
+    body = re.sub(r'<img src="([^"]+\.png)"', inline_image, body)
+    body = re.sub(r'<p>(?:(?!</p>).)*?<a href="([^"]+\.html)">(?:(?!</p>).)*?</p>', embed_page, body,
+                  flags=re.S)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>"
+            f"\n<style>{_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def write_reports(run) -> dict[str, str]:
+    """``report.md`` and ``report.html`` of a run whose analysis is done (``cca-tl report RUN`` calls this
+    too, so a report can be rewritten after its code changed without rerunning anything)."""
+    text = render_report(run)
+    title = f"CCA run {run.dir.name}: {run.config.model}, {run.config.data.task}"
+    atomic_write_text(run.dir / "report.md", text)
+    atomic_write_text(run.dir / "report.html", render_html(text, run.dir, title=title))
+    return dict(report=str(run.dir / "report.md"), html=str(run.dir / "report.html"))
+
+
+STAGE = Stage("report", (), write_reports)

@@ -1,12 +1,15 @@
-"""Open a circuitsvis attention page in headless Chromium with the network cut off, and screenshot it.
+"""Open a page in headless Chromium with the network cut off, and screenshot it: the check that a run's
+``report.html`` and attention view are self-contained.
 
-    .venv/bin/python analyses/check_attention_html.py runs/easy/analysis/attention.html \
-        [--out analyses/attention_view_check.png]
+    .venv/bin/python analyses/check_html.py runs/easy/report.html --out analyses/report_html_check.png \
+        --height 6000
+    .venv/bin/python analyses/check_html.py runs/easy/analysis/attention.html \
+        --out analyses/attention_view_check.png
 
 Chromium is Debian's (``apt-get install chromium``). Every request is sent to a dead proxy, so the page
-renders only if it is self-contained (``cca_tl.analysis.save_html`` writes circuitsvis' ``local_src``);
-a page built from ``str(view)`` loads its JavaScript from a CDN and renders blank here. Prints the PNG's
-size and the fraction of non-white pixels (a blank page is ~0).
+renders only if it is self-contained (``cca_tl.analysis.save_html`` writes circuitsvis' ``local_src``, the
+report inlines its plots and that view); a page built from ``str(view)`` loads its JavaScript from a CDN
+and renders blank here. Prints the PNG's size and the fraction of non-white pixels (a blank page is ~0).
 """
 
 from __future__ import annotations
@@ -42,8 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("page", type=Path)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("attention_view_check.png"))
+    parser.add_argument("--width", type=int, default=1100)
+    parser.add_argument("--height", type=int, default=900, help="window height: the screenshot's height")
     args = parser.parse_args()
-    screenshot(args.page, args.out)
+    screenshot(args.page, args.out, width=args.width, height=args.height)
     print(f"{args.out}: {args.out.stat().st_size:,} bytes, non-white pixels {100 * ink(args.out):.1f} %")
 
 
