@@ -107,6 +107,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"dtype={args.dtype}")
     config = config.with_overrides(overrides)
     out = args.out or f"runs/{args.preset}"
+    if args.dry_run:
+        return _print_plan(config, Path(out))
     start = time.perf_counter()
     summary = run(config, out, stop_after=args.stop_after, progress=not args.quiet)
     elapsed = time.perf_counter() - start
@@ -134,6 +136,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
                        "with its config resumes it.")
     paths = write_reports(run)
     print(f"wrote {paths['report']} and {paths['html']}")
+    return 0
+
+
+def _print_plan(config, out: Path) -> int:
+    """``run --dry-run``: the stages, their sizes, time and memory estimates; stages already done in ``out``
+    cost nothing. Loads no model and writes nothing."""
+    from cca_tl.pipeline.plan import describe, plan
+
+    table = plan(config)
+    done = [s for s in table.index if (out / "stages" / f"{s}.json").exists()]
+    table.loc[done, "seconds"] = 0.0
+    table.insert(0, "status", ["done" if s in done else "to run" for s in table.index])
+    with _wide_tables():
+        print(describe(config, table))
+    print(f"\nrun directory: {out}{' (resumes: ' + ', '.join(done) + ' done)' if done else ''}; nothing was run.")
     return 0
 
 
@@ -212,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<preset>); an existing one is resumed")
     p.add_argument("--stop-after", choices=STAGE_CHOICES, help="stop after this stage")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (stages, sizes, estimated time and peak memory) and run nothing")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("export", help="write a run's edited model (or a model) as a verified HF directory")

@@ -20,10 +20,10 @@ def cap_per_template(items: list, cap: int | None) -> list:
     return out
 
 
-def run(run) -> dict:
+def draw(cfg) -> dict[str, list]:
+    """The config's problems, split train / val / test and capped per template (no model is needed)."""
     from cca_tl.tasks import arithmetic_problems, gsm_symbolic, split_problems, two_step_problems
 
-    cfg = run.config
     if cfg.data.task in ("two-step", "arithmetic"):
         make = two_step_problems if cfg.data.task == "two-step" else arithmetic_problems
         problems = make(cfg.data.n_per_template, seed=cfg.seed, max_value=cfg.data.max_value, templates=cfg.data.templates)
@@ -34,7 +34,11 @@ def run(run) -> dict:
         problems = [p for p in problems if p.template_id in keep]
     splits = split_problems(problems, seed=cfg.seed, fractions=cfg.data.split)
     caps = dict(train=cfg.data.train_per_template, val=cfg.data.val_per_template, test=cfg.data.test_per_template)
-    capped = {name: cap_per_template(items, caps[name]) for name, items in splits.items()}
+    return {name: cap_per_template(items, caps[name]) for name, items in splits.items()}
+
+
+def run(run) -> dict:
+    capped = draw(run.config)
     artifact = ProblemSplits(**capped)
     if not artifact.train or not artifact.test:
         raise CCAError(f"The split left {len(artifact.train)} train and {len(artifact.test)} test problems; "
