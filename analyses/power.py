@@ -453,7 +453,8 @@ def summary_text(rows: pd.DataFrame, sweep: pd.DataFrame, table: pd.DataFrame, c
         "## Every seed and cell (`rows.csv`)",
         "",
         rows[["seed", "variant", "n_test", "test_accuracy", "n_pivots_test", "pivot_accuracy", "val_reference_accuracy",
-              "lr", "best_step", "pct_params", "kl_to_base", "general_nll"]].round(4).to_markdown(index=False),
+              "lr", "best_step", "pct_params", "kl_to_base", "general_nll"]].round(4)
+        .assign(lr=rows["lr"].map(lambda lr: "—" if pd.isna(lr) else f"{lr:g}")).to_markdown(index=False),
         "",
         "## Paired differences, pooled over seeds (bootstrap within each seed, 95 % CI)",
         "",
@@ -506,8 +507,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="selection metric on the validation questions (default: reference-path accuracy)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    command = ".venv/bin/python analyses/power.py " + " ".join(a for a in (sys.argv[1:] if argv is None else argv)
-                                                              if a != "--summary")
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--summary"]
+    command = (".venv/bin/python analyses/power.py " + " ".join(given)) if given else None  # None: the default run
     if not args.summary:
         for seed in args.seeds:
             state = Seed(seed, args.runs, args.preset, tuple(args.lrs), progress=not args.quiet, overrides=tuple(args.overrides),
