@@ -73,10 +73,7 @@ def layer_table(mask: ComponentMask) -> pd.DataFrame:
 def plot_mask(mask: ComponentMask, gains: Mapping[str, Tensor] | None = None, *, title: str = ""):
     """One figure: a layer × head grid per head kind (colour = DCM gain, ● = selected) and a bar chart of
     selected MLP neurons per layer. Returns the matplotlib Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the current backend: inline in Jupyter, Agg when headless
 
     head_kinds = [k for k in mask.kinds if k is not Kind.NEURON]
     n_panels = len(head_kinds) + (Kind.NEURON in mask.kinds)
@@ -236,10 +233,7 @@ def faithfulness_area(curve: pd.DataFrame) -> dict[str, float]:
 
 def plot_faithfulness(curve: pd.DataFrame, *, mark: int | None = None, title: str = ""):
     """Faithfulness against circuit size (log x axis); ``mark`` draws the DCM mask's own size."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the current backend: inline in Jupyter, Agg when headless
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     shown = curve[curve["size"] > 0]

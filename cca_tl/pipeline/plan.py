@@ -38,6 +38,9 @@ CALIBRATION_THREADS = 2
 #: Peak resident memory = BASE_RSS_GB + MEM_PER_WEIGHT_GB × weight bytes (GB); measured 2.82 GB for the main
 #: job (1.07 GB of float32 weights) and 0.43 GB before the model loads (analyses/bench_main_job.md).
 BASE_RSS_GB, MEM_PER_WEIGHT_GB = 0.45, 2.2
+#: The all-parameters control adds its dense gradients and SGD's temporaries: 7.97 GB peak with it against
+#: 3.00 GB without (the main job with controls random and all, seed 1; analyses/plan_check.md).
+ALL_CONTROL_MEM_PER_WEIGHT_GB = 4.6
 #: Greedy accuracy of the model on the task (the share of traced answers that are right), measured; a wrong
 #: answer gives one pivot under reference localization. Unknown pairs use 0.3.
 PRIOR_ACCURACY = {("gemma-3-270m", "two-step"): 0.31, ("gemma-3-270m", "arithmetic"): 0.15,
@@ -149,8 +152,8 @@ def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
     peak = BASE_RSS_GB + MEM_PER_WEIGHT_GB * weights_gb
     table = pd.DataFrame(rows, columns=["stage", "work", "seconds"]).set_index("stage")
     table["peak_gb"] = [BASE_RSS_GB if stage == "problems" else peak for stage in table.index]
-    if "all" in cfg.evaluate.controls:  # its dense gradients: one more copy of the weights (not measured)
-        table.loc["evaluate", "peak_gb"] += weights_gb
+    if "all" in cfg.evaluate.controls:
+        table.loc["evaluate", "peak_gb"] += ALL_CONTROL_MEM_PER_WEIGHT_GB * weights_gb
     return table
 
 

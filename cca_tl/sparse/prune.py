@@ -221,10 +221,7 @@ def faithfulness(model: HookedTransformer, data: ContrastSet, mask: ComponentMas
 
 def plot_circuit(mask: ComponentMask, title: str = ""):
     """The kept nodes as dots: one row per layer, one column block per kind (position = channel index)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the current backend: inline in Jupyter, Agg when headless
 
     kinds = list(mask.kinds)
     colours = {"q": "tab:blue", "k": "tab:green", "v": "tab:purple", "neuron": "tab:orange"}
