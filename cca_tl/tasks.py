@@ -86,9 +86,20 @@ SLOW_TEMPLATES = frozenset(f"gsm-{i}" for i in (740, 459, 930, 737, 1133, 107, 4
                                                 1207, 320, 718, 1141))
 
 
-def gsm_template_ids(include_slow: bool = False) -> list[str]:
-    """English GSM-Symbolic template ids (``gsm-<GSM8K id>``): 100 in all, 83 without the slow ones."""
-    return sorted(t for t in _gsm_templates() if include_slow or t not in SLOW_TEMPLATES)
+def gsm_clauses(template_id: str) -> int:
+    """Reasoning clauses of a GSM-Symbolic template: the lines of its reference solution before ``####``,
+    one computation each. The English templates have 2 to 7 (100 templates: 26 with 2, 28 with 3, 22 with
+    4, 14 with 5, 4 with 6, 6 with 7). The authors keep the problems with the fewest clauses for models
+    that solve too few of the longer ones; ``max_clauses`` filters the same way."""
+    template = _gsm_templates()[template_id]
+    return sum(1 for line in template.answer.split("####")[0].splitlines() if line.strip())
+
+
+def gsm_template_ids(include_slow: bool = False, max_clauses: int | None = None) -> list[str]:
+    """English GSM-Symbolic template ids (``gsm-<GSM8K id>``): 100 in all, 83 without the slow ones;
+    ``max_clauses`` keeps those with at most that many reasoning clauses (:func:`gsm_clauses`)."""
+    return sorted(t for t in _gsm_templates() if (include_slow or t not in SLOW_TEMPLATES)
+                  and (max_clauses is None or gsm_clauses(t) <= max_clauses))
 
 
 def _gold_from_solution(solution: str) -> float:
@@ -96,8 +107,9 @@ def _gold_from_solution(solution: str) -> float:
 
 
 def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable[str] | None = None,
-                 include_slow: bool = False, progress: bool = False) -> list[Problem]:
-    """Instantiate GSM-Symbolic templates offline (seeded per template; cached under the cca_tl cache)."""
+                 include_slow: bool = False, max_clauses: int | None = None, progress: bool = False) -> list[Problem]:
+    """Instantiate GSM-Symbolic templates offline (seeded per template; cached under the cca_tl cache);
+    ``max_clauses``: only templates with at most that many reasoning clauses (:func:`gsm_clauses`)."""
     import json
 
     from tqdm.auto import tqdm
@@ -106,7 +118,9 @@ def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable
     from cca_tl.models import cache_dir
 
     available = _gsm_templates()
-    ids = list(templates) if templates is not None else gsm_template_ids(include_slow)
+    ids = list(templates) if templates is not None else gsm_template_ids(include_slow, max_clauses)
+    if templates is not None and max_clauses is not None:
+        ids = [t for t in ids if t not in available or gsm_clauses(t) <= max_clauses]
     unknown = [t for t in ids if t not in available]
     if unknown:
         raise KeyError(f"Unknown GSM-Symbolic template ids {unknown[:5]}; known ids look like "

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from cca_tl.pipeline import preset
 from cca_tl.tasks import (
     ARITHMETIC_EXEMPLARS,
     GSM8K_EXEMPLARS,
@@ -61,6 +62,25 @@ def test_unknown_template_ids_are_refused():
         gsm_symbolic(1, templates=["gsm-0"])
     with pytest.raises(KeyError, match="Unknown arithmetic template"):
         arithmetic_problems(1, templates=["arith-nope"])
+
+
+def test_gsm_clause_filter(tmp_path, monkeypatch):
+    """Clauses are the reference solution's lines before "####"; the filter keeps the short templates."""
+    from cca_tl.tasks import gsm_clauses
+
+    monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path))
+    counts = {t: gsm_clauses(t) for t in gsm_template_ids(include_slow=True)}
+    assert min(counts.values()) == 2 and max(counts.values()) == 7
+    assert sum(c == 2 for c in counts.values()) == 26
+    short = gsm_template_ids(max_clauses=2)
+    assert short == sorted(t for t in gsm_template_ids() if counts[t] <= 2) and len(short) == 23
+    problems = gsm_symbolic(2, templates=short[:2] + [t for t in gsm_template_ids() if counts[t] == 5][:1],
+                            max_clauses=2)
+    assert {p.template_id for p in problems} == set(short[:2])
+    # the instantiated solutions have as many lines as the template's clauses
+    assert all(len([l for l in p.solution.split("####")[0].splitlines() if l.strip()]) == 2 for p in problems)
+    with pytest.raises(ValueError, match="max_clauses filters GSM-Symbolic templates"):
+        preset("easy", max_clauses=2)
 
 
 def test_splits_are_deterministic_per_template():

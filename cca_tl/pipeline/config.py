@@ -102,6 +102,7 @@ class DataConfig(_Section):
     max_value: int = _positive(3)         # largest operand of the two-step / arithmetic tasks
     templates: list[str] | None = None    # None: all templates of the task
     n_templates: int | None = None        # keep only the first N template ids (sorted), to size a run
+    max_clauses: int | None = field(default=None, metadata={"min": 1})  # gsm-symbolic: at most this many reasoning clauses
     prompt: Literal["few-shot", "chat"] = "few-shot"
     shots: int | None = None              # few-shot exemplars (None: all)
     train_per_template: int | None = 12   # questions per template traced for training (None: whole split)
@@ -110,6 +111,8 @@ class DataConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_clauses is not None and self.task != "gsm-symbolic":
+            raise ValueError(f"max_clauses filters GSM-Symbolic templates; the {self.task} task has none.")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ValueError(f"split must be three non-negative shares of train / val / test summing to 1, "
                              f"not {self.split}")
@@ -309,7 +312,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Qwen2.5-Coder-0.5B-Instruct (optional extra) on GSM-Symbolic, chat prompt; sized for a CPU afternoon.
     "gsm-qwen": {
         "model": "qwen2.5-coder-0.5b-instruct",
-        "data": dict(task="gsm-symbolic", prompt="chat", shots=None, max_value=9, n_templates=16,
+        "data": dict(task="gsm-symbolic", prompt="chat", shots=None, max_value=9, n_templates=16, max_clauses=2,
                      train_per_template=3, val_per_template=1, test_per_template=2),
         "traces": dict(localization="prefix", gen_batch_size=64, max_new_tokens=256, n_samples=6),
         "dcm": dict(lam=1e-3),

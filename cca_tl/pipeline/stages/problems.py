@@ -28,7 +28,8 @@ def draw(cfg) -> dict[str, list]:
         make = two_step_problems if cfg.data.task == "two-step" else arithmetic_problems
         problems = make(cfg.data.n_per_template, seed=cfg.seed, max_value=cfg.data.max_value, templates=cfg.data.templates)
     else:
-        problems = gsm_symbolic(cfg.data.n_per_template, seed=cfg.seed, templates=cfg.data.templates)
+        problems = gsm_symbolic(cfg.data.n_per_template, seed=cfg.seed, templates=cfg.data.templates,
+                                max_clauses=cfg.data.max_clauses)
     if cfg.data.n_templates is not None:
         keep = sorted({p.template_id for p in problems})[:cfg.data.n_templates]
         problems = [p for p in problems if p.template_id in keep]
