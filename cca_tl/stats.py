@@ -69,5 +69,5 @@ def verdict(low: float, high: float, margin: float) -> str:
     if high < 0:
         return "effect (worse)"
     if -margin <= low and high <= margin:
-        return f"no effect (within ±{margin:g})"
+        return f"no effect (within ±{100 * margin:g} points)"
     return "cannot tell"

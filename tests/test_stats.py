@@ -33,7 +33,7 @@ def test_paired_interval_sees_a_shift_that_independent_ones_would_miss():
 
 
 def test_three_verdicts_tell_no_effect_from_cannot_tell():
-    assert verdict(-0.01, 0.02, 0.03) == "no effect (within ±0.03)"
+    assert verdict(-0.01, 0.02, 0.03) == "no effect (within ±3 points)"
     assert verdict(-0.08, 0.09, 0.03) == "cannot tell"
     assert verdict(-0.02, 0.04, 0.03) == "cannot tell"
 
