@@ -63,6 +63,7 @@ def _task_manager(include_path: str | None):
 def check_reachable(tasks: Mapping[str, int], include_path: str | Path | None) -> None:
     """Offline, refuse at once the tasks that are not defined under ``include_path`` (lm-eval's own tasks
     download their datasets from the hub), naming them and what would make them run."""
+    _lm_eval()  # the extra's clear error when it is missing, even where the task index is already cached
     manager = _task_manager(str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
