@@ -42,9 +42,10 @@ BASE_RSS_GB, MEM_PER_WEIGHT_GB = 0.45, 2.2
 #: 3.00 GB without (the main job with controls random and all, seed 1; analyses/plan_check.md).
 ALL_CONTROL_MEM_PER_WEIGHT_GB = 4.6
 #: Greedy accuracy of the model on the task (the share of traced answers that are right), measured; a wrong
-#: answer gives one pivot under reference localization. Unknown pairs use 0.3.
+#: answer gives one pivot under reference localization. Unknown pairs use 0.3. Qwen on GSM-Symbolic: 4 of 32
+#: questions, one per template, chat zero-shot (analyses/tasks_baseline.md) — a small sample.
 PRIOR_ACCURACY = {("gemma-3-270m", "two-step"): 0.31, ("gemma-3-270m", "arithmetic"): 0.15,
-                  ("qwen2.5-coder-0.5b-instruct", "gsm-symbolic"): 0.35}
+                  ("qwen2.5-coder-0.5b-instruct", "gsm-symbolic"): 0.125}
 #: Published parameter counts of the packaged GGUF models (no weights are read to plan).
 KNOWN_PARAMS = {"gemma-3-270m": CALIBRATION_PARAMS, "qwen2.5-coder-0.5b-instruct": 494_032_768}
 
