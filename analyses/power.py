@@ -291,7 +291,7 @@ def collect(runs: Path, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 rows.append(info)
         for path in sorted((folder / "sweep").glob("*.json")) if folder.exists() else []:
             row = json.loads(path.read_text())
-            row.pop("history", None)
+            row["last_step"] = max(row.pop("history", {}).get("step", [None]), default=None)
             sweep.append(row)
     return pd.DataFrame(rows), pd.DataFrame(sweep)
 
@@ -484,11 +484,33 @@ def summary_text(rows: pd.DataFrame, sweep: pd.DataFrame, table: pd.DataFrame, c
               "scores 0 there by construction, so pivot accuracy measures repair of the base model's slips, not "
               "new errors an edit introduces (test accuracy does)."]
     if not sweep.empty:
+        lines += ["- " + search_edges(rows, sweep)]
         chosen = rows.dropna(subset=["lr"])[["seed", "variant", "lr", "best_step"]]
         lines += ["", "## Learning-rate sweep (`sweep.csv`)", "",
                   "Validation reference-path accuracy at the best step of each learning rate; the selected setting "
                   "per seed and cell:", "", chosen.to_markdown(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def search_edges(rows: pd.DataFrame, sweep: pd.DataFrame) -> str:
+    """A sentence on how often the selected setting sits at an edge of the search: the last step (a longer
+    update might have scored higher) or the sweep's smallest or largest learning rate."""
+    chosen = rows.dropna(subset=["lr"]).merge(sweep[["seed", "variant", "lr", "last_step"]],
+                                              on=["seed", "variant", "lr"], how="left")
+    at_end = chosen[chosen["best_step"] == chosen["last_step"]]
+    low, high = sweep["lr"].min(), sweep["lr"].max()
+    at_floor, at_ceiling = chosen[chosen["lr"] == low], chosen[chosen["lr"] == high]
+    names = lambda frame: ", ".join(sorted(set(frame["variant"]))) or "none"  # noqa: E731
+    pivot_edge = at_end[(at_end["objective"] == "pivot") & (at_end["lr"] == high)]
+    return (f"**Edges of the search.** The selected step is the last one in {len(at_end)} of {len(chosen)} cells "
+            f"({names(at_end)}); every comparison is at the same fixed budget (4 pivot steps, one epoch of "
+            f"answers). For the pivot objective's plain SGD, steps and learning rate trade off (a step moves the "
+            f"weights by lr × gradient; the grid spans 2 × 1e-5 to 4 × {high:g}), so a last-step pick is at the "
+            f"edge of the edit's size only at the largest learning rate: {len(pivot_edge)} cells "
+            f"({names(pivot_edge)}). For AdamW on answers, a second epoch might help the cells below the "
+            f"others. The selected learning rate is the sweep's smallest "
+            f"({low:g}) in {len(at_floor)} cells ({names(at_floor)}) and its largest ({high:g}) in "
+            f"{len(at_ceiling)} ({names(at_ceiling)}): a wider sweep could move those cells.")
 
 
 def main(argv: list[str] | None = None) -> None:
