@@ -370,10 +370,15 @@ def plot(rows: pd.DataFrame, table: pd.DataFrame, sweep: pd.DataFrame, out: Path
         means = rows.groupby("variant")[["test_accuracy", "pivot_accuracy", "kl_to_base"]].mean()
         order = [v for v in ["base", *VARIANTS] if v in means.index]
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for v in order:
-            ax.scatter(100 * means.loc[v, "pivot_accuracy"], 100 * means.loc[v, "test_accuracy"], s=40)
-            ax.annotate(v, (100 * means.loc[v, "pivot_accuracy"], 100 * means.loc[v, "test_accuracy"]),
-                        textcoords="offset points", xytext=(5, 3), fontsize=8)
+        placed: list[tuple[float, float]] = []
+        for v in sorted(order, key=lambda v: -means.loc[v, "test_accuracy"]):
+            x, y = 100 * means.loc[v, "pivot_accuracy"], 100 * means.loc[v, "test_accuracy"]
+            ax.scatter(x, y, s=40)
+            crowd = sum(abs(x - px) < 8 and abs(y - py) < 4 for px, py in placed)  # neighbours already labelled
+            placed.append((x, y))
+            right = x < 85  # near the right edge, label to the left
+            ax.annotate(v, (x, y), textcoords="offset points", xytext=(5 if right else -5, 3 - 10 * crowd),
+                        ha="left" if right else "right", fontsize=8)
         ax.set_xlabel("held-out test pivot accuracy (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("mean over seeds")
