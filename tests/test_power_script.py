@@ -42,10 +42,26 @@ def test_power_script_writes_rows_sweep_and_verdicts_and_resumes(tmp_path):
     assert {"cca − random", "cca − base", "cca − masked-ft"} <= set(table["comparison"])
     assert table["verdict"].str.match(r"effect|no effect|cannot tell").all()
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert "cca − random" in summary and "differences.png" in summary
+    assert "cca − random" in summary and "differences.png" in summary and "Edges of the search" in summary
     # resume: a second call trains nothing and evaluates nothing again
     folder = tmp_path / "runs" / "seed0" / "power"
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
     power.main(args)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} == stamps
     assert json.loads((folder / "cca.json").read_text())["n_test"] == rows.set_index("variant").loc["cca", "n_test"]
+
+
+def test_search_edges_counts_last_steps_and_sweep_ends():
+    """The summary's caveat names the cells whose selected step or learning rate sits at an edge."""
+    power = load_script()
+    rows = pd.DataFrame([dict(seed=0, variant="cca", objective="pivot", lr=1e-4, best_step=4),
+                         dict(seed=0, variant="random", objective="pivot", lr=5e-4, best_step=4),
+                         dict(seed=0, variant="full-ft", objective="answer", lr=1e-5, best_step=9),
+                         dict(seed=0, variant="base", objective=None, lr=float("nan"), best_step=float("nan"))])
+    sweep = pd.DataFrame([dict(seed=0, variant=v, lr=lr, last_step=last)
+                          for v, last in (("cca", 4), ("random", 4), ("full-ft", 18))
+                          for lr in (1e-5, 1e-4, 5e-4)])
+    text = power.search_edges(rows, sweep)
+    assert "last one in 2 of 3 cells (cca, random)" in text
+    assert "largest learning rate: 1 cells (random)" in text
+    assert "smallest (1e-05) in 1 cells (full-ft)" in text and "largest (0.0005) in 1 (random)" in text
