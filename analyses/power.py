@@ -508,9 +508,10 @@ def search_edges(rows: pd.DataFrame, sweep: pd.DataFrame) -> str:
     names = lambda frame: ", ".join(sorted(set(frame["variant"]))) or "none"  # noqa: E731
     pivot_edge = at_end[(at_end["objective"] == "pivot") & (at_end["lr"] == high)]
     return (f"**Edges of the search.** The selected step is the last one in {len(at_end)} of {len(chosen)} cells "
-            f"({names(at_end)}); every comparison is at the same fixed budget (4 pivot steps, one epoch of "
-            f"answers). For the pivot objective's plain SGD, steps and learning rate trade off (a step moves the "
-            f"weights by lr × gradient; the grid spans 2 × 1e-5 to 4 × {high:g}), so a last-step pick is at the "
+            f"({names(at_end)}); every comparison is at the same fixed budget ({PIVOT_STEPS} pivot steps, one epoch "
+            f"of answers). For the pivot objective's plain SGD, steps and learning rate trade off (a step moves the "
+            f"weights by lr × gradient; the grid spans {PIVOT_STEPS // 2} × {low:g} to {PIVOT_STEPS} × {high:g}), "
+            f"so a last-step pick is at the "
             f"edge of the edit's size only at the largest learning rate: {len(pivot_edge)} cells "
             f"({names(pivot_edge)}). For AdamW on answers, a second epoch might help the cells below the "
             f"others. The selected learning rate is the sweep's smallest "
