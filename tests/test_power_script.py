@@ -41,7 +41,10 @@ def test_power_script_writes_rows_sweep_and_verdicts_and_resumes(tmp_path):
     table = pd.read_csv(tmp_path / "out" / "comparisons.csv")
     assert {"cca − random", "cca − base", "cca − masked-ft"} <= set(table["comparison"])
     assert table["verdict"].str.match(r"effect|no effect|cannot tell").all()
+    per_seed = pd.read_csv(tmp_path / "out" / "comparisons_per_seed.csv")
+    assert set(per_seed["seed"]) == {0} and {"cca − random", "cca − base"} <= set(per_seed["comparison"])
     summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "per seed" in summary and "Shared arithmetic" in summary
     assert "cca − random" in summary and "differences.png" in summary and "Edges of the search" in summary
     # resume: a second call trains nothing and evaluates nothing again
     folder = tmp_path / "runs" / "seed0" / "power"
@@ -65,3 +68,15 @@ def test_search_edges_counts_last_steps_and_sweep_ends():
     assert "last one in 2 of 3 cells (cca, random)" in text
     assert "largest learning rate: 1 cells (random)" in text
     assert "smallest (1e-05) in 1 cells (full-ft)" in text and "largest (0.0005) in 1 (random)" in text
+
+
+def test_committed_power_summary_reads_seeds_that_disagree_as_cannot_tell():
+    """Issue 31: at the held-out pivots the three seeds' CCA − random intervals exclude 0 in opposite
+    directions; the committed verdict must not be "no effect"."""
+    out = SCRIPT.parent / "results" / "power"
+    table = pd.read_csv(out / "comparisons.csv").set_index(["comparison", "metric"])
+    assert table.loc[("cca − random", "pivot_accuracy"), "verdict"] == "cannot tell (seeds disagree)"
+    per_seed = pd.read_csv(out / "comparisons_per_seed.csv")
+    mine = per_seed[(per_seed["comparison"] == "cca − random") & (per_seed["metric"] == "pivot_accuracy")]
+    assert (mine["high"] < 0).any() and (mine["low"] > 0).any()
+    assert "no effect" not in (out / "summary.md").read_text().split("cca − random")[1].split("\n")[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cca_tl.stats import bootstrap_ci, paired_bootstrap_ci, stratified_paired_bootstrap_ci, verdict
+from cca_tl.stats import (bootstrap_ci, compare_over_seeds, heterogeneity, paired_bootstrap_ci,
+                          stratified_paired_bootstrap_ci, t_interval, verdict, verdict_over_seeds)
 
 
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_data():
@@ -55,3 +56,55 @@ def test_stratified_interval_pools_seeds_and_keeps_each_seeds_size():
         stratified_paired_bootstrap_ci([])
     with pytest.raises(ValueError, match="same non-empty"):
         stratified_paired_bootstrap_ci([(np.zeros(3), np.zeros(4))])
+
+
+def _shifted(rng, n: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paired 0/1 outcomes where ``b`` is ``a`` with ``|shift|`` items flipped: a − b = shift / n."""
+    a = (rng.random(n) < 0.5).astype(float)
+    b = a.copy()
+    flip = np.flatnonzero(a == (1.0 if shift > 0 else 0.0))[: abs(shift)]
+    b[flip] = 1 - b[flip]
+    return a, b
+
+
+def test_seeds_that_disagree_are_cannot_tell_even_when_the_pooled_interval_says_no_effect():
+    """The power experiment's case: −18, +13, +10 points on three seeds, each interval excluding 0."""
+    rng = np.random.default_rng(3)
+    groups = [_shifted(rng, 210, -38), _shifted(rng, 210, 27), _shifted(rng, 210, 20)]
+    result = compare_over_seeds(groups, 0.05, n_resamples=2000)
+    assert [round(d, 3) for d, _, _ in result.per_seed] == [round(-38 / 210, 3), round(27 / 210, 3), round(20 / 210, 3)]
+    assert result.per_seed[0][2] < 0 < result.per_seed[1][1]  # opposite directions, each excluding 0
+    assert abs(result.pooled[0]) < 0.05
+    assert result.verdict == "cannot tell (seeds disagree)"
+    assert result.heterogeneity.p < 1e-6 and result.heterogeneity.i2 > 0.9
+    assert result.between[1] < result.pooled[1] and result.between[2] > result.pooled[2]  # wider than pooled
+
+
+def test_seeds_that_agree_get_the_between_seed_verdict():
+    rng = np.random.default_rng(4)
+    groups = [_shifted(rng, 300, 40), _shifted(rng, 300, 45), _shifted(rng, 300, 42)]
+    result = compare_over_seeds(groups, 0.03, n_resamples=2000)
+    assert result.verdict == "effect (better)" and result.between[1] > 0
+    assert result.heterogeneity.i2 == 0.0 and result.heterogeneity.p > 0.5
+    # all three seeds point the same way but one is tiny: the between-seed interval decides (here: too wide)
+    groups = [_shifted(rng, 300, 60), _shifted(rng, 300, 3), _shifted(rng, 300, 30)]
+    assert compare_over_seeds(groups, 0.03, n_resamples=2000).verdict == "cannot tell"
+
+
+def test_between_seed_interval_is_the_t_interval_over_seed_means():
+    mean, low, high = t_interval(np.array([0.0875, 0.1906, 0.1875]))
+    assert mean == pytest.approx(0.15520, abs=1e-4)
+    assert (low, high) == pytest.approx((0.0093, 0.3011), abs=1e-3)  # t(2) = 4.303
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        t_interval(np.array([0.1]))
+
+
+def test_verdict_over_seeds_with_one_seed_reads_its_own_interval():
+    assert verdict_over_seeds([(0.02, 0.09)], None, 0.03) == "effect (better)"
+    assert verdict_over_seeds([(-0.02, 0.01)], None, 0.03) == "no effect (within ±3 points)"
+    with pytest.raises(ValueError, match="between-seed"):
+        verdict_over_seeds([(0.0, 0.1), (0.0, 0.1)], None, 0.03)
+    with pytest.raises(ValueError, match="at least one"):
+        verdict_over_seeds([], None, 0.03)
+    with pytest.raises(ValueError, match="at least 2"):
+        heterogeneity([(np.ones(3), np.zeros(3))])
