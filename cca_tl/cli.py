@@ -123,6 +123,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Run (or resume) a sweep declared in a TOML/JSON file; or print its plan; or rewrite its summary."""
+    from cca_tl.sweep import Sweep, SweepConfig
+
+    config = SweepConfig.load(args.config)
+    out = Path(args.out or f"runs/sweeps/{config.name}")
+    sweep = Sweep(config, out, progress=not args.quiet)
+    if args.dry_run:
+        table = sweep.plan()
+        with _wide_tables():
+            print(table.to_string(float_format=lambda x: f"{x:,.0f}"))
+        total = table["seconds"].sum(skipna=False)
+        estimate = ("no time estimate (a GPU, or a model of unknown size)" if total != total
+                    else f"≈ {total / 3600:.1f} h" if total > 7200 else f"≈ {total / 60:.0f} min")
+        print(f"\nsweep {config.name} in {out}: {int(table['cells_to_run'].sum())} cells to run, {estimate} "
+              "(per-unit costs measured on Gemma-3-270M / 2 CPU cores, scaled); nothing was run.")
+        return 0
+    if args.summary:
+        rows = sweep.summarise()
+        print(f"{len(rows)} rows; summary: {out / 'summary.md'}")
+        return 0
+    rows = sweep.execute(args.seeds)
+    print(f"{len(rows)} rows in {out / 'rows.csv'}; summary: {out / 'summary.md'}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     """(Re)write a finished run's report.md and self-contained report.html from its artifacts (no model
     is loaded, nothing is recomputed)."""
@@ -251,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, sizes, estimated time and peak memory) and run nothing")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run or resume an experiment grid (variants × budgets × draws × seeds × lrs)",
+                       description="Run or resume a sweep declared in CONFIG (TOML or JSON; fields: "
+                                   "cca_tl.sweep.SweepConfig). Resumes per cell; writes rows.csv, comparisons, "
+                                   "plots and summary.md into the sweep directory.")
+    p.add_argument("config", help="the sweep file (e.g. analyses/sweeps/budget.toml)")
+    p.add_argument("--out", help="sweep directory (default runs/sweeps/<name>); an existing one is resumed")
+    p.add_argument("--seeds", type=int, nargs="+", help="run only these of the sweep's seeds")
+    p.add_argument("--dry-run", action="store_true", help="print the cells to run and their estimated time; run nothing")
+    p.add_argument("--summary", action="store_true", help="only rewrite rows.csv, comparisons, plots and summary.md")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("export", help="write a run's edited model (or a model) as a verified HF directory")
     p.add_argument("source", help="a run directory, or a model name / .gguf file / HF directory")

@@ -365,6 +365,45 @@ def _instantiate(task: str, table: dict[str, Callable[[random.Random, int], tupl
     return problems
 
 
+def new_fact_problems(task: str, n_per_template: int = 25, *, seed: int = 0, max_value: int = 3,
+                      new_max_value: int | None = None, templates: Iterable[str] | None = None,
+                      draws: int = 4000) -> list[Problem]:
+    """Questions whose arithmetic the task at ``max_value`` can never produce: a test of generalisation
+    beyond memorised facts.
+
+    Drawn from the same templates with operands up to ``new_max_value`` (default ``max_value + 2``), kept only
+    when their reference solution — the whole chain of equations, which the operands fix — is not among the
+    solutions the template makes at ``max_value`` (enumerated by ``draws`` seeded draws per template; with
+    at most 27 operand combinations per two-step template at ``max_value`` 3, 4,000 draws miss one with
+    probability below 1e-60). So none of them shares its arithmetic with any training, validation or test
+    question of a run at ``max_value``, whatever its names and items. Instance ids start at 1,000,000.
+    """
+    table = {"two-step": TWO_STEP_TEMPLATES, "arithmetic": ARITHMETIC_TEMPLATES}.get(task)
+    if table is None:
+        raise ValueError(f"New-fact questions are defined for the two-step and arithmetic tasks, not {task!r}.")
+    new_max_value = max_value + 2 if new_max_value is None else new_max_value
+    if new_max_value <= max_value:
+        raise ValueError(f"new_max_value ({new_max_value}) must exceed max_value ({max_value}).")
+    ids = list(templates) if templates is not None else list(table)
+    problems = []
+    for tid in ids:
+        known_rng = random.Random(_template_seed(seed, tid) + 17)
+        known = {table[tid](known_rng, max_value)[1] for _ in range(draws)}
+        rng, seen = random.Random(_template_seed(seed, tid) + 29), set()
+        for _ in range(200 * n_per_template):
+            if len(seen) == n_per_template:
+                break
+            q, solution, answer = table[tid](rng, new_max_value)
+            if solution in known or q in seen:
+                continue
+            seen.add(q)
+            problems.append(Problem(tid, 1_000_000 + len(seen) - 1, q, float(answer), solution))
+        if len(seen) < n_per_template:
+            raise ValueError(f"Template {tid} gave only {len(seen)} new-fact questions at operands up to "
+                             f"{new_max_value}; raise new_max_value.")
+    return problems
+
+
 #: The few-shot exemplars of each task (a run's ``shots`` keeps the first N).
 EXEMPLARS: dict[str, tuple[tuple[str, str], ...]] = {"two-step": TWO_STEP_EXEMPLARS,
                                                      "arithmetic": ARITHMETIC_EXEMPLARS,

@@ -483,6 +483,16 @@ class WeightEdit:
                                         f"the mask selects {int(m.sum())}.")
             param[m] = self.values[name].to(param.device, param.dtype)
 
+    def scaled(self, base: "WeightEdit", alpha: float) -> "WeightEdit":
+        """The edit moved ``alpha`` of the way from ``base`` (the unedited values of the same entries):
+        ``base + alpha·(self − base)``. ``alpha`` 0 is the unedited model, 1 this edit; a sweep scales an
+        edit along its own direction to reach a fixed size (KL to the base model)."""
+        if set(base.values) != set(self.values) or base.mask != self.mask:
+            raise MaskMismatchError("scaled() needs the unedited values of the same entries (capture the base "
+                                    "model with the same mask and weight set).")
+        return WeightEdit(self.mask, self.weight_set,
+                          {n: base.values[n] + alpha * (v - base.values[n]) for n, v in self.values.items()})
+
     def save(self, directory: str | Path) -> None:
         """``mask.safetensors`` and ``edit.safetensors`` in ``directory``, each written atomically."""
         from safetensors.torch import save

@@ -110,6 +110,20 @@ def _selection_seconds(config: RunConfig, s: Sizes, u: dict[str, float]) -> floa
     return (s.val_pivots or s.train_pivots) * u["fwd_record"]
 
 
+def unit_costs(config: RunConfig, *, threads: int | None = None) -> dict[str, float]:
+    """:data:`UNIT_SECONDS` scaled to this config's model and this machine's threads (NaN on a GPU or for a
+    model of unknown size; ``update_all`` stays a factor)."""
+    import torch
+
+    from cca_tl.models import resolve_device
+
+    n_params = parameter_count(config.model)
+    threads = threads or torch.get_num_threads()
+    on_cpu = resolve_device(config.device).type == "cpu"
+    scale = (n_params / CALIBRATION_PARAMS) * (CALIBRATION_THREADS / threads) if n_params and on_cpu else math.nan
+    return {k: v * scale for k, v in UNIT_SECONDS.items() if k != "update_all"}
+
+
 def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
     """One row per stage: the work it does, estimated seconds and peak memory (GB, host RAM on a CPU).
 
@@ -120,10 +134,7 @@ def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
 
     s = sizes(config)
     n_params = parameter_count(config.model)
-    threads = threads or torch.get_num_threads()
-    on_cpu = resolve_device(config.device).type == "cpu"
-    scale = (n_params / CALIBRATION_PARAMS) * (CALIBRATION_THREADS / threads) if n_params and on_cpu else math.nan
-    u = {k: v * scale for k, v in UNIT_SECONDS.items() if k != "update_all"}
+    u = unit_costs(config, threads=threads)
     t, cfg = config.traces, config
     traced = s.train_q + s.val_q
     selection = _eval_points(cfg) * _selection_seconds(cfg, s, u)

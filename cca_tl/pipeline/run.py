@@ -41,7 +41,7 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "config.json").exists():
             atomic_write_text(self.dir / "config.json", json.dumps(config.to_dict(), indent=1))
-        self.base_metrics: dict[str, float] = {}  # metrics of the unedited model, measured once per process
+        self.base_metrics: dict[str, Any] = {}  # measurements of the unedited model, made once per process
 
     def _check_config(self) -> None:
         existing = self.dir / "config.json"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import nullcontext
-
 import pandas as pd
 
 from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
@@ -55,17 +53,60 @@ def measured_logit_diffs(run, variant: str, update_info: dict) -> dict[str, floa
     return dict(val=info.get("best_metric") if on_val else None, train=info.get("best_train_logit_diff"))
 
 
-def run(run) -> dict:
-    from cca_tl.evaluate import (accuracy, final_residuals, general_text, localization_logit_diff, pivot_scores,
-                                 retention_scores)
+def retention_reference(run):
+    """The unedited model's final residuals on the retention texts (computed once per process and kept on
+    the run): every variant's KL to the base model reads them instead of running the base model again."""
+    from cca_tl.evaluate import final_residuals, general_text
 
-    cfg, splits = run.config, run.problems()
+    if "retention_reference" not in run.base_metrics:
+        with run.session.base_weights():
+            run.base_metrics["retention_reference"] = final_residuals(
+                run.model, general_text(run.config.evaluate.retention_texts))
+    return run.base_metrics["retention_reference"]
+
+
+def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = None,
+          logit_diffs: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Score the run's model *as it is now* under ``name``: greedy macro accuracy on the test questions,
+    held-out test pivots (written first, from the base model's answers, when ``name`` is ``"base"``),
+    retention against the unedited weights and (``logit_diffs``) the val and train pivot logit differences
+    (``known`` ones are reused). Writes ``<name>_records.csv`` and ``<name>_pivots.csv`` into ``out_dir``
+    and returns the info (the caller writes it) and the per-question records. The evaluate stage and
+    ``cca_tl.sweep`` score through this."""
+    from cca_tl.evaluate import accuracy, general_text, localization_logit_diff, pivot_scores, retention_scores
+
+    cfg, splits, model = run.config, run.problems(), run.model
+    run.log(f"evaluating {name} on {len(splits.test)} test questions")
+    macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                                     batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
+    release_freed_memory()  # the key/value buffers, before retention's 134 MB logits (mmap'd, not reused)
+    if name == "base" or not (run.dir / "evaluate" / "test_pivots").exists():
+        save_test_pivots(run, records)
+    pivots = pivot_scores(model, run.test_pivots())
+    diffs = pivots.pop("diffs")
+    edited = not run.session.is_base()
+    info = dict(variant=name, macro_accuracy=macro, n_test=len(records), **pivots,
+                per_template=table["accuracy"].to_dict(),
+                **retention_scores(model, run.session.base_weights if edited else None,
+                                   general_text(cfg.evaluate.retention_texts), reference=retention_reference(run)))
+    if logit_diffs:
+        known = known or {}
+        val, train, batch = run.localization("val"), run.localization("train"), cfg.update.batch_size
+        info.update(val_logit_diff=known.get("val") if known.get("val") is not None else
+                    localization_logit_diff(model, val, batch_size=batch) if len(val) else None,
+                    train_logit_diff=known.get("train") if known.get("train") is not None else
+                    localization_logit_diff(model, train, batch_size=batch))
+    atomic_write_text(out_dir / f"{name}_records.csv", records.to_csv(index=False))
+    atomic_write_text(out_dir / f"{name}_pivots.csv", pd.DataFrame(dict(logit_diff=diffs)).to_csv(index=False))
+    release_freed_memory()  # generation buffers, before the next variant's update allocates its own
+    return info, records
+
+
+def run(run) -> dict:
+    cfg = run.config
     out_dir = run.dir / "evaluate"
     out_dir.mkdir(exist_ok=True)
-    val, train = run.localization("val"), run.localization("train")
-    trained_templates = sorted(set(train["template_id"]))
-    texts = general_text(cfg.evaluate.retention_texts)
-    reference = None  # the unedited model's final residuals on the retention texts, computed once
+    trained_templates = sorted(set(run.localization("train")["template_id"]))
     for variant in variants(cfg):
         path = out_dir / f"{variant}.json"
         if path.exists():  # per-variant resume
@@ -82,32 +123,9 @@ def run(run) -> dict:
                 shutil.copyfile(out_dir / f"base_{suffix}.csv", out_dir / f"{variant}_{suffix}.csv")
             atomic_write_text(path, json.dumps(info, indent=1))
             continue
-        model = run.model
-        run.log(f"evaluating {variant} on {len(splits.test)} test questions")
-        macro, table, records = accuracy(model, splits.test, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
-                                         batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
-        release_freed_memory()  # the key/value buffers, before retention's 134 MB logits (mmap'd, not reused)
-        if variant == "base" or not (out_dir / "test_pivots").exists():
-            save_test_pivots(run, records)
-        pivots = pivot_scores(model, run.test_pivots())
-        diffs = pivots.pop("diffs")
-        if reference is None:
-            with nullcontext() if variant == "base" else run.session.base_weights():
-                reference = final_residuals(model, texts)
-        known = measured_logit_diffs(run, variant, update_info)
-        batch = cfg.update.batch_size  # the update's: its measurements and these are the same computation
-        info = dict(variant=variant, macro_accuracy=macro, n_test=len(records), **pivots,
-                    per_template=table["accuracy"].to_dict(), trained_templates=trained_templates,
-                    **retention_scores(model, None if variant == "base" else run.session.base_weights, texts,
-                                       reference=reference),
-                    val_logit_diff=known["val"] if known["val"] is not None else
-                    localization_logit_diff(model, val, batch_size=batch) if len(val) else None,
-                    train_logit_diff=known["train"] if known["train"] is not None else
-                    localization_logit_diff(model, train, batch_size=batch), update=update_info)
-        atomic_write_text(out_dir / f"{variant}_records.csv", records.to_csv(index=False))
-        atomic_write_text(out_dir / f"{variant}_pivots.csv", pd.DataFrame(dict(logit_diff=diffs)).to_csv(index=False))
+        info, _ = score(run, variant, out_dir, known=measured_logit_diffs(run, variant, update_info))
+        info.update(trained_templates=trained_templates, update=update_info)
         atomic_write_text(path, json.dumps(info, indent=1))
-        release_freed_memory()  # generation buffers, before the next variant's update allocates its own
     atomic_write_text(out_dir / "accuracy.csv", run.accuracy_table().to_csv())
     run.session.restore()
     return run.headline()

@@ -1,0 +1,17 @@
+"""Experiments as a capability of the package: a grid of updates declared as data and run over the
+pipeline's own stages and evaluation.
+
+    from cca_tl.sweep import Sweep, SweepConfig
+    config = SweepConfig.load("analyses/sweeps/budget.toml")
+    Sweep(config, "runs/sweeps/budget").execute()      # resumes per cell
+    Sweep(config, "runs/sweeps/budget").plan()         # cells to run and estimated seconds per seed
+
+or ``cca-tl sweep CONFIG`` (``--dry-run``, ``--summary``, ``--seeds``). Grid: :mod:`cca_tl.sweep.grid`;
+component sets at a budget: :mod:`cca_tl.sweep.budgets`; one seed's cells: :mod:`cca_tl.sweep.cell`; the
+tidy table, comparisons over seeds and plots: :mod:`cca_tl.sweep.summary`.
+"""
+
+from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig, VariantSpec
+from cca_tl.sweep.runner import Sweep
+
+__all__ = ["VARIANTS", "Cell", "Sweep", "SweepConfig", "VariantSpec"]

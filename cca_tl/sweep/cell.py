@@ -1,0 +1,287 @@
+"""One seed of a sweep and its cells: train over the learning rates, select, and read the edit twice — as
+selected, and scaled to fixed sizes (KL to the base model).
+
+Everything a cell needs comes from the seed's pipeline run (``Run``: problems, traces, localization, DCM
+stages; its session owns and restores the model; its evaluate stage's :func:`score` scores the edited model).
+A cell writes ``cells/<key>.json`` (its rows) and ``cells/<key>_items.csv`` (per-item outcomes, for paired
+comparisons) atomically when it ends; each learning rate's selection is kept in ``cells/<key>/lr<lr>.json``
+so a cell killed midway resumes with the learning rates it finished (the selected edit is then retrained —
+deterministic on a CPU — rather than stored: at 8 % of the components an edit is ~12 MB per cell).
+
+Why a second reading at matched edit size: in the power experiment the learning-rate sweep picked edits of
+different sizes per cell (seed 0's random mask moved the model four times as far as CCA's), and in every seed
+the larger edit won at the pivots. The selected edit is therefore also scaled along its own direction,
+``base + α·(edit − base)``, to each target KL to the base model (:meth:`WeightEdit.scaled`), and read with
+forward-only metrics there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cca_tl._io import atomic_write_bytes, atomic_write_text, release_freed_memory
+from cca_tl.sweep.budgets import budget_mask, gain_attribution, layer_matched, ranking_scores, uniform_like
+from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
+
+#: Search for the edit scale that reaches a KL target: stop within this factor of the target, or after
+#: this many KL measurements (each one forward of the retention texts), or at this largest scale.
+KL_TOLERANCE, KL_MAX_TRIES, MAX_SCALE = 1.1, 7, 32.0
+
+
+class SeedSweep:
+    """One seed's pipeline run through DCM, and the pieces every cell reuses."""
+
+    def __init__(self, config: SweepConfig, seed: int, directory: Path, *, progress: bool = True):
+        from cca_tl.answers import AnswerSet
+        from cca_tl.pipeline import Run
+        from cca_tl.tasks import new_fact_problems
+
+        self.config, self.seed = config, seed
+        self.run = Run(config.run_config(seed), directory, progress=progress)
+        self.run.execute(stop_after="dcm")
+        self.dir = self.run.dir / "sweep"
+        (self.dir / "cells").mkdir(parents=True, exist_ok=True)
+        run, data = self.run, self.run.config.data
+        model, splits, prompt = run.model, run.problems(), run.prompt_fn()
+        self.pivots = run.contrast("train")
+        rows = run.localization("train")
+        by_id = {(p.template_id, p.instance_id): p for p in splits.train}
+        self.answers = AnswerSet.from_problems(
+            model, [by_id[(t, i)] for t, i in zip(rows["template_id"], rows["instance_id"])], prompt)
+        self.newfacts = (new_fact_problems(data.task, config.newfacts_per_template, seed=seed, max_value=data.max_value,
+                                           templates=data.templates)
+                         if config.newfacts_per_template else [])
+        self.forward_sets = {"test_ref": AnswerSet.from_problems(model, splits.test, prompt)}
+        if self.newfacts:
+            self.forward_sets["newfacts_ref"] = AnswerSet.from_problems(model, self.newfacts, prompt)
+        self.scores = ranking_scores(run.dcm().gains, self._attribution())
+
+    def _attribution(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file, save
+
+        path = self.dir / "attribution.safetensors"
+        if not path.exists():
+            self.run.log("attribution of the DCM gains (one pass over the training pivots)")
+            dcm = self.run.dcm()
+            values = gain_attribution(self.run.session.restore(), self.pivots, dcm.gains, form=dcm.config.get("form", "paper"),
+                                      batch_size=self.run.config.dcm.batch_size)
+            atomic_write_bytes(path, save({k: v.contiguous() for k, v in values.items()}))
+        return load_file(str(path))
+
+    # -- component sets ---------------------------------------------------------------------------
+    def mask(self, cell: Cell):
+        """The cell's components: the top-k by the DCM ranking, or a seeded random draw matched to it."""
+        top = budget_mask(self.run.model, self.scores, cell.budget)
+        selection = VARIANTS[cell.variant].selection
+        if selection == "dcm":
+            return top
+        draw_seed = 1_000_003 * self.seed + 1_009 * cell.draw + round(cell.budget * 1e6)
+        return layer_matched(top, draw_seed) if selection == "layer-matched" else uniform_like(top, draw_seed + 7)
+
+    # -- measurements -------------------------------------------------------------------------------
+    def forward_readings(self) -> tuple[dict, list[dict]]:
+        """Forward-only metrics of the model as it is now: reference-path accuracy on the test (and new-fact)
+        questions, held-out test pivot accuracy, KL to the base model and general-text NLL."""
+        from cca_tl.answers import reference_path_scores
+        from cca_tl.evaluate import general_text, pivot_scores, retention_scores
+        from cca_tl.pipeline.stages.evaluate import retention_reference
+
+        run = self.run
+        batch = run.config.update.batch_size
+        info, items = {}, []
+        for name, answers in self.forward_sets.items():
+            on_path = reference_path_scores(run.model, answers, batch)["on_path"]
+            info[f"{name.removesuffix('_ref')}_reference_accuracy"] = float(on_path.float().mean())
+            items += [dict(set=name, item=i, correct=float(v)) for i, v in enumerate(on_path.tolist())]
+        pivots = pivot_scores(run.model, run.test_pivots())
+        items += [dict(set="pivot", item=i, correct=float(d > 0)) for i, d in enumerate(pivots.pop("diffs"))]
+        edited = not run.session.is_base()
+        info.update(pivot_accuracy=pivots["pivot_accuracy"], n_pivots_test=pivots["n_pivots"],
+                    **retention_scores(run.model, run.session.base_weights if edited else None,
+                                       general_text(run.config.evaluate.retention_texts),
+                                       reference=retention_reference(run)))
+        info["kl_to_base"] = info.pop("retention_kl")
+        return info, items
+
+    def greedy_readings(self, name: str) -> tuple[dict, list[dict]]:
+        """Greedy accuracy on the test questions (the evaluate stage's :func:`score`, which also writes the
+        base model's held-out test pivots) and on the new-fact questions."""
+        from cca_tl.evaluate import accuracy
+        from cca_tl.pipeline.stages.evaluate import score
+
+        run, cfg = self.run, self.run.config
+        info, test = score(run, name, self.dir / "cells", logit_diffs=False)
+        items = [dict(set="test", item=i, correct=float(v)) for i, v in enumerate(test["correct"])]
+        out = dict(test_accuracy=info["macro_accuracy"], n_test=info["n_test"])
+        if self.newfacts:
+            macro, _, records = accuracy(run.model, self.newfacts, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                                         batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
+            out.update(newfacts_accuracy=macro, n_newfacts=len(records))
+            items += [dict(set="newfacts", item=i, correct=float(v)) for i, v in enumerate(records["correct"])]
+            release_freed_memory()
+        return out, items
+
+    def base(self) -> dict:
+        """The unedited model's row (greedy and forward readings), measured once per seed."""
+        path = self.dir / "cells" / "base.json"
+        if path.exists():
+            return json.loads(path.read_text())["rows"][0]
+        self.run.session.restore()
+        greedy, items = self.greedy_readings("base")
+        forward, more = self.forward_readings()
+        row = dict(seed=self.seed, variant="base", objective=None, budget_share=0.0, draw=0, reading="selected",
+                   n_params=0, n_components=0, **greedy, **forward)
+        _write_cell(path, [row], items + more)
+        return row
+
+    # -- one cell ---------------------------------------------------------------------------------
+    def cell(self, cell: Cell) -> None:
+        from cca_tl.update import WeightEdit
+
+        path = self.dir / "cells" / f"{cell.key}.json"
+        if path.exists():
+            return
+        base_row = self.base()
+        start = time.perf_counter()
+        mask = self.mask(cell)
+        weight_set = self.run.config.update.weight_set
+        spec = VARIANTS[cell.variant]
+        tried, edits = [], {}
+        for lr in self.config.learning_rates(spec.objective):
+            tried.append(self._train_lr(cell, mask, lr, edits))
+        trained = time.perf_counter()
+        best = max(tried, key=lambda r: r["best_val"])  # ties keep the smaller learning rate (max keeps the first)
+        common = dict(seed=self.seed, variant=cell.variant, objective=spec.objective, budget_share=cell.budget,
+                      draw=cell.draw, n_components=mask.count(), n_params=mask.n_params(self.run.model, weight_set),
+                      pct_params=100 * mask.n_params(self.run.model, weight_set) / _total_params(self.run.model),
+                      lr=best["lr"], best_step=best["best_step"], val_reference_accuracy=best["best_val"])
+        model = self.run.session.restore()
+        unedited = WeightEdit.capture(model, mask, weight_set)
+        if best["best_step"] == 0:  # selection kept the unedited model: the base's readings, bit for bit
+            items = pd.read_csv(self.dir / "cells" / "base_items.csv").to_dict("records")
+            selected = {**{k: v for k, v in base_row.items() if k not in common}, **common, "reading": "selected",
+                        "edit_scale": 0.0}
+            edit = self._retrain(cell, mask, max(tried, key=lambda r: r["lr"])["lr"], keep_last=True)
+        else:
+            edit = edits.get(best["lr"]) or self._retrain(cell, mask, best["lr"])  # retrained only after a resume
+            self.run.session.apply(edit)
+            greedy, items = self.greedy_readings(cell.key)
+            forward, more = self.forward_readings()
+            items += more
+            selected = dict(common, reading="selected", edit_scale=1.0, **greedy, **forward)
+        read = time.perf_counter()
+        rows = [selected]
+        for target in self.config.kl_targets:
+            alpha, _ = self._scale_to_kl(edit, unedited, target)
+            reading = f"kl={target:g}"
+            if alpha is None:
+                rows.append(dict(common, reading=reading, edit_scale=float("nan"), kl_target=target))
+                continue
+            self.run.session.apply(edit.scaled(unedited, alpha))
+            forward, more = self.forward_readings()
+            rows.append(dict(common, reading=reading, edit_scale=alpha, kl_target=target, **forward))
+            items += [dict(m, set=f"{m['set']}@{reading}") for m in more]
+        self.run.session.restore()
+        end = time.perf_counter()
+        for row in rows:  # where the cell's time went (training: every learning rate; reading: retrain + score)
+            row.update(seconds=round(end - start, 1), seconds_train=round(trained - start, 1),
+                       seconds_selected=round(read - trained, 1), seconds_matched=round(end - read, 1))
+        _write_cell(path, rows, items)
+        release_freed_memory()
+
+    def _train(self, cell: Cell, mask, lr: float, *, keep_last: bool = False):
+        from cca_tl.pipeline.stages.update import val_metric
+        from cca_tl.update import train_update
+
+        spec, run = VARIANTS[cell.variant], self.run
+        model = run.session.restore()
+        if spec.objective == "pivot":
+            data, steps, batch, optimizer = self.pivots, self.config.pivot_steps, run.config.update.batch_size, "sgd"
+        else:
+            data, batch, optimizer = self.answers, self.config.answer_batch, "adamw"
+            steps = self.config.answer_epochs * math.ceil(len(self.answers) / batch)
+        run.log(f"seed {self.seed} {cell.key}: lr {lr:g}, {steps} steps")
+        return train_update(model, data, mask, objective=spec.objective, params="mask", optimizer=optimizer, lr=lr,
+                            steps=steps, batch_size=batch, weight_set=run.config.update.weight_set,
+                            val_metric=val_metric(run), eval_steps=[] if keep_last else sorted({steps // 2, steps} - {0}),
+                            seed=1_000 * self.seed + cell.draw, protect=run.session.protect, progress=run.progress,
+                            name=cell.key)
+
+    def _train_lr(self, cell: Cell, mask, lr: float, edits: dict) -> dict:
+        """Train at one learning rate and keep its selection (step and validation score; resumable) and, in
+        ``edits``, its selected edit for this process (a resumed cell retrains the one it reads)."""
+        from cca_tl.update import WeightEdit
+
+        path = self.dir / "cells" / cell.key / f"lr{lr:g}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        start = time.perf_counter()
+        result = self._train(cell, mask, lr)
+        if result.best_step > 0:
+            edits[lr] = WeightEdit.capture(self.run.model, mask, self.run.config.update.weight_set)
+        row = dict(lr=lr, best_step=result.best_step, best_val=result.best_metric,
+                   history=result.history.to_dict("list"), seconds=round(time.perf_counter() - start, 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(row, default=float))
+        self.run.session.restore()
+        return row
+
+    def _retrain(self, cell: Cell, mask, lr: float, *, keep_last: bool = False):
+        """The selected edit again (deterministic), as a :class:`WeightEdit`; ``keep_last``: the last step's
+        edit whatever validation says (the direction to scale when selection kept the unedited model)."""
+        from cca_tl.update import WeightEdit
+
+        self._train(cell, mask, lr, keep_last=keep_last)
+        edit = WeightEdit.capture(self.run.model, mask, self.run.config.update.weight_set)
+        self.run.session.restore()
+        return edit
+
+    def _scale_to_kl(self, edit, unedited, target: float) -> tuple[float | None, float]:
+        """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
+        (within :data:`KL_TOLERANCE`): KL grows about as α² for small edits, so each try fits log KL against
+        log α through the last two measurements. None when the edit cannot reach the target."""
+        from cca_tl.evaluate import general_text, retention_scores
+        from cca_tl.pipeline.stages.evaluate import retention_reference
+
+        texts = general_text(self.run.config.evaluate.retention_texts)
+
+        def kl(alpha: float) -> float:
+            model = self.run.session.apply(edit.scaled(unedited, alpha))
+            return retention_scores(model, self.run.session.base_weights, texts,
+                                    reference=retention_reference(self.run))["retention_kl"]
+
+        points = [(1.0, kl(1.0))]
+        for _ in range(KL_MAX_TRIES - 1):
+            alpha, value = points[-1]
+            if value > 0 and abs(math.log(value / target)) <= math.log(KL_TOLERANCE):
+                return alpha, value
+            if value <= 0:
+                return None, value
+            slope = 2.0
+            if len(points) > 1 and points[-2][1] > 0 and points[-2][0] != alpha:
+                fitted = math.log(value / points[-2][1]) / math.log(alpha / points[-2][0])
+                slope = fitted if fitted > 0.5 else slope
+            nxt = alpha * (target / value) ** (1 / slope)
+            if nxt > MAX_SCALE:
+                return None, value
+            points.append((nxt, kl(nxt)))
+        alpha, value = min(points, key=lambda p: abs(math.log(max(p[1], 1e-30) / target)))
+        return (alpha, value) if abs(math.log(max(value, 1e-30) / target)) <= math.log(2) else (None, value)
+
+
+def _total_params(model) -> int:
+    from cca_tl.components import registry_of
+
+    return registry_of(model).total_model_params
+
+
+def _write_cell(path: Path, rows: list[dict], items: list[dict]) -> None:
+    """Items first, then the rows file that marks the cell done (both atomic)."""
+    atomic_write_text(path.with_name(path.stem + "_items.csv"), pd.DataFrame(items).to_csv(index=False))
+    atomic_write_text(path, json.dumps(dict(rows=rows), indent=1, default=float))

@@ -1,0 +1,174 @@
+"""A sweep declared as data: which updates, at which budgets, with how many random draws, seeds and learning
+rates, and at which edit sizes they are compared.
+
+A sweep file is TOML (or JSON) with the fields of :class:`SweepConfig`; every value is checked for type and
+range when the file is read, before any model loads. Each (seed, variant, budget, draw) is a :class:`Cell`;
+a cell is the unit of work and of resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from cca_tl.errors import CCAError
+
+Objective = Literal["pivot", "answer"]
+Selection = Literal["dcm", "layer-matched", "uniform"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """An update in the sweep: its objective and where its components come from. ``dcm``: the top-k
+    components of the stored DCM gains; ``layer-matched``: a seeded random set with the DCM set's count per
+    kind and layer; ``uniform``: a seeded random set with its count per kind, uniform over layers."""
+
+    objective: Objective
+    selection: Selection
+    description: str
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "cca": VariantSpec("pivot", "dcm", "CCA: the pivot objective on the top-k DCM components"),
+    "random": VariantSpec("pivot", "layer-matched", "the pivot objective on a layer-matched random set"),
+    "uniform": VariantSpec("pivot", "uniform", "the pivot objective on a random set uniform over layers"),
+    "masked-ft": VariantSpec("answer", "dcm", "reference-answer fine-tuning of the top-k DCM components"),
+    "random-ft": VariantSpec("answer", "layer-matched", "reference-answer fine-tuning of a layer-matched random set"),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One trained model of the sweep (``draw`` numbers the random draws; 0 for the DCM selection)."""
+
+    seed: int
+    variant: str
+    budget: float
+    draw: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}_b{self.budget:g}_d{self.draw}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid. Budgets are shares of the maskable components (the DCM kinds); every budget's component set
+    is the top-k of the seed's stored DCM gains (no DCM retraining per budget), ties among saturated gains
+    broken by the gains' attribution (:func:`cca_tl.sweep.budgets.gain_attribution`)."""
+
+    name: str = "sweep"
+    preset: str = "power"                       # the run preset behind each seed (cca_tl.pipeline.PRESETS)
+    overrides: list[str] = field(default_factory=list)  # key=value, as `cca-tl run --set`
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: list[float] = field(default_factory=lambda: [0.0025, 0.01, 0.08])
+    variants: list[str] = field(default_factory=lambda: ["cca", "random", "uniform"])
+    draws: int = 3                              # layer-matched random draws per seed and budget
+    uniform_draws: int = 1                      # uniform random draws per seed and budget
+    answer_budgets: list[float] | None = None   # answer-objective variants only at these budgets (None: all)
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-4])  # the pivot objective's (SGD)
+    answer_lrs: list[float] | None = None       # the answer objective's (AdamW); None: lrs
+    pivot_steps: int = 4                        # SGD steps of the pivot objective (full batch)
+    answer_epochs: int = 1                      # AdamW epochs of the answer objective
+    answer_batch: int = 8
+    kl_targets: list[float] = field(default_factory=lambda: [5e-4, 1e-3, 2e-3])  # matched edit sizes (nats/token)
+    newfacts_per_template: int = 25             # new-fact test questions per template (0: none)
+
+    def __post_init__(self) -> None:
+        from cca_tl.pipeline.config import PRESETS
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise CCAError(f"sweep config: {message}")
+
+        need(isinstance(self.name, str) and self.name.replace("-", "").replace("_", "").isalnum(),
+             f"name must be letters, digits, - or _, not {self.name!r}")
+        need(self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}, not {self.preset!r}")
+        need(_list_of(self.overrides, str) and all("=" in o for o in self.overrides),
+             f"overrides must be a list of 'key=value' strings, not {self.overrides!r}")
+        need(_list_of(self.seeds, int) and len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
+             f"seeds must be a non-empty list of distinct integers, not {self.seeds!r}")
+        need(_list_of(self.budgets, (int, float)) and len(self.budgets) > 0
+             and all(0 < b <= 1 for b in self.budgets),
+             f"budgets must be a non-empty list of shares in (0, 1] of the components, not {self.budgets!r}")
+        need(_list_of(self.variants, str) and len(self.variants) > 0 and set(self.variants) <= set(VARIANTS),
+             f"variants must be a non-empty list from {list(VARIANTS)}, not {self.variants!r}")
+        for name in ("draws", "uniform_draws", "pivot_steps", "answer_epochs", "answer_batch"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                 f"{name} must be an integer ≥ 1, not {value!r}")
+        need(self.answer_budgets is None or (_list_of(self.answer_budgets, (int, float))
+                                             and set(self.answer_budgets) <= set(self.budgets)),
+             f"answer_budgets must be null or a list of budgets from {self.budgets}, not {self.answer_budgets!r}")
+        need(_list_of(self.lrs, (int, float)) and len(self.lrs) > 0 and all(lr > 0 and math.isfinite(lr)
+                                                                             for lr in self.lrs),
+             f"lrs must be a non-empty list of learning rates > 0, not {self.lrs!r}")
+        need(self.answer_lrs is None or (_list_of(self.answer_lrs, (int, float)) and len(self.answer_lrs) > 0
+                                         and all(lr > 0 and math.isfinite(lr) for lr in self.answer_lrs)),
+             f"answer_lrs must be null or a non-empty list of learning rates > 0, not {self.answer_lrs!r}")
+        need(_list_of(self.kl_targets, (int, float)) and all(t > 0 for t in self.kl_targets),
+             f"kl_targets must be a list of KL values > 0 (nats per token), not {self.kl_targets!r}")
+        need(isinstance(self.newfacts_per_template, int) and self.newfacts_per_template >= 0,
+             f"newfacts_per_template must be an integer ≥ 0, not {self.newfacts_per_template!r}")
+        self.run_config(self.seeds[0])  # the preset with the overrides must make a valid run config
+
+    # -- reading ----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CCAError(f"sweep config: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepConfig":
+        """A sweep file: TOML (``.toml``) or JSON; a parse error names the file and the place."""
+        path = Path(path)
+        if not path.exists():
+            raise CCAError(f"No sweep config at {path}.")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+            raise CCAError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # -- what it means ----------------------------------------------------------------------------
+    def run_config(self, seed: int):
+        """The pipeline config of one seed: the preset, selection by reference-path accuracy on the validation
+        questions (forward only; the power experiment's rule), then the sweep's overrides."""
+        from cca_tl.pipeline.config import preset
+
+        try:
+            return preset(self.preset, seed=seed).with_overrides(["update.val_metric=reference", *self.overrides])
+        except ValueError as error:
+            raise CCAError(f"sweep config: {error}") from None
+
+    def learning_rates(self, objective: Objective) -> list[float]:
+        return sorted(self.answer_lrs if objective == "answer" and self.answer_lrs is not None else self.lrs)
+
+    def cells(self, seed: int) -> list[Cell]:
+        """Every cell of one seed, in the order they run: budgets from the smallest, the DCM selection
+        before its random draws."""
+        out = []
+        for budget in sorted(self.budgets):
+            for variant in self.variants:
+                spec = VARIANTS[variant]
+                if spec.objective == "answer" and self.answer_budgets is not None and budget not in self.answer_budgets:
+                    continue
+                draws = {"dcm": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
+                out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
+        return out
+
+
+def _list_of(value, kind) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)

@@ -1,0 +1,139 @@
+"""A sweep directory: its config lock, the seeds' pipeline runs, the cells, the plan and the tidy table.
+
+Layout::
+
+    <dir>/sweep.json                    the SweepConfig (a sweep directory refuses another one)
+    <dir>/seeds/seed<N>/                a pipeline run directory (problems … dcm) plus
+    <dir>/seeds/seed<N>/sweep/          attribution.safetensors, cells/<key>.json, cells/<key>_items.csv
+    <dir>/rows.csv, summary.md, *.png   written by :meth:`Sweep.summarise`
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cca_tl._io import atomic_write_text
+from cca_tl.errors import CCAError
+from cca_tl.sweep.grid import VARIANTS, SweepConfig
+
+
+class Sweep:
+    """``Sweep(config, dir).execute()`` runs (or resumes) every cell; ``plan()`` says what that will cost."""
+
+    def __init__(self, config: SweepConfig, directory: str | Path, *, progress: bool = True):
+        self.config, self.dir, self.progress = config, Path(directory), progress
+        lock = self.dir / "sweep.json"
+        if lock.exists():
+            try:
+                previous = SweepConfig.from_dict(json.loads(lock.read_text()))
+            except json.JSONDecodeError as error:
+                raise CCAError(f"{lock} is not valid JSON ({error}); restore it or use a new sweep directory.") from None
+            if previous != config:
+                diff = {k: (v, config.to_dict()[k]) for k, v in previous.to_dict().items() if config.to_dict()[k] != v}
+                raise CCAError(f"{self.dir} holds another sweep (field: (then, now)): {diff}. Use a new directory, "
+                               "or the same config to resume.")
+
+    @classmethod
+    def open(cls, directory: str | Path, **kwargs) -> "Sweep":
+        path = Path(directory) / "sweep.json"
+        if not path.exists():
+            raise CCAError(f"{directory} is not a sweep directory (no sweep.json).")
+        return cls(SweepConfig.from_dict(json.loads(path.read_text())), directory, **kwargs)
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.dir / "seeds" / f"seed{seed}"
+
+    def done(self, seed: int) -> set[str]:
+        cells = self.seed_dir(seed) / "sweep" / "cells"
+        return {p.stem for p in cells.glob("*.json")} if cells.exists() else set()
+
+    # -- running ----------------------------------------------------------------------------------
+    def execute(self, seeds: list[int] | None = None, *, summarise: bool = True) -> pd.DataFrame:
+        """Run every unfinished cell of ``seeds`` (default: all), seed by seed, then write the summary."""
+        from tqdm.auto import tqdm
+
+        from cca_tl.sweep.cell import SeedSweep
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "sweep.json").exists():
+            atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))
+        for seed in seeds if seeds is not None else self.config.seeds:
+            if seed not in self.config.seeds:
+                raise CCAError(f"Seed {seed} is not in this sweep's seeds {self.config.seeds}.")
+            todo = [c for c in self.config.cells(seed) if c.key not in self.done(seed)]
+            if not todo and "base" in self.done(seed):
+                continue
+            state = SeedSweep(self.config, seed, self.seed_dir(seed), progress=self.progress)
+            state.base()
+            for cell in tqdm(todo, desc=f"sweep {self.config.name} seed {seed}", disable=not self.progress):
+                state.cell(cell)
+            state.run.session.close()
+            if summarise:
+                self.summarise()
+        return self.summarise() if summarise else self.rows()
+
+    # -- the plan ---------------------------------------------------------------------------------
+    def plan(self) -> pd.DataFrame:
+        """One row per seed: cells to run and their estimated seconds (per-unit costs of the pipeline's plan,
+        measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads; NaN on a GPU)."""
+        from cca_tl.pipeline.plan import plan, sizes, unit_costs
+
+        rows = []
+        for seed in self.config.seeds:
+            run_config = self.config.run_config(seed)
+            s, u = sizes(run_config), unit_costs(run_config)
+            done = self.done(seed)
+            stages = plan(run_config).loc[["problems", "traces", "localize", "dcm"], "seconds"]
+            setup = 0.0 if (self.seed_dir(seed) / "stages" / "dcm.json").exists() else float(stages.sum())
+            cells = [c for c in self.config.cells(seed) if c.key not in done]
+            seconds = setup + ("base" not in done) * self._greedy_seconds(run_config, s, u)
+            seconds += sum(self._cell_seconds(run_config, s, u, VARIANTS[c.variant].objective) for c in cells)
+            rows.append(dict(seed=seed, cells_done=len(self.config.cells(seed)) - len(cells), cells_to_run=len(cells),
+                             setup="done" if setup == 0 else "to run", seconds=seconds))
+        return pd.DataFrame(rows).set_index("seed")
+
+    def _greedy_seconds(self, cfg, s, u) -> float:
+        questions = s.test_q + self.config.newfacts_per_template * _n_templates(cfg)
+        return questions * cfg.traces.max_new_tokens * u["gen_token"] + self._forward_seconds(cfg, s, u)
+
+    def _forward_seconds(self, cfg, s, u) -> float:
+        questions = s.test_q + self.config.newfacts_per_template * _n_templates(cfg)
+        return (questions * u["reference_q"] + s.test_pivots * u["fwd_record"]
+                + 2 * cfg.evaluate.retention_texts * u["retention_text"])
+
+    def _cell_seconds(self, cfg, s, u, objective: str) -> float:
+        c = self.config
+        if objective == "pivot":
+            train = c.pivot_steps * s.train_pivots * u["update_record"]
+        else:  # every question's answer once per epoch, about one pivot record's cost each
+            train = c.answer_epochs * s.train_pivots * u["update_record"]
+        select = 3 * s.val_q * u["reference_q"]
+        kl_search = len(c.kl_targets) * 3 * cfg.evaluate.retention_texts * u["retention_text"]
+        return ((len(c.lrs) + 1) * (train + select) + self._greedy_seconds(cfg, s, u) + kl_search
+                + len(c.kl_targets) * self._forward_seconds(cfg, s, u))
+
+    # -- results ----------------------------------------------------------------------------------
+    def rows(self) -> pd.DataFrame:
+        """Every finished cell's rows (and each seed's base row): the sweep's tidy table."""
+        rows = []
+        for seed in self.config.seeds:
+            for path in sorted((self.seed_dir(seed) / "sweep" / "cells").glob("*.json")):
+                rows += json.loads(path.read_text())["rows"]
+        return pd.DataFrame(rows)
+
+    def items(self, seed: int, key: str) -> pd.DataFrame:
+        return pd.read_csv(self.seed_dir(seed) / "sweep" / "cells" / f"{key}_items.csv")
+
+    def summarise(self, out: Path | None = None) -> pd.DataFrame:
+        from cca_tl.sweep.summary import write_summary
+
+        return write_summary(self, out or self.dir)
+
+
+def _n_templates(cfg) -> int:
+    from cca_tl.pipeline.stages.problems import draw
+
+    return len({p.template_id for p in draw(cfg)["test"]})

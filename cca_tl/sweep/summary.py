@@ -1,0 +1,205 @@
+"""A sweep's tidy table, its comparisons over seeds, plots against the budget, and the plain answer.
+
+Comparisons are paired per item within a seed: a DCM cell's outcome on each question (or pivot) against the
+mean outcome of the random draws of the same seed and budget on the same item, so draws count as what they
+are (several samples of the control), not as extra seeds. Over seeds, :func:`cca_tl.stats.compare_over_seeds`:
+per-seed intervals, the between-seed interval, heterogeneity, and "cannot tell" when seeds disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cca_tl._io import atomic_write_text
+from cca_tl.stats import MARGINS, compare_over_seeds
+
+#: (DCM variant, control variant) pairs the summary compares.
+PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "base"))
+#: Item sets per reading: greedy accuracy where the reading generated, reference-path accuracy otherwise.
+SETS = {"selected": ("test", "newfacts", "pivot"), "matched": ("test_ref", "newfacts_ref", "pivot")}
+#: What "beats" means in the plain answer: at least this many points, and a between-seed interval above 0.
+PLAIN_MARGIN = 0.05
+COLUMNS = ["seed", "variant", "objective", "budget_share", "n_components", "n_params", "pct_params", "draw", "reading",
+           "kl_target", "edit_scale", "lr", "best_step", "kl_to_base", "test_accuracy", "newfacts_accuracy",
+           "pivot_accuracy", "test_reference_accuracy", "newfacts_reference_accuracy", "val_reference_accuracy",
+           "general_nll", "n_test", "n_newfacts", "n_pivots_test", "seconds"]
+
+
+def paired_groups(sweep, a: str, b: str, budget: float, reading: str, item_set: str) -> list[tuple[int, tuple]]:
+    """Per seed where both exist: (seed, (a's outcomes, mean of b's draws' outcomes)) on ``item_set``."""
+    suffix = "" if reading == "selected" else f"@{reading}"
+    out = []
+    for seed in sweep.config.seeds:
+        done = sweep.done(seed)
+        keys_a = sorted(k for k in done if k.startswith(f"{a}_b{budget:g}_d"))
+        keys_b = (["base"] if b == "base" and "base" in done
+                  else sorted(k for k in done if k.startswith(f"{b}_b{budget:g}_d")))
+        if not keys_a or not keys_b:
+            continue
+        name_b = item_set if b == "base" else item_set + suffix  # the base is unedited at every reading
+        x = _outcomes(sweep, seed, keys_a[0], item_set + suffix, reading)
+        ys = [_outcomes(sweep, seed, k, name_b, reading) for k in keys_b]
+        if x is None or any(y is None or len(y) != len(x) for y in ys):
+            continue
+        out.append((seed, (x, np.mean(ys, axis=0))))
+    return out
+
+
+def _outcomes(sweep, seed: int, key: str, item_set: str, reading: str) -> np.ndarray | None:
+    items = sweep.items(seed, key)
+    part = items[items["set"] == item_set]
+    if part.empty and reading != "selected" and "@" in item_set:  # a cell that kept the unedited model
+        return None
+    return part.sort_values("item")["correct"].to_numpy(float) if not part.empty else None
+
+
+def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per (reading, budget, comparison, metric) with the verdict over seeds; one row per seed."""
+    table, per_seed = [], []
+    readings = ["selected", *sorted({r for r in rows["reading"].dropna() if r != "selected"})]
+    for reading in readings:
+        sets = SETS["selected" if reading == "selected" else "matched"]
+        for budget in sorted(sweep.config.budgets):
+            for a, b in PAIRS:
+                for item_set in sets:
+                    found = paired_groups(sweep, a, b, budget, reading, item_set)
+                    if not found:
+                        continue
+                    groups = [g for _, g in found]
+                    margin = MARGINS["pivot_accuracy" if item_set == "pivot" else "accuracy"]
+                    result = compare_over_seeds(groups, margin)
+                    between = result.between or (np.nan, np.nan, np.nan)
+                    spread = result.heterogeneity
+                    table.append(dict(reading=reading, budget_share=budget, comparison=f"{a} − {b}", metric=item_set,
+                                      seeds=len(groups), diff=result.pooled[0], low=result.pooled[1],
+                                      high=result.pooled[2], between_low=between[1], between_high=between[2],
+                                      q=spread.q if spread else np.nan, i2=spread.i2 if spread else np.nan,
+                                      verdict=result.verdict))
+                    for (seed, (x, _)), (d, lo, hi) in zip(found, result.per_seed):
+                        per_seed.append(dict(reading=reading, budget_share=budget, comparison=f"{a} − {b}",
+                                             metric=item_set, seed=seed, n=len(x), diff=d, low=lo, high=hi))
+    return pd.DataFrame(table), pd.DataFrame(per_seed)
+
+
+def plain_answer(table: pd.DataFrame) -> str:
+    """At which budgets the DCM set beats the layer-matched random sets by ≥ 5 test points with a
+    between-seed interval above 0 — or that it does not anywhere in the range measured."""
+    if table.empty:
+        return "No comparison is finished yet."
+    part = table[(table["comparison"] == "cca − random") & (table["reading"] == "selected") & (table["metric"] == "test")]
+    if part.empty:
+        return "No CCA − random comparison on the test questions is finished yet."
+    wins = part[(part["diff"] >= PLAIN_MARGIN) & (part["between_low"] > 0) & ~part["verdict"].str.contains("disagree")]
+    budgets = ", ".join(f"{100 * b:g} %" for b in sorted(part["budget_share"]))
+    seeds = int(part["seeds"].min())
+    if wins.empty:
+        return (f"The DCM-selected components do not beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test "
+                f"points with a between-seed interval above 0 at any budget measured ({budgets}; ≥ {seeds} seeds).")
+    return (f"The DCM-selected components beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test points, "
+            f"with a between-seed interval above 0, at {', '.join(f'{100 * b:g} %' for b in wins['budget_share'])} "
+            f"of the components (measured: {budgets}; ≥ {seeds} seeds).")
+
+
+def _interval_text(d: float, lo: float, hi: float) -> str:
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def plot(rows: pd.DataFrame, out: Path) -> list[str]:
+    """Accuracy against budget, DCM against random, mean over seeds with between-seed t intervals."""
+    from matplotlib.figure import Figure
+    from scipy.stats import t
+
+    written = []
+    for reading, metrics in (("selected", ("test_accuracy", "newfacts_accuracy", "pivot_accuracy")),
+                             ("matched", ("test_reference_accuracy", "newfacts_reference_accuracy", "pivot_accuracy"))):
+        part = rows[rows["reading"] == "selected"] if reading == "selected" else rows[rows["reading"] != "selected"]
+        part = part[part["variant"] != "base"]
+        if part.empty:
+            continue
+        groups = ["selected"] if reading == "selected" else sorted(part["reading"].unique())
+        fig = Figure(figsize=(4.2 * len(metrics), 3.6 * len(groups)))
+        axes = np.atleast_2d(fig.subplots(len(groups), len(metrics), squeeze=False))
+        for r, group in enumerate(groups):
+            mine = part[part["reading"] == group]
+            for c, metric in enumerate(metrics):
+                ax = axes[r, c]
+                for variant, frame in mine.groupby("variant"):
+                    per_seed = frame.groupby(["budget_share", "seed"])[metric].mean().dropna()  # draws averaged
+                    if per_seed.empty:
+                        continue
+                    stats = per_seed.groupby("budget_share").agg(["mean", "std", "count"])
+                    half = [t.ppf(0.975, n - 1) * s / np.sqrt(n) if n > 1 else 0.0
+                            for s, n in zip(stats["std"].fillna(0), stats["count"])]
+                    ax.errorbar(100 * stats.index, 100 * stats["mean"], yerr=100 * np.array(half), marker="o",
+                                capsize=3, label=variant)
+                base = rows[(rows["variant"] == "base")][metric].dropna()
+                if not base.empty:
+                    ax.axhline(100 * base.mean(), color="grey", ls="--", lw=1, label="base")
+                ax.set_xscale("log")
+                ax.set_xlabel("budget (% of components)")
+                ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+                ax.set_title(group if reading != "selected" else "selected by validation", fontsize=9)
+        axes[0, -1].legend(fontsize=7)
+        fig.tight_layout()
+        name = f"budget_{reading}.png"
+        fig.savefig(out / name, dpi=100)
+        written.append(name)
+    return written
+
+
+def write_summary(sweep, out: Path) -> pd.DataFrame:
+    """rows.csv, comparisons.csv, comparisons_per_seed.csv, plots and summary.md; returns the rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sweep.rows()
+    if rows.empty:
+        return rows
+    rows = rows.reindex(columns=[c for c in COLUMNS if c in rows.columns] +
+                        [c for c in rows.columns if c not in COLUMNS])
+    atomic_write_text(out / "rows.csv", rows.to_csv(index=False))
+    table, per_seed = comparisons(sweep, rows)
+    atomic_write_text(out / "comparisons.csv", table.to_csv(index=False))
+    atomic_write_text(out / "comparisons_per_seed.csv", per_seed.to_csv(index=False))
+    pictures = plot(rows, out)
+    atomic_write_text(out / "summary.md", summary_text(sweep, rows, table, per_seed, pictures))
+    return rows
+
+
+def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
+    c = sweep.config
+    done = {s: len(sweep.done(s) - {"base"}) for s in c.seeds}
+    total = {s: len(c.cells(s)) for s in c.seeds}
+    lines = [f"# Sweep `{c.name}`", "",
+             f"Config: `{sweep.dir / 'sweep.json'}` (preset `{c.preset}`, overrides {c.overrides or 'none'}). "
+             f"Cells finished per seed: " + ", ".join(f"{s}: {done[s]}/{total[s]}" for s in c.seeds) + ".", "",
+             "## The plain answer", "", plain_answer(table), "",
+             "## Mean over seeds (random draws averaged within a seed), selected by validation", ""]
+    selected = rows[rows["reading"] == "selected"]
+    means = (selected.groupby(["variant", "budget_share", "seed"])[["test_accuracy", "newfacts_accuracy", "pivot_accuracy",
+                                                                     "kl_to_base"]].mean()
+             .groupby(["variant", "budget_share"]).mean())
+    lines += [(100 * means[["test_accuracy", "newfacts_accuracy", "pivot_accuracy"]]).round(1)
+              .assign(kl_to_base=means["kl_to_base"].round(4)).to_markdown(), ""]
+    if not table.empty:
+        shown = table.copy()
+        shown["per seed"] = [
+            "; ".join(f"{int(r.seed)}: {_interval_text(r.diff, r.low, r.high)}" for r in
+                      per_seed[(per_seed["reading"] == x.reading) & (per_seed["budget_share"] == x.budget_share)
+                               & (per_seed["comparison"] == x.comparison) & (per_seed["metric"] == x.metric)].itertuples())
+            for x in table.itertuples()]
+        shown["pooled"] = [_interval_text(d, lo, hi) for d, lo, hi in zip(table["diff"], table["low"], table["high"])]
+        shown["between seeds"] = ["—" if np.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                                  for lo, hi in zip(table["between_low"], table["between_high"])]
+        shown["I²"] = ["—" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["i2"]]
+        lines += ["## Comparisons (points; per seed, pooled over questions, between seeds)", "",
+                  "Per seed: paired bootstrap over that seed's items, the control the mean of its random draws. "
+                  "Between seeds: Student t over the seed means. Verdict: *cannot tell (seeds disagree)* when seed "
+                  "intervals exclude 0 in opposite directions, else from the between-seed interval. Readings: "
+                  "`selected` (learning rate and step chosen by validation; greedy accuracy), `kl=…` (the selected "
+                  "edit scaled to that KL to the base model; reference-path accuracy, forward only).", "",
+                  shown[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
+                         "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
+    lines += [f"![{p}]({p})" for p in pictures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,139 @@
+"""cca_tl.sweep: the grid as data, component sets at a budget, and a whole sweep on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from cca_tl.cli import main as cli
+from cca_tl.errors import CCAError
+from cca_tl.sweep import Sweep, SweepConfig
+from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, uniform_like
+from cca_tl.tasks import new_fact_problems, two_step_problems
+
+TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05], variants=["cca", "random", "masked-ft"],
+            draws=2, lrs=[0.05], kl_targets=[0.001], newfacts_per_template=2,
+            overrides=["data.task=two-step", "traces.localization=reference", "traces.n_samples=0",
+                       "update.val_metric=logit_diff"])
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("budgets", [0.0], "budgets"), ("budgets", [1.5], "budgets"), ("variants", ["lofit?"], "variants"),
+    ("lrs", [0.0], "lrs"), ("lrs", [-1e-4], "lrs"), ("draws", 0, "draws"), ("seeds", [], "seeds"),
+    ("seeds", [1, 1], "seeds"), ("kl_targets", [-1.0], "kl_targets"), ("answer_budgets", [0.3], "answer_budgets"),
+    ("pivot_steps", True, "pivot_steps"), ("preset", "nope", "preset"), ("overrides", ["update.lr"], "overrides"),
+    ("overrides", ["update.nope=1"], "nope"), ("name", "a b", "name"), ("answer_lrs", [0], "answer_lrs"),
+])
+def test_every_field_refuses_a_wrong_value_naming_it(field, value, words):
+    with pytest.raises(CCAError, match=words):
+        SweepConfig(**{**TINY, field: value})
+
+
+def test_sweep_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(CCAError, match="bad.toml is not valid TOML"):
+        SweepConfig.load(bad)
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"budget": [0.1]}))
+    with pytest.raises(CCAError, match="unknown field"):
+        SweepConfig.load(unknown)
+    with pytest.raises(CCAError, match="No sweep config"):
+        SweepConfig.load(tmp_path / "missing.toml")
+
+
+def test_cells_follow_the_grid():
+    config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "masked-ft"],
+                            "draws": 3, "uniform_draws": 2, "answer_budgets": [0.05]})
+    cells = config.cells(0)
+    assert [c.key for c in cells if c.budget == 0.01] == [
+        "cca_b0.01_d0", "random_b0.01_d0", "random_b0.01_d1", "random_b0.01_d2", "uniform_b0.01_d0", "uniform_b0.01_d1"]
+    assert sum(c.variant == "masked-ft" for c in cells) == 1 and len(cells) == 6 + 7
+
+
+def test_ranking_breaks_ties_among_saturated_gains_by_attribution():
+    gains = {"neuron": torch.tensor([[1.0, 1.0, 0.3], [1.0, 0.0, 0.9]])}
+    attribution = {"neuron": torch.tensor([[0.1, 0.5, 9.0], [0.3, 9.0, 0.0]])}
+    scores = ranking_scores(gains, attribution)["neuron"]
+    order = torch.argsort(scores.flatten(), descending=True).tolist()
+    assert order == [1, 3, 0, 5, 2, 4]  # gain 1.0 by attribution, then 0.9, 0.3, 0.0
+
+
+def test_budget_sets_have_their_size_and_their_controls_keep_the_counts(model):
+    from cca_tl.components import registry_of
+
+    reg = registry_of(model)
+    gen = torch.Generator().manual_seed(0)
+    gains = {k: torch.rand(reg.n_layers, reg.n_units(k), generator=gen) for k in ("q", "k", "v", "neuron")}
+    scores = ranking_scores(gains, {k: torch.zeros_like(v) for k, v in gains.items()})
+    top = budget_mask(reg, scores, 0.1)
+    assert top.count() == round(0.1 * reg.n_components(["q", "k", "v", "neuron"]))
+    flat = torch.cat([gains[k.value].flatten() for k in top.kinds])
+    chosen = torch.cat([top.masks[k].flatten() for k in top.kinds])
+    assert flat[chosen].min() >= flat[~chosen].max()  # the top gains
+    matched, other = layer_matched(top, 1), layer_matched(top, 2)
+    for kind in top.kinds:
+        assert torch.equal(matched.masks[kind].flatten(1).sum(1), top.masks[kind].flatten(1).sum(1))
+    assert matched != other and matched != top
+    uniform = uniform_like(top, 1)
+    assert uniform.counts_by_kind() == top.counts_by_kind() and uniform != top
+
+
+def test_new_fact_questions_share_no_arithmetic_with_the_task():
+    new = new_fact_problems("two-step", 20, seed=3, max_value=3)
+    known = {p.solution for p in two_step_problems(5000, seed=11, max_value=3)}
+    assert len(new) == 80 and not any(p.solution in known for p in new)
+    assert len({p.question for p in new}) == 80
+    with pytest.raises(ValueError, match="must exceed"):
+        new_fact_problems("two-step", 5, max_value=3, new_max_value=3)
+
+
+def test_weight_edit_scaled_interpolates_between_base_and_edit(model):
+    from cca_tl.components import ComponentMask
+    from cca_tl.errors import MaskMismatchError
+    from cca_tl.update import WeightEdit
+
+    mask = ComponentMask.full(model)
+    base = WeightEdit.capture(model, mask, "authors")
+    edit = WeightEdit(mask, "authors", {n: v + 1.0 for n, v in base.values.items()})
+    half = edit.scaled(base, 0.5)
+    assert all(torch.allclose(half.values[n], base.values[n] + 0.5) for n in base.values)
+    assert all(torch.equal(edit.scaled(base, 0.0).values[n], base.values[n]) for n in base.values)
+    with pytest.raises(MaskMismatchError):
+        edit.scaled(WeightEdit.capture(model, ComponentMask.empty(model), "authors"), 0.5)
+
+
+def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    out = tmp_path / "sweep"
+    assert cli(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    assert "8 cells to run" in capsys.readouterr().out
+    assert cli(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
+    rows = pd.read_csv(out / "rows.csv")
+    for column in ("seed", "variant", "objective", "budget_share", "n_params", "draw", "lr", "kl_to_base",
+                   "test_accuracy", "newfacts_accuracy", "pivot_accuracy", "n_test", "n_pivots_test", "reading"):
+        assert column in rows.columns, column
+    selected = rows[rows["reading"] == "selected"]
+    assert sorted(selected["variant"].unique()) == ["base", "cca", "masked-ft", "random"]
+    assert (selected[selected["variant"] == "random"].groupby("seed")["draw"].nunique() == 2).all()
+    cells = selected[selected["variant"] != "base"]
+    assert (cells["n_components"] == cells["n_components"].iloc[0]).all()  # DCM and random: the same size
+    assert (selected["n_newfacts"].dropna() == 8).all()
+    matched = rows[rows["reading"] == "kl=0.001"].dropna(subset=["edit_scale"])
+    assert not matched.empty and ((matched["kl_to_base"] / 0.001).between(1 / 2, 2)).all()
+    table = pd.read_csv(out / "comparisons.csv")
+    assert {"cca − random", "cca − base", "masked-ft − random-ft"} >= set(table["comparison"]) >= {"cca − random"}
+    summary = (out / "summary.md").read_text()
+    assert "The plain answer" in summary and "budget_selected.png" in summary
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")}
+    assert cli(["sweep", str(path), "--out", str(out), "--quiet"]) == 0  # resume: nothing runs again
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")} == stamps
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**TINY, "lrs": [0.01]}))
+    assert cli(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
+    assert "holds another sweep" in capsys.readouterr().err
+    assert Sweep.open(out).rows().shape[0] == rows.shape[0]
