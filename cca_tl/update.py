@@ -34,13 +34,14 @@ from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, m
 from cca_tl._io import atomic_write_bytes
 from cca_tl.errors import MaskMismatchError, NonFiniteLossError
 from cca_tl.lora import LoRAParams
+from cca_tl.offsets import HeadOffsets
 from cca_tl.params import trainable
 
 Objective = Literal["pivot", "answer"]
-Params = Literal["mask", "random", "all", "lora"]
+Params = Literal["mask", "random", "all", "lora", "offsets"]
 Optimizer = Literal["sgd", "adamw"]
 OBJECTIVES: tuple[Objective, ...] = ("pivot", "answer")
-PARAMS: tuple[Params, ...] = ("mask", "random", "all", "lora")
+PARAMS: tuple[Params, ...] = ("mask", "random", "all", "lora", "offsets")
 
 #: The updates by name: (objective, parameters). The first three are CCA and its controls (the pipeline's
 #: variants); the others complete the objective x parameters table of ``analyses/power.py``.
@@ -241,7 +242,8 @@ class SelectedEntries:
 
 
 class LoRAEntries:
-    """:class:`cca_tl.lora.LoRAParams` behind the interface the update loop uses (the gradient reaches the
+    """:class:`cca_tl.lora.LoRAParams` (or :class:`cca_tl.offsets.HeadOffsets`, which has the same interface)
+    behind the interface the update loop uses (the gradient reaches the
     factors through the weights' own gradients; SGD or AdamW on the factors)."""
 
     def __init__(self, lora: LoRAParams, optimizer: Optimizer, lr: float):
@@ -309,6 +311,7 @@ def train_update(
     steps: int = 50,
     batch_size: int = 8,
     lora_rank: int | None = None,
+    heads: dict[int, list[int]] | None = None,
     val_metric: Callable[[HookedTransformer], float] | None = None,
     eval_steps: Sequence[int] | None = None,
     seed: int = 0,
@@ -325,8 +328,9 @@ def train_update(
     ``"answer"`` (``data`` an :class:`AnswerSet`; every step one shuffled mini-batch of ``batch_size``
     questions, the mean cross-entropy of their reference answers' tokens, epoch after epoch).
     ``params``: ``"mask"`` (the DCM mask's slices), ``"random"`` (a seeded mask with the same count per kind
-    and layer), ``"all"`` (every real parameter) or ``"lora"`` (rank ``lora_rank`` factors of every
-    projection, :mod:`cca_tl.lora`). ``optimizer``: ``"sgd"`` (``W ← W − lr·g``, the paper's update) or
+    and layer), ``"all"`` (every real parameter), ``"lora"`` (rank ``lora_rank`` factors of every
+    projection, :mod:`cca_tl.lora`) or ``"offsets"`` (LoFiT-style output offsets of the ``heads``,
+    :mod:`cca_tl.offsets`). ``optimizer``: ``"sgd"`` (``W ← W − lr·g``, the paper's update) or
     ``"adamw"`` (the authors' fine-tuning baselines). Whatever the parameters, every entry outside them keeps
     its bits. ``val_metric(model)``: higher is better (default: the objective on ``data`` itself).
     """
@@ -341,7 +345,11 @@ def train_update(
         raise TypeError(f"The {objective!r} objective trains on a {expected.__name__}, not {type(data).__name__}.")
     data.validate(model)
     used, fraction_components = None, 0.0
-    if params == "lora":
+    if params == "offsets":
+        if not heads:
+            raise ValueError("params='offsets' needs heads ({layer: [head, ...]}; cca_tl.offsets.top_heads picks them).")
+        entries = LoRAEntries(HeadOffsets(model, heads), optimizer, lr)
+    elif params == "lora":
         if lora_rank is None:
             raise ValueError("params='lora' needs lora_rank (cca_tl.lora.rank_for_budget sizes it to a mask).")
         entries = LoRAEntries(LoRAParams(model, lora_rank, seed=seed), optimizer, lr)
@@ -395,7 +403,7 @@ def train_update(
         fraction_params=1.0 if params == "all" else entries.count / total,
         fraction_components=fraction_components, mask=used,
         config=dict(objective=objective, params=params, optimizer=optimizer, weight_set=weight_set, steps=steps,
-                    batch_size=batch_size, seed=seed, lora_rank=lora_rank, eval_steps=sorted(eval_at),
+                    batch_size=batch_size, seed=seed, lora_rank=lora_rank, heads=heads, eval_steps=sorted(eval_at),
                     shared_prefix=shared_prefix, val_metric=val_kind),
         regions=dict(entries.regions),
     )
@@ -483,15 +491,9 @@ class WeightEdit:
                                         f"the mask selects {int(m.sum())}.")
             param[m] = self.values[name].to(param.device, param.dtype)
 
-    def scaled(self, base: "WeightEdit", alpha: float) -> "WeightEdit":
-        """The edit moved ``alpha`` of the way from ``base`` (the unedited values of the same entries):
-        ``base + alpha·(self − base)``. ``alpha`` 0 is the unedited model, 1 this edit; a sweep scales an
-        edit along its own direction to reach a fixed size (KL to the base model)."""
-        if set(base.values) != set(self.values) or base.mask != self.mask:
-            raise MaskMismatchError("scaled() needs the unedited values of the same entries (capture the base "
-                                    "model with the same mask and weight set).")
-        return WeightEdit(self.mask, self.weight_set,
-                          {n: base.values[n] + alpha * (v - base.values[n]) for n, v in self.values.items()})
+    def touched(self, model: HookedTransformer) -> dict[str, Tensor]:
+        """The regions :meth:`apply` writes (what a session protects first)."""
+        return element_masks(model, self.mask, self.weight_set)
 
     def save(self, directory: str | Path) -> None:
         """``mask.safetensors`` and ``edit.safetensors`` in ``directory``, each written atomically."""
@@ -512,3 +514,37 @@ class WeightEdit:
             meta = json.loads((handle.metadata() or {}).get("cca_tl", "{}"))
             values = {n: handle.get_tensor(n) for n in handle.keys()}
         return cls(ComponentMask.load(directory / "mask.safetensors"), meta["weight_set"], values)
+
+
+@dataclass
+class RegionEdit:
+    """What any update wrote — the values of its regions (element masks, or whole tensors where a region is
+    None) — as an edit a session can apply (:meth:`cca_tl.pipeline.ModelSession.apply`) and a sweep can
+    scale. Masked updates, LoRA and head offsets alike: :attr:`UpdateResult.regions` says where."""
+
+    regions: dict[str, Tensor | None]
+    values: dict[str, Tensor]
+
+    @classmethod
+    def capture(cls, model: HookedTransformer, regions: dict[str, Tensor | None]) -> "RegionEdit":
+        return cls(dict(regions), {n: (model.get_parameter(n).detach()[r] if r is not None
+                                       else model.get_parameter(n).detach()).clone()
+                                   for n, r in regions.items()})
+
+    def touched(self, model: HookedTransformer) -> dict[str, Tensor | None]:
+        return self.regions
+
+    @torch.no_grad()
+    def apply(self, model: HookedTransformer) -> None:
+        for name, region in self.regions.items():
+            _set_entries(model.get_parameter(name), region if region is None else region.nonzero(as_tuple=True),
+                         self.values[name])
+
+    def scaled(self, base: "RegionEdit", alpha: float) -> "RegionEdit":
+        """The edit moved ``alpha`` of the way from ``base`` (the unedited values of the same regions):
+        ``base + alpha·(self − base)``. ``alpha`` 0 is the unedited model, 1 this edit; a sweep scales an
+        edit along its own direction to reach a fixed size (KL to the base model)."""
+        if set(base.values) != set(self.values) or any(base.values[n].shape != v.shape for n, v in self.values.items()):
+            raise MaskMismatchError("scaled() needs the unedited values of the same regions (RegionEdit.capture "
+                                    "of the base model with this edit's regions).")
+        return RegionEdit(self.regions, {n: base.values[n] + alpha * (v - base.values[n]) for n, v in self.values.items()})

@@ -14,7 +14,8 @@ from cca_tl.sweep import Sweep, SweepConfig
 from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, uniform_like
 from cca_tl.tasks import new_fact_problems, two_step_problems
 
-TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05], variants=["cca", "random", "masked-ft"],
+TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05],
+            variants=["cca", "random", "masked-ft", "lofit"],
             draws=2, lrs=[0.05], kl_targets=[0.001], newfacts_per_template=2,
             overrides=["data.task=two-step", "traces.localization=reference", "traces.n_samples=0",
                        "update.val_metric=logit_diff"])
@@ -91,19 +92,21 @@ def test_new_fact_questions_share_no_arithmetic_with_the_task():
         new_fact_problems("two-step", 5, max_value=3, new_max_value=3)
 
 
-def test_weight_edit_scaled_interpolates_between_base_and_edit(model):
+def test_region_edit_scaled_interpolates_between_base_and_edit(model):
     from cca_tl.components import ComponentMask
     from cca_tl.errors import MaskMismatchError
-    from cca_tl.update import WeightEdit
+    from cca_tl.update import RegionEdit, element_masks
 
-    mask = ComponentMask.full(model)
-    base = WeightEdit.capture(model, mask, "authors")
-    edit = WeightEdit(mask, "authors", {n: v + 1.0 for n, v in base.values.items()})
+    regions = {**element_masks(model, ComponentMask.full(model), "authors"), "blocks.0.attn.b_O": None}
+    base = RegionEdit.capture(model, regions)
+    edit = RegionEdit(regions, {n: v + 1.0 for n, v in base.values.items()})
     half = edit.scaled(base, 0.5)
     assert all(torch.allclose(half.values[n], base.values[n] + 0.5) for n in base.values)
     assert all(torch.equal(edit.scaled(base, 0.0).values[n], base.values[n]) for n in base.values)
+    half.apply(model)
+    assert torch.allclose(model.blocks[0].attn.b_O, base.values["blocks.0.attn.b_O"] + 0.5)
     with pytest.raises(MaskMismatchError):
-        edit.scaled(WeightEdit.capture(model, ComponentMask.empty(model), "authors"), 0.5)
+        edit.scaled(RegionEdit.capture(model, {"blocks.0.attn.b_O": None}), 0.5)
 
 
 def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
@@ -111,17 +114,19 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     path.write_text(json.dumps(TINY))
     out = tmp_path / "sweep"
     assert cli(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
-    assert "8 cells to run" in capsys.readouterr().out
+    assert "10 cells to run" in capsys.readouterr().out
     assert cli(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
     rows = pd.read_csv(out / "rows.csv")
     for column in ("seed", "variant", "objective", "budget_share", "n_params", "draw", "lr", "kl_to_base",
                    "test_accuracy", "newfacts_accuracy", "pivot_accuracy", "n_test", "n_pivots_test", "reading"):
         assert column in rows.columns, column
     selected = rows[rows["reading"] == "selected"]
-    assert sorted(selected["variant"].unique()) == ["base", "cca", "masked-ft", "random"]
+    assert sorted(selected["variant"].unique()) == ["base", "cca", "lofit", "masked-ft", "random"]
     assert (selected[selected["variant"] == "random"].groupby("seed")["draw"].nunique() == 2).all()
-    cells = selected[selected["variant"] != "base"]
+    cells = selected[~selected["variant"].isin(["base", "lofit"])]
     assert (cells["n_components"] == cells["n_components"].iloc[0]).all()  # DCM and random: the same size
+    lofit = selected[selected["variant"] == "lofit"]
+    assert (lofit["n_params"] <= cells["n_params"].max()).all() and (lofit["n_components"] >= 1).all()
     assert (selected["n_newfacts"].dropna() == 8).all()
     matched = rows[rows["reading"] == "kl=0.001"].dropna(subset=["edit_scale"])
     assert not matched.empty and ((matched["kl_to_base"] / 0.001).between(1 / 2, 2)).all()
@@ -136,4 +141,10 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     other.write_text(json.dumps({**TINY, "lrs": [0.01]}))
     assert cli(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
     assert "holds another sweep" in capsys.readouterr().err
-    assert Sweep.open(out).rows().shape[0] == rows.shape[0]
+    wider = tmp_path / "wider.json"  # the grid's extent may grow: finished cells are kept, new ones run
+    wider.write_text(json.dumps({**TINY, "seeds": [0, 1, 2], "variants": ["cca", "random"], "kl_targets": [0.001]}))
+    assert cli(["sweep", str(wider), "--out", str(out), "--quiet", "--seeds", "2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/seed[01]/sweep/cells/*.json")} == \
+        {p: t for p, t in stamps.items() if p.parent.parent.parent.name in ("seed0", "seed1")}
+    assert set(pd.read_csv(out / "rows.csv")["seed"]) == {0, 1, 2}
+    assert Sweep.open(out).rows().shape[0] == pd.read_csv(out / "rows.csv").shape[0] > rows.shape[0]

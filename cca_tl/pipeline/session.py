@@ -156,11 +156,10 @@ class ModelSession:
         return self._model
 
     def apply(self, edit) -> HookedTransformer:
-        """The base model with ``edit`` (a :class:`~cca_tl.pipeline.artifacts.WeightEdit`) applied."""
-        from cca_tl.update import element_masks
-
+        """The base model with ``edit`` applied (a :class:`~cca_tl.update.WeightEdit` or
+        :class:`~cca_tl.update.RegionEdit`: anything that says which regions it ``touched`` and ``apply``s)."""
         model = self.restore()
-        self.protect(element_masks(model, edit.mask, edit.weight_set))
+        self.protect(edit.touched(model))
         edit.apply(model)
         return model
 

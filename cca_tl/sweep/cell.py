@@ -11,7 +11,7 @@ deterministic on a CPU — rather than stored: at 8 % of the components an edit 
 Why a second reading at matched edit size: in the power experiment the learning-rate sweep picked edits of
 different sizes per cell (seed 0's random mask moved the model four times as far as CCA's), and in every seed
 the larger edit won at the pivots. The selected edit is therefore also scaled along its own direction,
-``base + α·(edit − base)``, to each target KL to the base model (:meth:`WeightEdit.scaled`), and read with
+``base + α·(edit − base)``, to each target KL to the base model (:meth:`RegionEdit.scaled`), and read with
 forward-only metrics there.
 """
 
@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from cca_tl._io import atomic_write_bytes, atomic_write_text, release_freed_memory
+from cca_tl.offsets import heads_for_budget, top_heads
 from cca_tl.sweep.budgets import budget_mask, gain_attribution, layer_matched, ranking_scores, uniform_like
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
 
@@ -74,15 +76,35 @@ class SeedSweep:
             atomic_write_bytes(path, save({k: v.contiguous() for k, v in values.items()}))
         return load_file(str(path))
 
-    # -- component sets ---------------------------------------------------------------------------
-    def mask(self, cell: Cell):
-        """The cell's components: the top-k by the DCM ranking, or a seeded random draw matched to it."""
-        top = budget_mask(self.run.model, self.scores, cell.budget)
+    # -- parameter sets ---------------------------------------------------------------------------
+    def parameters(self, cell: Cell) -> "ParameterSet":
+        """What the cell trains: the top-k components by the DCM ranking, a seeded random draw matched to
+        them, or LoFiT-style offsets on as many heads as the top-k set's parameter count pays for."""
+        model, weight_set = self.run.model, self.run.config.update.weight_set
+        top = budget_mask(model, self.scores, cell.budget)
         selection = VARIANTS[cell.variant].selection
-        if selection == "dcm":
-            return top
+        if selection == "heads":
+            heads = top_heads(self._head_scores(), heads_for_budget(model, top.n_params(model, weight_set)))
+            n_heads = sum(len(h) for h in heads.values())
+            return ParameterSet(None, heads, n_heads, n_heads * model.cfg.d_head)
         draw_seed = 1_000_003 * self.seed + 1_009 * cell.draw + round(cell.budget * 1e6)
-        return layer_matched(top, draw_seed) if selection == "layer-matched" else uniform_like(top, draw_seed + 7)
+        mask = {"dcm": top, "layer-matched": layer_matched(top, draw_seed),
+                "uniform": uniform_like(top, draw_seed + 7)}[selection]
+        return ParameterSet(mask, None, mask.count(), mask.n_params(model, weight_set))
+
+    def _head_scores(self) -> torch.Tensor:
+        """|∂ mean pivot logit difference / ∂ a scale on each head's output| at scale 1 (``[layers, heads]``):
+        the heads LoFiT-style offsets go to (LoFiT learns a per-head scale with an L1 penalty and keeps the
+        largest; one gradient is the cheap first-order reading of the same question). Cached per seed."""
+        from safetensors.torch import load_file, save
+
+        path = self.dir / "head_attribution.safetensors"
+        if not path.exists():
+            model = self.run.session.restore()
+            zeros = {"z": torch.zeros(model.cfg.n_layers, model.cfg.n_heads)}
+            values = gain_attribution(model, self.pivots, zeros, form="paper", batch_size=self.run.config.dcm.batch_size)
+            atomic_write_bytes(path, save({"z": values["z"].abs().contiguous()}))
+        return load_file(str(path))["z"]
 
     # -- measurements -------------------------------------------------------------------------------
     def forward_readings(self) -> tuple[dict, list[dict]]:
@@ -142,40 +164,37 @@ class SeedSweep:
 
     # -- one cell ---------------------------------------------------------------------------------
     def cell(self, cell: Cell) -> None:
-        from cca_tl.update import WeightEdit
+        from cca_tl.update import RegionEdit
 
         path = self.dir / "cells" / f"{cell.key}.json"
         if path.exists():
             return
         base_row = self.base()
         start = time.perf_counter()
-        mask = self.mask(cell)
-        weight_set = self.run.config.update.weight_set
-        spec = VARIANTS[cell.variant]
+        params, spec = self.parameters(cell), VARIANTS[cell.variant]
         tried, edits = [], {}
-        for lr in self.config.learning_rates(spec.objective):
-            tried.append(self._train_lr(cell, mask, lr, edits))
+        for lr in self.config.learning_rates(cell.variant):
+            tried.append(self._train_lr(cell, params, lr, edits))
         trained = time.perf_counter()
         best = max(tried, key=lambda r: r["best_val"])  # ties keep the smaller learning rate (max keeps the first)
         common = dict(seed=self.seed, variant=cell.variant, objective=spec.objective, budget_share=cell.budget,
-                      draw=cell.draw, n_components=mask.count(), n_params=mask.n_params(self.run.model, weight_set),
-                      pct_params=100 * mask.n_params(self.run.model, weight_set) / _total_params(self.run.model),
+                      draw=cell.draw, n_components=params.n_components, n_params=params.n_params,
+                      pct_params=100 * params.n_params / _total_params(self.run.model),
                       lr=best["lr"], best_step=best["best_step"], val_reference_accuracy=best["best_val"])
-        model = self.run.session.restore()
-        unedited = WeightEdit.capture(model, mask, weight_set)
         if best["best_step"] == 0:  # selection kept the unedited model: the base's readings, bit for bit
             items = pd.read_csv(self.dir / "cells" / "base_items.csv").to_dict("records")
             selected = {**{k: v for k, v in base_row.items() if k not in common}, **common, "reading": "selected",
                         "edit_scale": 0.0}
-            edit = self._retrain(cell, mask, max(tried, key=lambda r: r["lr"])["lr"], keep_last=True)
+            edit = self._retrain(cell, params, max(tried, key=lambda r: r["lr"])["lr"], keep_last=True)
         else:
-            edit = edits.get(best["lr"]) or self._retrain(cell, mask, best["lr"])  # retrained only after a resume
+            edit = edits.get(best["lr"]) or self._retrain(cell, params, best["lr"])  # retrained only after a resume
             self.run.session.apply(edit)
             greedy, items = self.greedy_readings(cell.key)
             forward, more = self.forward_readings()
             items += more
             selected = dict(common, reading="selected", edit_scale=1.0, **greedy, **forward)
         read = time.perf_counter()
+        unedited = RegionEdit.capture(self.run.session.restore(), edit.regions)
         rows = [selected]
         for target in self.config.kl_targets:
             alpha, _ = self._scale_to_kl(edit, unedited, target)
@@ -195,7 +214,7 @@ class SeedSweep:
         _write_cell(path, rows, items)
         release_freed_memory()
 
-    def _train(self, cell: Cell, mask, lr: float, *, keep_last: bool = False):
+    def _train(self, cell: Cell, params: "ParameterSet", lr: float, *, keep_last: bool = False):
         from cca_tl.pipeline.stages.update import val_metric
         from cca_tl.update import train_update
 
@@ -206,25 +225,29 @@ class SeedSweep:
         else:
             data, batch, optimizer = self.answers, self.config.answer_batch, "adamw"
             steps = self.config.answer_epochs * math.ceil(len(self.answers) / batch)
+        if params.heads is not None:
+            optimizer = "adamw"  # LoFiT's optimiser: offsets start at zero, plain SGD at weight-sized rates barely moves them
         run.log(f"seed {self.seed} {cell.key}: lr {lr:g}, {steps} steps")
-        return train_update(model, data, mask, objective=spec.objective, params="mask", optimizer=optimizer, lr=lr,
-                            steps=steps, batch_size=batch, weight_set=run.config.update.weight_set,
-                            val_metric=val_metric(run), eval_steps=[] if keep_last else sorted({steps // 2, steps} - {0}),
+        return train_update(model, data, params.mask, objective=spec.objective,
+                            params="offsets" if params.heads is not None else "mask", heads=params.heads,
+                            optimizer=optimizer, lr=lr, steps=steps, batch_size=batch,
+                            weight_set=run.config.update.weight_set, val_metric=val_metric(run),
+                            eval_steps=[] if keep_last else sorted({steps // 2, steps} - {0}),
                             seed=1_000 * self.seed + cell.draw, protect=run.session.protect, progress=run.progress,
                             name=cell.key)
 
-    def _train_lr(self, cell: Cell, mask, lr: float, edits: dict) -> dict:
+    def _train_lr(self, cell: Cell, params: "ParameterSet", lr: float, edits: dict) -> dict:
         """Train at one learning rate and keep its selection (step and validation score; resumable) and, in
         ``edits``, its selected edit for this process (a resumed cell retrains the one it reads)."""
-        from cca_tl.update import WeightEdit
+        from cca_tl.update import RegionEdit
 
         path = self.dir / "cells" / cell.key / f"lr{lr:g}.json"
         if path.exists():
             return json.loads(path.read_text())
         start = time.perf_counter()
-        result = self._train(cell, mask, lr)
+        result = self._train(cell, params, lr)
         if result.best_step > 0:
-            edits[lr] = WeightEdit.capture(self.run.model, mask, self.run.config.update.weight_set)
+            edits[lr] = RegionEdit.capture(self.run.model, result.regions)
         row = dict(lr=lr, best_step=result.best_step, best_val=result.best_metric,
                    history=result.history.to_dict("list"), seconds=round(time.perf_counter() - start, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,13 +255,13 @@ class SeedSweep:
         self.run.session.restore()
         return row
 
-    def _retrain(self, cell: Cell, mask, lr: float, *, keep_last: bool = False):
-        """The selected edit again (deterministic), as a :class:`WeightEdit`; ``keep_last``: the last step's
+    def _retrain(self, cell: Cell, params: "ParameterSet", lr: float, *, keep_last: bool = False):
+        """The selected edit again (deterministic), as a :class:`RegionEdit`; ``keep_last``: the last step's
         edit whatever validation says (the direction to scale when selection kept the unedited model)."""
-        from cca_tl.update import WeightEdit
+        from cca_tl.update import RegionEdit
 
-        self._train(cell, mask, lr, keep_last=keep_last)
-        edit = WeightEdit.capture(self.run.model, mask, self.run.config.update.weight_set)
+        result = self._train(cell, params, lr, keep_last=keep_last)
+        edit = RegionEdit.capture(self.run.model, result.regions)
         self.run.session.restore()
         return edit
 
@@ -273,6 +296,16 @@ class SeedSweep:
             points.append((nxt, kl(nxt)))
         alpha, value = min(points, key=lambda p: abs(math.log(max(p[1], 1e-30) / target)))
         return (alpha, value) if abs(math.log(max(value, 1e-30) / target)) <= math.log(2) else (None, value)
+
+
+@dataclass(frozen=True)
+class ParameterSet:
+    """What one cell trains: a component mask, or heads for output offsets; its size in both units."""
+
+    mask: object | None          # ComponentMask
+    heads: dict[int, list[int]] | None
+    n_components: int            # components, or heads
+    n_params: int
 
 
 def _total_params(model) -> int:

@@ -19,14 +19,16 @@ from typing import Literal
 from cca_tl.errors import CCAError
 
 Objective = Literal["pivot", "answer"]
-Selection = Literal["dcm", "layer-matched", "uniform"]
+Selection = Literal["dcm", "layer-matched", "uniform", "heads"]
 
 
 @dataclass(frozen=True)
 class VariantSpec:
     """An update in the sweep: its objective and where its components come from. ``dcm``: the top-k
     components of the stored DCM gains; ``layer-matched``: a seeded random set with the DCM set's count per
-    kind and layer; ``uniform``: a seeded random set with its count per kind, uniform over layers."""
+    kind and layer; ``uniform``: a seeded random set with its count per kind, uniform over layers;
+    ``heads``: LoFiT-style output offsets (:mod:`cca_tl.offsets`) on as many heads as the DCM set's
+    parameter count pays for, the heads with the largest attribution of a per-head output scale."""
 
     objective: Objective
     selection: Selection
@@ -39,6 +41,7 @@ VARIANTS: dict[str, VariantSpec] = {
     "uniform": VariantSpec("pivot", "uniform", "the pivot objective on a random set uniform over layers"),
     "masked-ft": VariantSpec("answer", "dcm", "reference-answer fine-tuning of the top-k DCM components"),
     "random-ft": VariantSpec("answer", "layer-matched", "reference-answer fine-tuning of a layer-matched random set"),
+    "lofit": VariantSpec("pivot", "heads", "the pivot objective on LoFiT-style head output offsets (AdamW)"),
 }
 
 
@@ -73,6 +76,7 @@ class SweepConfig:
     answer_budgets: list[float] | None = None   # answer-objective variants only at these budgets (None: all)
     lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-4])  # the pivot objective's (SGD)
     answer_lrs: list[float] | None = None       # the answer objective's (AdamW); None: lrs
+    offset_lrs: list[float] = field(default_factory=lambda: [1e-3, 5e-3])  # head offsets' (AdamW, as LoFiT)
     pivot_steps: int = 4                        # SGD steps of the pivot objective (full batch)
     answer_epochs: int = 1                      # AdamW epochs of the answer objective
     answer_batch: int = 8
@@ -111,6 +115,9 @@ class SweepConfig:
         need(self.answer_lrs is None or (_list_of(self.answer_lrs, (int, float)) and len(self.answer_lrs) > 0
                                          and all(lr > 0 and math.isfinite(lr) for lr in self.answer_lrs)),
              f"answer_lrs must be null or a non-empty list of learning rates > 0, not {self.answer_lrs!r}")
+        need(_list_of(self.offset_lrs, (int, float)) and len(self.offset_lrs) > 0
+             and all(lr > 0 and math.isfinite(lr) for lr in self.offset_lrs),
+             f"offset_lrs must be a non-empty list of learning rates > 0, not {self.offset_lrs!r}")
         need(_list_of(self.kl_targets, (int, float)) and all(t > 0 for t in self.kl_targets),
              f"kl_targets must be a list of KL values > 0 (nats per token), not {self.kl_targets!r}")
         need(isinstance(self.newfacts_per_template, int) and self.newfacts_per_template >= 0,
@@ -153,8 +160,11 @@ class SweepConfig:
         except ValueError as error:
             raise CCAError(f"sweep config: {error}") from None
 
-    def learning_rates(self, objective: Objective) -> list[float]:
-        return sorted(self.answer_lrs if objective == "answer" and self.answer_lrs is not None else self.lrs)
+    def learning_rates(self, variant: str) -> list[float]:
+        spec = VARIANTS[variant]
+        if spec.selection == "heads":
+            return sorted(self.offset_lrs)
+        return sorted(self.answer_lrs if spec.objective == "answer" and self.answer_lrs is not None else self.lrs)
 
     def cells(self, seed: int) -> list[Cell]:
         """Every cell of one seed, in the order they run: budgets from the smallest, the DCM selection
@@ -165,7 +175,7 @@ class SweepConfig:
                 spec = VARIANTS[variant]
                 if spec.objective == "answer" and self.answer_budgets is not None and budget not in self.answer_budgets:
                     continue
-                draws = {"dcm": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
+                draws = {"dcm": 1, "heads": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
                 out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
         return out
 

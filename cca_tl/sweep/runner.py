@@ -20,6 +20,12 @@ from cca_tl.errors import CCAError
 from cca_tl.sweep.grid import VARIANTS, SweepConfig
 
 
+#: Fields that only say which cells exist: a sweep directory may grow (or narrow) along them — more seeds,
+#: budgets, variants or draws — and keeps every finished cell. Every other field changes what a cell computes
+#: and is locked.
+EXTENT = ("seeds", "budgets", "variants", "draws", "uniform_draws", "answer_budgets")
+
+
 class Sweep:
     """``Sweep(config, dir).execute()`` runs (or resumes) every cell; ``plan()`` says what that will cost."""
 
@@ -31,10 +37,11 @@ class Sweep:
                 previous = SweepConfig.from_dict(json.loads(lock.read_text()))
             except json.JSONDecodeError as error:
                 raise CCAError(f"{lock} is not valid JSON ({error}); restore it or use a new sweep directory.") from None
-            if previous != config:
-                diff = {k: (v, config.to_dict()[k]) for k, v in previous.to_dict().items() if config.to_dict()[k] != v}
+            now = config.to_dict()
+            diff = {k: (v, now[k]) for k, v in previous.to_dict().items() if now[k] != v and k not in EXTENT}
+            if diff:
                 raise CCAError(f"{self.dir} holds another sweep (field: (then, now)): {diff}. Use a new directory, "
-                               "or the same config to resume.")
+                               f"or change only the grid's extent ({', '.join(EXTENT)}) to resume or extend it.")
 
     @classmethod
     def open(cls, directory: str | Path, **kwargs) -> "Sweep":
@@ -58,8 +65,7 @@ class Sweep:
         from cca_tl.sweep.cell import SeedSweep
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "sweep.json").exists():
-            atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))
+        atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))  # the grid as it now is
         for seed in seeds if seeds is not None else self.config.seeds:
             if seed not in self.config.seeds:
                 raise CCAError(f"Seed {seed} is not in this sweep's seeds {self.config.seeds}.")
