@@ -24,7 +24,8 @@ TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05],
 @pytest.mark.parametrize("field, value, words", [
     ("budgets", [0.0], "budgets"), ("budgets", [1.5], "budgets"), ("variants", ["lofit?"], "variants"),
     ("lrs", [0.0], "lrs"), ("lrs", [-1e-4], "lrs"), ("draws", 0, "draws"), ("seeds", [], "seeds"),
-    ("seeds", [1, 1], "seeds"), ("kl_targets", [-1.0], "kl_targets"), ("answer_budgets", [0.3], "answer_budgets"),
+    ("seeds", [1, 1], "seeds"), ("kl_targets", [-1.0], "kl_targets"), ("variant_budgets", {"cca": [0.3]}, "variant_budgets"),
+    ("variant_budgets", {"nope": [0.05]}, "variant_budgets"),
     ("pivot_steps", True, "pivot_steps"), ("preset", "nope", "preset"), ("overrides", ["update.lr"], "overrides"),
     ("overrides", ["update.nope=1"], "nope"), ("name", "a b", "name"), ("answer_lrs", [0], "answer_lrs"),
 ])
@@ -48,7 +49,7 @@ def test_sweep_file_errors_name_the_file(tmp_path):
 
 def test_cells_follow_the_grid():
     config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "masked-ft"],
-                            "draws": 3, "uniform_draws": 2, "answer_budgets": [0.05]})
+                            "draws": 3, "uniform_draws": 2, "variant_budgets": {"masked-ft": [0.05]}})
     cells = config.cells(0)
     assert [c.key for c in cells if c.budget == 0.01] == [
         "cca_b0.01_d0", "random_b0.01_d0", "random_b0.01_d1", "random_b0.01_d2", "uniform_b0.01_d0", "uniform_b0.01_d1"]

@@ -73,7 +73,8 @@ class SweepConfig:
     variants: list[str] = field(default_factory=lambda: ["cca", "random", "uniform"])
     draws: int = 3                              # layer-matched random draws per seed and budget
     uniform_draws: int = 1                      # uniform random draws per seed and budget
-    answer_budgets: list[float] | None = None   # answer-objective variants only at these budgets (None: all)
+    # Variants run only at some budgets, e.g. {"masked-ft" = [0.001, 0.08]}; a variant not named: every budget.
+    variant_budgets: dict[str, list[float]] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-4])  # the pivot objective's (SGD)
     answer_lrs: list[float] | None = None       # the answer objective's (AdamW); None: lrs
     offset_lrs: list[float] = field(default_factory=lambda: [1e-3, 5e-3])  # head offsets' (AdamW, as LoFiT)
@@ -106,9 +107,10 @@ class SweepConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be an integer ≥ 1, not {value!r}")
-        need(self.answer_budgets is None or (_list_of(self.answer_budgets, (int, float))
-                                             and set(self.answer_budgets) <= set(self.budgets)),
-             f"answer_budgets must be null or a list of budgets from {self.budgets}, not {self.answer_budgets!r}")
+        need(isinstance(self.variant_budgets, dict) and set(self.variant_budgets) <= set(VARIANTS)
+             and all(_list_of(b, (int, float)) and set(b) <= set(self.budgets) for b in self.variant_budgets.values()),
+             f"variant_budgets must map variants from {list(VARIANTS)} to lists of budgets from {self.budgets}, "
+             f"not {self.variant_budgets!r}")
         need(_list_of(self.lrs, (int, float)) and len(self.lrs) > 0 and all(lr > 0 and math.isfinite(lr)
                                                                              for lr in self.lrs),
              f"lrs must be a non-empty list of learning rates > 0, not {self.lrs!r}")
@@ -173,7 +175,7 @@ class SweepConfig:
         for budget in sorted(self.budgets):
             for variant in self.variants:
                 spec = VARIANTS[variant]
-                if spec.objective == "answer" and self.answer_budgets is not None and budget not in self.answer_budgets:
+                if budget not in self.variant_budgets.get(variant, [budget]):
                     continue
                 draws = {"dcm": 1, "heads": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
                 out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
