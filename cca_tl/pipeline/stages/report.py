@@ -27,10 +27,13 @@ def verdict(run, table: pd.DataFrame) -> str:
              "the reference solution (the base model is wrong at every one of them by construction). Verdicts: an "
              "effect when the interval excludes 0, no effect when it lies within "
              f"±{100 * stats.MARGINS['accuracy']:.0f} points (answers) or ±{100 * stats.MARGINS['pivot_accuracy']:.0f} (pivots), "
-             "cannot tell otherwise; one seed — `analyses/results/power/summary.md` has three, with LoRA and "
-             "masked fine-tuning beside CCA."]
+             "cannot tell otherwise (the rule `cca_tl.stats.verdict_over_seeds` applies over seeds; here one seed, "
+             "whose interval carries question noise only, not run-to-run variation) — "
+             "`analyses/results/power/summary.md` has three seeds, with LoRA and masked fine-tuning beside CCA, and "
+             "`cca-tl sweep` runs such grids."]
     if "cca" not in table.index:
         return lines[0]
+    one_seed = lambda low, high, margin: stats.verdict_over_seeds([(low, high)], None, margin)  # noqa: E731
     for other in [v for v in table.index if v != "cca"]:
         step = table.loc["cca", "best_step"]
         if step == 0:
@@ -44,10 +47,10 @@ def verdict(run, table: pd.DataFrame) -> str:
         lines.append(
             f"- **CCA − {other}**: test accuracy {100 * d['accuracy_diff']:+.1f} points "
             f"[{100 * d['accuracy_low']:+.1f}, {100 * d['accuracy_high']:+.1f}] → "
-            f"{stats.verdict(d['accuracy_low'], d['accuracy_high'], stats.MARGINS['accuracy'])}; "
+            f"{one_seed(d['accuracy_low'], d['accuracy_high'], stats.MARGINS['accuracy'])}; "
             f"pivot accuracy {100 * d['pivot_accuracy_diff']:+.1f} points "
             f"[{100 * d['pivot_accuracy_low']:+.1f}, {100 * d['pivot_accuracy_high']:+.1f}] → "
-            f"{stats.verdict(d['pivot_accuracy_low'], d['pivot_accuracy_high'], stats.MARGINS['pivot_accuracy'])}.")
+            f"{one_seed(d['pivot_accuracy_low'], d['pivot_accuracy_high'], stats.MARGINS['pivot_accuracy'])}.")
     return "\n".join(lines)
 
 
