@@ -149,3 +149,28 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
         {p: t for p, t in stamps.items() if p.parent.parent.parent.name in ("seed0", "seed1")}
     assert set(pd.read_csv(out / "rows.csv")["seed"]) == {0, 1, 2}
     assert Sweep.open(out).rows().shape[0] == pd.read_csv(out / "rows.csv").shape[0] > rows.shape[0]
+
+
+def test_gain_attribution_over_the_prefix_cache_equals_the_full_pass():
+    """The budgets' tie-break reads ∂(mean logit diff)/∂gain over DCM's prefix cache; the same as the plain pass."""
+    from cca_tl import load_model
+    from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
+    from cca_tl.dcm import DCMMask
+    from cca_tl.params import trainable
+    from cca_tl.sweep.budgets import gain_attribution
+
+    model = load_model("tiny-gemma3")
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, 60, (12,), generator=g).tolist()
+    data = ContrastSet([prompt + torch.randint(0, 60, (int(n),), generator=g).tolist()
+                        for n in torch.randint(1, 6, (10,), generator=g)], [17] * 10, [42] * 10)
+    gains = {"q": torch.rand(model.cfg.n_layers, model.cfg.n_heads, generator=g),
+             "neuron": torch.rand(model.cfg.n_layers, model.cfg.d_mlp, generator=g)}
+    fast = gain_attribution(model, data, gains, batch_size=4)
+    dcm = DCMMask.from_values(model, gains, form="paper", positions="last")
+    with trainable(model):
+        for batch in data.batches(4, pad_id=pad_token_id(model)):
+            (two_logit_diff(model, batch, dcm.hooks(batch.last_pos)).sum() / len(data)).backward()
+    for kind in gains:
+        assert fast[kind].abs().sum() > 0
+        assert torch.allclose(fast[kind], dcm.gains[kind].grad, atol=1e-6, rtol=1e-4)

@@ -17,7 +17,7 @@ from cca_tl._io import atomic_write_text
 from cca_tl.stats import MARGINS, compare_over_seeds
 
 #: (DCM variant, control variant) pairs the summary compares.
-PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "base"))
+PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "lofit"), ("cca", "base"))
 #: Item sets per reading: greedy accuracy where the reading generated, reference-path accuracy otherwise.
 SETS = {"selected": ("test", "newfacts", "pivot"), "matched": ("test_ref", "newfacts_ref", "pivot")}
 #: What "beats" means in the plain answer: at least this many points, and a between-seed interval above 0.
@@ -193,13 +193,17 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
         shown["between seeds"] = ["—" if np.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
                                   for lo, hi in zip(table["between_low"], table["between_high"])]
         shown["I²"] = ["—" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["i2"]]
+        matched = (shown["reading"] != "selected")
+        brief = shown[~matched | ((shown["comparison"] == "cca − random") & shown["metric"].isin(["test_ref", "pivot"]))]
         lines += ["## Comparisons (points; per seed, pooled over questions, between seeds)", "",
                   "Per seed: paired bootstrap over that seed's items, the control the mean of its random draws. "
                   "Between seeds: Student t over the seed means. Verdict: *cannot tell (seeds disagree)* when seed "
                   "intervals exclude 0 in opposite directions, else from the between-seed interval. Readings: "
                   "`selected` (learning rate and step chosen by validation; greedy accuracy), `kl=…` (the selected "
-                  "edit scaled to that KL to the base model; reference-path accuracy, forward only).", "",
-                  shown[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
+                  "edit scaled to that KL to the base model; reference-path accuracy, forward only). At matched "
+                  "sizes only CCA − random on test reference-path and pivot accuracy is shown; every comparison "
+                  "is in `comparisons.csv`.", "",
+                  brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
     lines += [f"![{p}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
