@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from cca_tl.pipeline.plan import sizes, unit_costs
 
     s, u = sizes(run_config), unit_costs(run_config)
-    estimate = {v: sweep._cell_seconds(run_config, s, u, VARIANTS[v].objective) for v in cells["variant"].unique()}
+    estimate = {v: sweep.cell_seconds(run_config, s, u, VARIANTS[v].objective) for v in cells["variant"].unique()}
     table = (cells.groupby("variant")[["seconds", "train", "per_lr", "selected", "matched"]].mean().round(0)
              .assign(cells=cells.groupby("variant").size(), estimate=pd.Series(estimate).round(0)))
     cells.to_csv(args.out.with_suffix(".csv"), index=False)

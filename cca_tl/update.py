@@ -298,6 +298,23 @@ def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) ->
     return total
 
 
+def _trainable_entries(model: HookedTransformer, mask: ComponentMask | None, params: Params, weight_set: WeightSet,
+                       optimizer: Optimizer, lr: float, seed: int, lora_rank: int | None,
+                       heads: dict[int, list[int]] | None):
+    """What an update trains, behind the loop's interface: (entries, the mask used or None, the fraction of
+    components selected)."""
+    if params == "offsets":
+        if not heads:
+            raise ValueError("params='offsets' needs heads ({layer: [head, ...]}; cca_tl.offsets.top_heads picks them).")
+        return LoRAEntries(HeadOffsets(model, heads), optimizer, lr), None, 0.0
+    if params == "lora":
+        if lora_rank is None:
+            raise ValueError("params='lora' needs lora_rank (cca_tl.lora.rank_for_budget sizes it to a mask).")
+        return LoRAEntries(LoRAParams(model, lora_rank, seed=seed), optimizer, lr), None, 0.0
+    used, emasks, fraction_components = update_selection(model, mask, params, weight_set, seed)
+    return SelectedEntries(model, emasks, optimizer), used, fraction_components
+
+
 def train_update(
     model: HookedTransformer,
     data: ContrastSet | AnswerSet,
@@ -344,18 +361,8 @@ def train_update(
     if not isinstance(data, expected):
         raise TypeError(f"The {objective!r} objective trains on a {expected.__name__}, not {type(data).__name__}.")
     data.validate(model)
-    used, fraction_components = None, 0.0
-    if params == "offsets":
-        if not heads:
-            raise ValueError("params='offsets' needs heads ({layer: [head, ...]}; cca_tl.offsets.top_heads picks them).")
-        entries = LoRAEntries(HeadOffsets(model, heads), optimizer, lr)
-    elif params == "lora":
-        if lora_rank is None:
-            raise ValueError("params='lora' needs lora_rank (cca_tl.lora.rank_for_budget sizes it to a mask).")
-        entries = LoRAEntries(LoRAParams(model, lora_rank, seed=seed), optimizer, lr)
-    else:
-        used, emasks, fraction_components = update_selection(model, mask, params, weight_set, seed)
-        entries = SelectedEntries(model, emasks, optimizer)
+    entries, used, fraction_components = _trainable_entries(model, mask, params, weight_set, optimizer, lr, seed,
+                                                            lora_rank, heads)
     if entries.count == 0:
         raise ValueError("The mask selects no weight entry (an empty DCM mask?): there is nothing to update. "
                          "Lower DCM's lam to keep some components.")

@@ -130,8 +130,6 @@ def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
     ``seconds`` is NaN where nothing calibrates it (a GPU, or a model whose size is unknown)."""
     import torch
 
-    from cca_tl.models import resolve_device
-
     s = sizes(config)
     n_params = parameter_count(config.model)
     u = unit_costs(config, threads=threads)

@@ -30,11 +30,7 @@ from cca_tl._io import atomic_write_bytes, atomic_write_text, release_freed_memo
 from cca_tl.offsets import heads_for_budget, top_heads
 from cca_tl.sweep.budgets import budget_mask, gain_attribution, layer_matched, ranking_scores, uniform_like
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
-
-#: Search for the edit scale that reaches a KL target: stop within this factor of the target, or after
-#: this many KL measurements (each one forward of the retention texts), or at this largest scale.
-KL_TOLERANCE, KL_MAX_TRIES, MAX_SCALE = 1.1, 7, 32.0
-
+from cca_tl.sweep.readings import forward_readings, greedy_readings, scale_to_kl
 
 class SeedSweep:
     """One seed's pipeline run through DCM, and the pieces every cell reuses."""
@@ -106,57 +102,14 @@ class SeedSweep:
             atomic_write_bytes(path, save({"z": values["z"].abs().contiguous()}))
         return load_file(str(path))["z"]
 
-    # -- measurements -------------------------------------------------------------------------------
-    def forward_readings(self) -> tuple[dict, list[dict]]:
-        """Forward-only metrics of the model as it is now: reference-path accuracy on the test (and new-fact)
-        questions, held-out test pivot accuracy, KL to the base model and general-text NLL."""
-        from cca_tl.answers import reference_path_scores
-        from cca_tl.evaluate import general_text, pivot_scores, retention_scores
-        from cca_tl.pipeline.stages.evaluate import retention_reference
-
-        run = self.run
-        batch = run.config.update.batch_size
-        info, items = {}, []
-        for name, answers in self.forward_sets.items():
-            on_path = reference_path_scores(run.model, answers, batch)["on_path"]
-            info[f"{name.removesuffix('_ref')}_reference_accuracy"] = float(on_path.float().mean())
-            items += [dict(set=name, item=i, correct=float(v)) for i, v in enumerate(on_path.tolist())]
-        pivots = pivot_scores(run.model, run.test_pivots())
-        items += [dict(set="pivot", item=i, correct=float(d > 0)) for i, d in enumerate(pivots.pop("diffs"))]
-        edited = not run.session.is_base()
-        info.update(pivot_accuracy=pivots["pivot_accuracy"], n_pivots_test=pivots["n_pivots"],
-                    **retention_scores(run.model, run.session.base_weights if edited else None,
-                                       general_text(run.config.evaluate.retention_texts),
-                                       reference=retention_reference(run)))
-        info["kl_to_base"] = info.pop("retention_kl")
-        return info, items
-
-    def greedy_readings(self, name: str) -> tuple[dict, list[dict]]:
-        """Greedy accuracy on the test questions (the evaluate stage's :func:`score`, which also writes the
-        base model's held-out test pivots) and on the new-fact questions."""
-        from cca_tl.evaluate import accuracy
-        from cca_tl.pipeline.stages.evaluate import score
-
-        run, cfg = self.run, self.run.config
-        info, test = score(run, name, self.dir / "cells", logit_diffs=False)
-        items = [dict(set="test", item=i, correct=float(v)) for i, v in enumerate(test["correct"])]
-        out = dict(test_accuracy=info["macro_accuracy"], n_test=info["n_test"])
-        if self.newfacts:
-            macro, _, records = accuracy(run.model, self.newfacts, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
-                                         batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
-            out.update(newfacts_accuracy=macro, n_newfacts=len(records))
-            items += [dict(set="newfacts", item=i, correct=float(v)) for i, v in enumerate(records["correct"])]
-            release_freed_memory()
-        return out, items
-
     def base(self) -> dict:
         """The unedited model's row (greedy and forward readings), measured once per seed."""
         path = self.dir / "cells" / "base.json"
         if path.exists():
             return json.loads(path.read_text())["rows"][0]
         self.run.session.restore()
-        greedy, items = self.greedy_readings("base")
-        forward, more = self.forward_readings()
+        greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", "base")
+        forward, more = forward_readings(self.run, self.forward_sets)
         row = dict(seed=self.seed, variant="base", objective=None, budget_share=0.0, draw=0, reading="selected",
                    n_params=0, n_components=0, **greedy, **forward)
         _write_cell(path, [row], items + more)
@@ -189,21 +142,21 @@ class SeedSweep:
         else:
             edit = edits.get(best["lr"]) or self._retrain(cell, params, best["lr"])  # retrained only after a resume
             self.run.session.apply(edit)
-            greedy, items = self.greedy_readings(cell.key)
-            forward, more = self.forward_readings()
+            greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", cell.key)
+            forward, more = forward_readings(self.run, self.forward_sets)
             items += more
             selected = dict(common, reading="selected", edit_scale=1.0, **greedy, **forward)
         read = time.perf_counter()
         unedited = RegionEdit.capture(self.run.session.restore(), edit.regions)
         rows = [selected]
         for target in self.config.kl_targets:
-            alpha, _ = self._scale_to_kl(edit, unedited, target)
+            alpha, _ = scale_to_kl(self.run, edit, unedited, target)
             reading = f"kl={target:g}"
             if alpha is None:
                 rows.append(dict(common, reading=reading, edit_scale=float("nan"), kl_target=target))
                 continue
             self.run.session.apply(edit.scaled(unedited, alpha))
-            forward, more = self.forward_readings()
+            forward, more = forward_readings(self.run, self.forward_sets)
             rows.append(dict(common, reading=reading, edit_scale=alpha, kl_target=target, **forward))
             items += [dict(m, set=f"{m['set']}@{reading}") for m in more]
         self.run.session.restore()
@@ -264,39 +217,6 @@ class SeedSweep:
         edit = RegionEdit.capture(self.run.model, result.regions)
         self.run.session.restore()
         return edit
-
-    def _scale_to_kl(self, edit, unedited, target: float) -> tuple[float | None, float]:
-        """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
-        (within :data:`KL_TOLERANCE`): KL grows about as α² for small edits, so each try fits log KL against
-        log α through the last two measurements. None when the edit cannot reach the target."""
-        from cca_tl.evaluate import general_text, retention_scores
-        from cca_tl.pipeline.stages.evaluate import retention_reference
-
-        texts = general_text(self.run.config.evaluate.retention_texts)
-
-        def kl(alpha: float) -> float:
-            model = self.run.session.apply(edit.scaled(unedited, alpha))
-            return retention_scores(model, self.run.session.base_weights, texts,
-                                    reference=retention_reference(self.run))["retention_kl"]
-
-        points = [(1.0, kl(1.0))]
-        for _ in range(KL_MAX_TRIES - 1):
-            alpha, value = points[-1]
-            if value > 0 and abs(math.log(value / target)) <= math.log(KL_TOLERANCE):
-                return alpha, value
-            if value <= 0:
-                return None, value
-            slope = 2.0
-            if len(points) > 1 and points[-2][1] > 0 and points[-2][0] != alpha:
-                fitted = math.log(value / points[-2][1]) / math.log(alpha / points[-2][0])
-                slope = fitted if fitted > 0.5 else slope
-            nxt = alpha * (target / value) ** (1 / slope)
-            if nxt > MAX_SCALE:
-                return None, value
-            points.append((nxt, kl(nxt)))
-        alpha, value = min(points, key=lambda p: abs(math.log(max(p[1], 1e-30) / target)))
-        return (alpha, value) if abs(math.log(max(value, 1e-30) / target)) <= math.log(2) else (None, value)
-
 
 @dataclass(frozen=True)
 class ParameterSet:

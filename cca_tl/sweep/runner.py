@@ -96,7 +96,7 @@ class Sweep:
             setup = 0.0 if (self.seed_dir(seed) / "stages" / "dcm.json").exists() else float(stages.sum())
             cells = [c for c in self.config.cells(seed) if c.key not in done]
             seconds = setup + ("base" not in done) * self._greedy_seconds(run_config, s, u)
-            seconds += sum(self._cell_seconds(run_config, s, u, VARIANTS[c.variant].objective) for c in cells)
+            seconds += sum(self.cell_seconds(run_config, s, u, VARIANTS[c.variant].objective) for c in cells)
             rows.append(dict(seed=seed, cells_done=len(self.config.cells(seed)) - len(cells), cells_to_run=len(cells),
                              setup="done" if setup == 0 else "to run", seconds=seconds))
         return pd.DataFrame(rows).set_index("seed")
@@ -110,7 +110,7 @@ class Sweep:
         return (questions * u["reference_q"] + s.test_pivots * u["fwd_record"]
                 + 2 * cfg.evaluate.retention_texts * u["retention_text"])
 
-    def _cell_seconds(self, cfg, s, u, objective: str) -> float:
+    def cell_seconds(self, cfg, s, u, objective: str) -> float:
         c = self.config
         if objective == "pivot":
             train = c.pivot_steps * s.train_pivots * u["update_record"]

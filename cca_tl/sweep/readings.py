@@ -1,0 +1,91 @@
+"""What a sweep reads off a model: greedy accuracy, forward-only metrics, and the edit scale that reaches a
+KL target. Each reads the seed's pipeline ``Run`` (its session holds the model as it is now) and returns the
+row's numbers plus per-item outcomes (``set``, ``item``, ``correct``) for paired comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from cca_tl._io import release_freed_memory
+
+#: Search for the edit scale that reaches a KL target: stop within this factor of the target, or after
+#: this many KL measurements (each one forward of the retention texts), or at this largest scale.
+KL_TOLERANCE, KL_MAX_TRIES, MAX_SCALE = 1.1, 7, 32.0
+
+
+def forward_readings(run, answer_sets: dict) -> tuple[dict, list[dict]]:
+    """Forward-only metrics of the model as it is now: reference-path accuracy on each of ``answer_sets``
+    (``{"test_ref": AnswerSet, "newfacts_ref": ...}``), held-out test pivot accuracy, KL to the base model
+    and general-text NLL."""
+    from cca_tl.answers import reference_path_scores
+    from cca_tl.evaluate import general_text, pivot_scores, retention_scores
+    from cca_tl.pipeline.stages.evaluate import retention_reference
+
+    batch = run.config.update.batch_size
+    info, items = {}, []
+    for name, answers in answer_sets.items():
+        on_path = reference_path_scores(run.model, answers, batch)["on_path"]
+        info[f"{name.removesuffix('_ref')}_reference_accuracy"] = float(on_path.float().mean())
+        items += [dict(set=name, item=i, correct=float(v)) for i, v in enumerate(on_path.tolist())]
+    pivots = pivot_scores(run.model, run.test_pivots())
+    items += [dict(set="pivot", item=i, correct=float(d > 0)) for i, d in enumerate(pivots.pop("diffs"))]
+    edited = not run.session.is_base()
+    info.update(pivot_accuracy=pivots["pivot_accuracy"], n_pivots_test=pivots["n_pivots"],
+                **retention_scores(run.model, run.session.base_weights if edited else None,
+                                   general_text(run.config.evaluate.retention_texts),
+                                   reference=retention_reference(run)))
+    info["kl_to_base"] = info.pop("retention_kl")
+    return info, items
+
+
+def greedy_readings(run, newfacts: list, out_dir: Path, name: str) -> tuple[dict, list[dict]]:
+    """Greedy accuracy on the test questions (the evaluate stage's :func:`score`, which also writes the base
+    model's held-out test pivots) and on the ``newfacts`` questions."""
+    from cca_tl.evaluate import accuracy
+    from cca_tl.pipeline.stages.evaluate import score
+
+    cfg = run.config
+    info, test = score(run, name, out_dir, logit_diffs=False)
+    items = [dict(set="test", item=i, correct=float(v)) for i, v in enumerate(test["correct"])]
+    out = dict(test_accuracy=info["macro_accuracy"], n_test=info["n_test"])
+    if newfacts:
+        macro, _, records = accuracy(run.model, newfacts, run.prompt_fn(), max_new_tokens=cfg.traces.max_new_tokens,
+                                     batch_size=cfg.traces.gen_batch_size, stops=run.stops(), progress=run.progress)
+        out.update(newfacts_accuracy=macro, n_newfacts=len(records))
+        items += [dict(set="newfacts", item=i, correct=float(v)) for i, v in enumerate(records["correct"])]
+        release_freed_memory()
+    return out, items
+
+
+def scale_to_kl(run, edit, unedited, target: float) -> tuple[float | None, float]:
+    """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
+    (within :data:`KL_TOLERANCE`): KL grows about as α² for small edits, so each try fits log KL against
+    log α through the last two measurements. None when the edit cannot reach the target."""
+    from cca_tl.evaluate import general_text, retention_scores
+    from cca_tl.pipeline.stages.evaluate import retention_reference
+
+    texts = general_text(run.config.evaluate.retention_texts)
+
+    def kl(alpha: float) -> float:
+        model = run.session.apply(edit.scaled(unedited, alpha))
+        return retention_scores(model, run.session.base_weights, texts, reference=retention_reference(run))["retention_kl"]
+
+    points = [(1.0, kl(1.0))]
+    for _ in range(KL_MAX_TRIES - 1):
+        alpha, value = points[-1]
+        if value > 0 and abs(math.log(value / target)) <= math.log(KL_TOLERANCE):
+            return alpha, value
+        if value <= 0:
+            return None, value
+        slope = 2.0
+        if len(points) > 1 and points[-2][1] > 0 and points[-2][0] != alpha:
+            fitted = math.log(value / points[-2][1]) / math.log(alpha / points[-2][0])
+            slope = fitted if fitted > 0.5 else slope
+        nxt = alpha * (target / value) ** (1 / slope)
+        if nxt > MAX_SCALE:
+            return None, value
+        points.append((nxt, kl(nxt)))
+    alpha, value = min(points, key=lambda p: abs(math.log(max(p[1], 1e-30) / target)))
+    return (alpha, value) if abs(math.log(max(value, 1e-30) / target)) <= math.log(2) else (None, value)
