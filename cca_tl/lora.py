@@ -18,13 +18,14 @@ the layer's input, which a weight-level update does not see); the authors' basel
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from cca_tl.params import projected_gradients
 
 #: peft's target names (the authors' LoRA baselines: all seven projections of every layer).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -153,30 +154,19 @@ class LoRAParams:
             else:
                 param.copy_((self.base[name].float() + self.delta(name)).to(param.dtype))
 
-    @contextmanager
-    def gradients(self) -> Iterator[None]:
+    def gradients(self):
         """Within the block, backward passes add ``∂L/∂A`` and ``∂L/∂B`` to the factors' ``.grad`` and drop
         each weight's own gradient as soon as it is projected."""
         by_name = {t.name: t for t in self.targets}
 
-        def hook(name: str):
-            def project(p: Tensor) -> None:
-                g = to_linear(p.grad.float(), by_name[name].layout)
-                a, b = self.A[name], self.B[name]
-                grad_b, grad_a = self.scale * (g @ a.T), self.scale * (b.T @ g)
-                a.grad = grad_a if a.grad is None else a.grad.add_(grad_a)
-                b.grad = grad_b if b.grad is None else b.grad.add_(grad_b)
-                p.grad = None
-            return project
+        def project(name: str, grad: Tensor) -> None:
+            g = to_linear(grad.float(), by_name[name].layout)
+            a, b = self.A[name], self.B[name]
+            grad_b, grad_a = self.scale * (g @ a.T), self.scale * (b.T @ g)
+            a.grad = grad_a if a.grad is None else a.grad.add_(grad_a)
+            b.grad = grad_b if b.grad is None else b.grad.add_(grad_b)
 
-        handles = [p.register_post_accumulate_grad_hook(hook(n)) for n, p in self.params.items()]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for p in self.params.values():
-                p.grad = None
+        return projected_gradients(self.params, project)
 
     def snapshot(self) -> dict[str, Tensor]:
         return {f"{k}:{n}": t.clone() for k, d in (("A", self.A), ("B", self.B)) for n, t in d.items()}

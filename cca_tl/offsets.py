@@ -12,12 +12,13 @@ edited model is an ordinary HookedTransformer (its ``b_O`` changed).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from cca_tl.params import projected_gradients
 
 
 class HeadOffsets:
@@ -65,26 +66,15 @@ class HeadOffsets:
             else:
                 param.copy_((self.base[name].float() + torch.einsum("hd,hdm->m", o, self.W[name])).to(param.dtype))
 
-    @contextmanager
-    def gradients(self) -> Iterator[None]:
+    def gradients(self):
         """Within the block, backward passes add ``∂L/∂o_h = W_O[h] ∂L/∂b_O`` to the offsets' ``.grad`` and
         drop the bias's own gradient."""
-        def hook(name: str):
-            def project(p: Tensor) -> None:
-                g = torch.einsum("hdm,m->hd", self.W[name], p.grad.float())
-                o = self.offsets[name]
-                o.grad = g if o.grad is None else o.grad.add_(g)
-                p.grad = None
-            return project
+        def project(name: str, grad: Tensor) -> None:
+            g = torch.einsum("hdm,m->hd", self.W[name], grad.float())
+            o = self.offsets[name]
+            o.grad = g if o.grad is None else o.grad.add_(g)
 
-        handles = [p.register_post_accumulate_grad_hook(hook(n)) for n, p in self.params.items()]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-            for p in self.params.values():
-                p.grad = None
+        return projected_gradients(self.params, project)
 
     def snapshot(self) -> dict[str, Tensor]:
         return {n: o.clone() for n, o in self.offsets.items()}

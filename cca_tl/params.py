@@ -10,10 +10,32 @@ only (a DCM mask touches ~1 % of the entries of every matrix it reaches), and a 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Collection, Iterator
+from typing import Callable, Collection, Iterator, Mapping
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+
+@contextmanager
+def projected_gradients(params: Mapping[str, Tensor], project: Callable[[str, Tensor], None]) -> Iterator[None]:
+    """Within the block, as soon as backward has written a parameter's gradient, ``project(name, grad)``
+    takes it and the parameter's own ``.grad`` is dropped (a post-accumulate hook). How reparametrised
+    updates (LoRA factors, head offsets) receive their gradients without a full-size gradient per weight
+    piling up."""
+    def hook(name: str):
+        def take(p: Tensor) -> None:
+            project(name, p.grad)
+            p.grad = None
+        return take
+
+    handles = [p.register_post_accumulate_grad_hook(hook(n)) for n, p in params.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p in params.values():
+            p.grad = None
 
 
 @contextmanager
