@@ -156,7 +156,10 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
             (-diff.sum() / len(data)).backward()
             yield diff.detach()
         return
-    leaves = [t.detach().requires_grad_() for t in computed]
+    # A layer whose prompt keys/values reach no trainable parameter needs no gradient there: without it the
+    # backward stops at the lowest edited layer instead of running down to the embedding (exact: such a
+    # leaf's gradient had nowhere to go).
+    leaves = [t.detach().requires_grad_(t.requires_grad) for t in computed]
     for batch in batches_over_prompt(model, data, batch_size, shared, leaves):
         diff = two_logit_diff(model, batch)
         (-diff.sum() / len(data)).backward()
@@ -286,7 +289,10 @@ def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) ->
     runs once, like the pivot loss's); returns it."""
     shared = shared_prompt_length(data)
     computed = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
-    leaves = [t.detach().requires_grad_() for t in computed]
+    # A layer whose prompt keys/values reach no trainable parameter needs no gradient there: without it the
+    # backward stops at the lowest edited layer instead of running down to the embedding (exact: such a
+    # leaf's gradient had nowhere to go).
+    leaves = [t.detach().requires_grad_(t.requires_grad) for t in computed]
     total = 0.0
     for _, losses in answer_losses_over_prompt(model, data, micro_batch, shared, leaves):
         loss = losses.sum() / data.n_tokens

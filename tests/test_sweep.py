@@ -28,6 +28,7 @@ TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05],
     ("variant_budgets", {"nope": [0.05]}, "variant_budgets"),
     ("pivot_steps", True, "pivot_steps"), ("preset", "nope", "preset"), ("overrides", ["update.lr"], "overrides"),
     ("overrides", ["update.nope=1"], "nope"), ("name", "a b", "name"), ("answer_lrs", [0], "answer_lrs"),
+    ("greedy_at", 0.002, "greedy_at"), ("validate", "no", "validate"), ("reference_readings", 1, "reference_readings"),
 ])
 def test_every_field_refuses_a_wrong_value_naming_it(field, value, words):
     with pytest.raises(CCAError, match=words):
@@ -54,6 +55,24 @@ def test_cells_follow_the_grid():
     assert [c.key for c in cells if c.budget == 0.01] == [
         "cca_b0.01_d0", "random_b0.01_d0", "random_b0.01_d1", "random_b0.01_d2", "uniform_b0.01_d0", "uniform_b0.01_d1"]
     assert sum(c.variant == "masked-ft" for c in cells) == 1 and len(cells) == 6 + 7
+
+
+def test_a_recipe_without_validation_needs_one_learning_rate_per_objective():
+    with pytest.raises(CCAError, match="one learning rate"):
+        SweepConfig(**{**TINY, "validate": False, "lrs": [0.01, 0.05]})
+    SweepConfig(**{**TINY, "validate": False, "answer_lrs": [0.01], "offset_lrs": [0.01]})
+
+
+def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
+    config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "lofit"],
+                            "draws": 2, "variant_budgets": {"lofit": [0.01]}})
+    groups = config.schedule()
+    assert [c.key for c in groups[0] if c.seed == 0] == ["cca_b0.01_d0", "random_b0.01_d0", "cca_b0.05_d0",
+                                                         "random_b0.05_d0"]
+    assert [c.seed for c in groups[0]] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [{(c.variant, c.draw) for c in g} for g in groups[1:]] == [{("random", 1)}, {("uniform", 0)}, {("lofit", 0)}]
+    assert sorted(c.key + str(c.seed) for g in groups for c in g) == \
+        sorted(c.key + str(c.seed) for s in config.seeds for c in config.cells(s))
 
 
 def test_ranking_breaks_ties_among_saturated_gains_by_attribution():
@@ -134,7 +153,7 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     table = pd.read_csv(out / "comparisons.csv")
     assert {"cca − random", "cca − base", "masked-ft − random-ft", "cca − lofit"} >= set(table["comparison"]) >= {"cca − random", "cca − lofit"}
     summary = (out / "summary.md").read_text()
-    assert "The plain answer" in summary and "budget_selected.png" in summary
+    assert "The plain answer" in summary and "budget.png" in summary
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")}
     assert cli(["sweep", str(path), "--out", str(out), "--quiet"]) == 0  # resume: nothing runs again
     assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")} == stamps
@@ -174,3 +193,21 @@ def test_gain_attribution_over_the_prefix_cache_equals_the_full_pass():
     for kind in gains:
         assert fast[kind].abs().sum() > 0
         assert torch.allclose(fast[kind], dcm.gains[kind].grad, atol=1e-6, rtol=1e-4)
+
+
+def test_a_recipe_sweep_trains_once_and_reads_greedy_accuracy_at_the_matched_size(tmp_path):
+    """validate = false: one learning rate, its last step, no validation; greedy accuracy at the KL target."""
+    config = SweepConfig(**{**TINY, "seeds": [0], "variants": ["cca", "random"], "draws": 1, "validate": False,
+                            "greedy_at": 0.001, "reference_readings": False, "lrs": [0.05]})
+    sweep = Sweep(config, tmp_path / "recipe", progress=False)
+    rows = sweep.execute()
+    cells = rows[rows["variant"] != "base"]
+    selected, matched = cells[cells["reading"] == "selected"], cells[cells["reading"] == "kl=0.001"]
+    assert (selected["best_step"] == config.pivot_steps).all() and selected["test_accuracy"].isna().all()
+    assert matched["test_accuracy"].notna().all() and matched["pivot_accuracy"].notna().all()
+    assert "test_reference_accuracy" not in cells or cells["test_reference_accuracy"].isna().all()
+    for key in ("cca_b0.05_d0", "random_b0.05_d0"):
+        assert len(list((sweep.seed_dir(0) / "sweep" / "cells" / key).glob("lr*.json"))) == 1
+        assert {"test@kl=0.001", "newfacts@kl=0.001", "pivot@kl=0.001", "pivot"} <= set(sweep.items(0, key)["set"])
+    summary = (tmp_path / "recipe" / "summary.md").read_text()
+    assert "Cannot tell yet" in summary and "reading `kl=0.001`" in summary

@@ -122,14 +122,15 @@ class SeedSweep:
         path = self.dir / "cells" / f"{cell.key}.json"
         if path.exists():
             return
-        base_row = self.base()
+        base_row, config = self.base(), self.config
         start = time.perf_counter()
         params, spec = self.parameters(cell), VARIANTS[cell.variant]
         tried, edits = [], {}
-        for lr in self.config.learning_rates(cell.variant):
+        for lr in config.learning_rates(cell.variant):
             tried.append(self._train_lr(cell, params, lr, edits))
         trained = time.perf_counter()
-        best = max(tried, key=lambda r: r["best_val"])  # ties keep the smaller learning rate (max keeps the first)
+        # ties keep the smaller learning rate (max keeps the first); without validation there is one recipe
+        best = max(tried, key=lambda r: r["best_val"]) if config.validate else tried[0]
         common = dict(seed=self.seed, variant=cell.variant, objective=spec.objective, budget_share=cell.budget,
                       draw=cell.draw, n_components=params.n_components, n_params=params.n_params,
                       pct_params=100 * params.n_params / _total_params(self.run.model),
@@ -142,23 +143,21 @@ class SeedSweep:
         else:
             edit = edits.get(best["lr"]) or self._retrain(cell, params, best["lr"])  # retrained only after a resume
             self.run.session.apply(edit)
-            greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", cell.key)
-            forward, more = forward_readings(self.run, self.forward_sets)
-            items += more
-            selected = dict(common, reading="selected", edit_scale=1.0, **greedy, **forward)
+            info, items = self._read("selected", cell.key, greedy=config.greedy_at is None)
+            selected = dict(common, reading="selected", edit_scale=1.0, **info)
         read = time.perf_counter()
         unedited = RegionEdit.capture(self.run.session.restore(), edit.regions)
-        rows = [selected]
-        for target in self.config.kl_targets:
-            alpha, _ = scale_to_kl(self.run, edit, unedited, target)
+        rows, measured = [selected], {}
+        for target in sorted(config.kl_targets):
+            alpha, _ = scale_to_kl(self.run, edit, unedited, target, measured)
             reading = f"kl={target:g}"
             if alpha is None:
                 rows.append(dict(common, reading=reading, edit_scale=float("nan"), kl_target=target))
                 continue
             self.run.session.apply(edit.scaled(unedited, alpha))
-            forward, more = forward_readings(self.run, self.forward_sets)
-            rows.append(dict(common, reading=reading, edit_scale=alpha, kl_target=target, **forward))
-            items += [dict(m, set=f"{m['set']}@{reading}") for m in more]
+            info, more = self._read(reading, cell.key, greedy=config.greedy_at == target)
+            rows.append(dict(common, reading=reading, edit_scale=alpha, kl_target=target, **info))
+            items += more
         self.run.session.restore()
         end = time.perf_counter()
         for row in rows:  # where the cell's time went (training: every learning rate; reading: retrain + score)
@@ -166,6 +165,21 @@ class SeedSweep:
                        seconds_selected=round(read - trained, 1), seconds_matched=round(end - read, 1))
         _write_cell(path, rows, items)
         release_freed_memory()
+
+    def _read(self, reading: str, key: str, *, greedy: bool) -> tuple[dict, list[dict]]:
+        """One reading of the model as it is now: forward metrics (pivots, KL, general text; reference-path
+        accuracy when the config asks), greedy accuracy when ``greedy``. Items of readings other than
+        ``selected`` carry the reading in their set name (``test@kl=0.001``)."""
+        info, items = {}, []
+        if greedy:
+            name = key if reading == "selected" else f"{key}@{reading}"
+            info, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", name)
+        forward, more = forward_readings(self.run, self.forward_sets if self.config.reference_readings else {})
+        info.update(forward)
+        items += more
+        if reading != "selected":
+            items = [dict(i, set=f"{i['set']}@{reading}") for i in items]
+        return info, items
 
     def _train(self, cell: Cell, params: "ParameterSet", lr: float, *, keep_last: bool = False):
         from cca_tl.pipeline.stages.update import val_metric
@@ -185,7 +199,7 @@ class SeedSweep:
                             params="offsets" if params.heads is not None else "mask", heads=params.heads,
                             optimizer=optimizer, lr=lr, steps=steps, batch_size=batch,
                             weight_set=run.config.update.weight_set, val_metric=val_metric(run),
-                            eval_steps=[] if keep_last else sorted({steps // 2, steps} - {0}),
+                            eval_steps=[] if keep_last or not self.config.validate else sorted({steps // 2, steps} - {0}),
                             seed=1_000 * self.seed + cell.draw, protect=run.session.protect, progress=run.progress,
                             name=cell.key)
 

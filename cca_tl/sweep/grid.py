@@ -83,6 +83,13 @@ class SweepConfig:
     answer_batch: int = 8
     kl_targets: list[float] = field(default_factory=lambda: [5e-4, 1e-3, 2e-3])  # matched edit sizes (nats/token)
     newfacts_per_template: int = 25             # new-fact test questions per template (0: none)
+    # How a cell reads its edit (the costs are Gemma-3-270M's on 2 CPU cores, where the 262k-token unembedding
+    # makes every answer-level reading cost ~0.5-0.8 s per question and a pivot reading ~0.1 s):
+    validate: bool = True                       # select learning rate and step on validation (else: one lr per
+                                                # objective, its last step — the same recipe for every variant)
+    greedy_at: float | None = None              # where greedy accuracy is read: None the selected edit, or one of
+                                                # kl_targets (the edit scaled to that size)
+    reference_readings: bool = True             # reference-path accuracy (test, new facts) at every reading
 
     def __post_init__(self) -> None:
         from cca_tl.pipeline.config import PRESETS
@@ -124,6 +131,15 @@ class SweepConfig:
              f"kl_targets must be a list of KL values > 0 (nats per token), not {self.kl_targets!r}")
         need(isinstance(self.newfacts_per_template, int) and self.newfacts_per_template >= 0,
              f"newfacts_per_template must be an integer ≥ 0, not {self.newfacts_per_template!r}")
+        need(isinstance(self.validate, bool), f"validate must be true or false, not {self.validate!r}")
+        need(isinstance(self.reference_readings, bool),
+             f"reference_readings must be true or false, not {self.reference_readings!r}")
+        need(self.greedy_at is None or self.greedy_at in self.kl_targets,
+             f"greedy_at must be null (the selected edit) or one of kl_targets {self.kl_targets}, not {self.greedy_at!r}")
+        if not self.validate:
+            lists = {v: self.learning_rates(v) for v in self.variants}
+            need(all(len(v) == 1 for v in lists.values()),
+                 f"validate = false trains one recipe per variant: give one learning rate each, not {lists}")
         self.run_config(self.seeds[0])  # the preset with the overrides must make a valid run config
 
     # -- reading ----------------------------------------------------------------------------------
@@ -162,6 +178,11 @@ class SweepConfig:
         except ValueError as error:
             raise CCAError(f"sweep config: {error}") from None
 
+    @property
+    def greedy_reading(self) -> str:
+        """The reading that holds greedy accuracy (the plain answer's)."""
+        return "selected" if self.greedy_at is None else f"kl={self.greedy_at:g}"
+
     def learning_rates(self, variant: str) -> list[float]:
         spec = VARIANTS[variant]
         if spec.selection == "heads":
@@ -180,6 +201,31 @@ class SweepConfig:
                 draws = {"dcm": 1, "heads": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
                 out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
         return out
+
+    def schedule(self) -> list[list[Cell]]:
+        """Every cell of every seed in groups that run one after the other (within a group: seed by seed, budgets
+        from the smallest): CCA with the first random draw, then each further draw, then the other variants in
+        :data:`PRIORITY` order. A sweep stopped anywhere has the fullest answer its time allowed."""
+        cells = [c for seed in self.seeds for c in self.cells(seed)]
+
+        def group(c: Cell) -> tuple[int, int]:
+            if c.variant in ("cca", "random"):
+                return (0, c.draw)
+            return (1, PRIORITY.index(c.variant))
+
+        ordered = sorted(cells, key=lambda c: (group(c), self.seeds.index(c.seed), c.budget, c.draw))
+        groups: list[list[Cell]] = []
+        for c in ordered:
+            if groups and group(groups[-1][0]) == group(c):
+                groups[-1].append(c)
+            else:
+                groups.append([c])
+        return groups
+
+
+#: The order cells run in across seeds (:meth:`SweepConfig.schedule`): the comparison the plain answer needs
+#: first — CCA and one layer-matched draw on every seed — then the other draws, then the other controls.
+PRIORITY = ("cca", "random", "uniform", "lofit", "masked-ft", "random-ft")
 
 
 def _list_of(value, kind) -> bool:

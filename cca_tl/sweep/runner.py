@@ -59,26 +59,31 @@ class Sweep:
 
     # -- running ----------------------------------------------------------------------------------
     def execute(self, seeds: list[int] | None = None, *, summarise: bool = True) -> pd.DataFrame:
-        """Run every unfinished cell of ``seeds`` (default: all), seed by seed, then write the summary."""
+        """Run every unfinished cell of ``seeds`` (default: all) in the config's :meth:`~SweepConfig.schedule`
+        (the comparison the plain answer needs first, on every seed), then write the summary. The summary is
+        rewritten after each seed's share of a group, so an interrupted sweep reports what it has."""
         from tqdm.auto import tqdm
 
         from cca_tl.sweep.cell import SeedSweep
 
+        wanted = self.config.seeds if seeds is None else seeds
+        unknown = sorted(set(wanted) - set(self.config.seeds))
+        if unknown:
+            raise CCAError(f"Seed(s) {unknown} are not in this sweep's seeds {self.config.seeds}.")
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))  # the grid as it now is
-        for seed in seeds if seeds is not None else self.config.seeds:
-            if seed not in self.config.seeds:
-                raise CCAError(f"Seed {seed} is not in this sweep's seeds {self.config.seeds}.")
-            todo = [c for c in self.config.cells(seed) if c.key not in self.done(seed)]
-            if not todo and "base" in self.done(seed):
-                continue
-            state = SeedSweep(self.config, seed, self.seed_dir(seed), progress=self.progress)
-            state.base()
-            for cell in tqdm(todo, desc=f"sweep {self.config.name} seed {seed}", disable=not self.progress):
-                state.cell(cell)
-            state.run.session.close()
-            if summarise:
-                self.summarise()
+        for group in self.config.schedule():
+            for seed in [s for s in self.config.seeds if s in wanted]:
+                todo = [c for c in group if c.seed == seed and c.key not in self.done(seed)]
+                if not todo:
+                    continue
+                state = SeedSweep(self.config, seed, self.seed_dir(seed), progress=self.progress)
+                state.base()
+                for cell in tqdm(todo, desc=f"sweep {self.config.name} seed {seed}", disable=not self.progress):
+                    state.cell(cell)
+                state.run.session.close()
+                if summarise:
+                    self.summarise()
         return self.summarise() if summarise else self.rows()
 
     # -- the plan ---------------------------------------------------------------------------------
@@ -105,21 +110,25 @@ class Sweep:
         questions = s.test_q + self.config.newfacts_per_template * _n_templates(cfg)
         return questions * cfg.traces.max_new_tokens * u["gen_token"] + self._forward_seconds(cfg, s, u)
 
-    def _forward_seconds(self, cfg, s, u) -> float:
+    def _forward_seconds(self, cfg, s, u, *, reference: bool = True) -> float:
         questions = s.test_q + self.config.newfacts_per_template * _n_templates(cfg)
-        return (questions * u["reference_q"] + s.test_pivots * u["fwd_record"]
+        return (reference * questions * u["reference_q"] + s.test_pivots * u["fwd_record"]
                 + 2 * cfg.evaluate.retention_texts * u["retention_text"])
 
     def cell_seconds(self, cfg, s, u, objective: str) -> float:
+        """One cell: training at every learning rate (with validation at half and end when the config
+        validates, and a retrain of the selected one), one greedy reading, forward readings at the selected
+        edit and each KL target, and ~5 KL measurements for the scale search."""
         c = self.config
         if objective == "pivot":
             train = c.pivot_steps * s.train_pivots * u["update_record"]
         else:  # every question's answer once per epoch, about one pivot record's cost each
             train = c.answer_epochs * s.train_pivots * u["update_record"]
-        select = 3 * s.val_q * u["reference_q"]
-        kl_search = len(c.kl_targets) * 3 * cfg.evaluate.retention_texts * u["retention_text"]
-        return ((len(c.lrs) + 1) * (train + select) + self._greedy_seconds(cfg, s, u) + kl_search
-                + len(c.kl_targets) * self._forward_seconds(cfg, s, u))
+        select = 3 * s.val_q * u["reference_q"] if c.validate else 0.0
+        runs = len(c.lrs) + 1 if c.validate else 1
+        kl_search = (5 if c.kl_targets else 0) * 2 * cfg.evaluate.retention_texts * u["retention_text"]
+        forward = self._forward_seconds(cfg, s, u, reference=c.reference_readings)
+        return runs * (train + select) + self._greedy_seconds(cfg, s, u) + kl_search + len(c.kl_targets) * forward
 
     # -- results ----------------------------------------------------------------------------------
     def rows(self) -> pd.DataFrame:

@@ -18,8 +18,12 @@ from cca_tl.stats import MARGINS, compare_over_seeds
 
 #: (DCM variant, control variant) pairs the summary compares.
 PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "lofit"), ("cca", "base"))
-#: Item sets per reading: greedy accuracy where the reading generated, reference-path accuracy otherwise.
-SETS = {"selected": ("test", "newfacts", "pivot"), "matched": ("test_ref", "newfacts_ref", "pivot")}
+#: Item sets a reading may hold: greedy accuracy (where the reading generated), reference-path accuracy (where
+#: the config asks for it) and held-out pivots (always); a comparison is made where both cells have the set.
+SETS = ("test", "newfacts", "pivot", "test_ref", "newfacts_ref")
+#: The per-question metrics plotted against the budget, per reading (missing ones are skipped).
+METRICS = ("test_accuracy", "newfacts_accuracy", "pivot_accuracy", "test_reference_accuracy",
+           "newfacts_reference_accuracy")
 #: What "beats" means in the plain answer: at least this many points, and a between-seed interval above 0.
 PLAIN_MARGIN = 0.05
 COLUMNS = ["seed", "variant", "objective", "budget_share", "n_components", "n_params", "pct_params", "draw", "reading",
@@ -61,10 +65,9 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     table, per_seed = [], []
     readings = ["selected", *sorted({r for r in rows["reading"].dropna() if r != "selected"})]
     for reading in readings:
-        sets = SETS["selected" if reading == "selected" else "matched"]
         for budget in sorted(sweep.config.budgets):
             for a, b in PAIRS:
-                for item_set in sets:
+                for item_set in SETS:
                     found = paired_groups(sweep, a, b, budget, reading, item_set)
                     if not found:
                         continue
@@ -84,23 +87,26 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(table), pd.DataFrame(per_seed)
 
 
-def plain_answer(table: pd.DataFrame) -> str:
-    """At which budgets the DCM set beats the layer-matched random sets by ≥ 5 test points with a
-    between-seed interval above 0 — or that it does not anywhere in the range measured."""
+def plain_answer(table: pd.DataFrame, reading: str = "selected") -> str:
+    """At which budgets the DCM set beats the layer-matched random sets by ≥ 5 test points (greedy, at
+    ``reading``) with a between-seed interval above 0 — or that it does not anywhere in the range measured."""
     if table.empty:
         return "No comparison is finished yet."
-    part = table[(table["comparison"] == "cca − random") & (table["reading"] == "selected") & (table["metric"] == "test")]
+    part = table[(table["comparison"] == "cca − random") & (table["reading"] == reading) & (table["metric"] == "test")]
     if part.empty:
         return "No CCA − random comparison on the test questions is finished yet."
     wins = part[(part["diff"] >= PLAIN_MARGIN) & (part["between_low"] > 0) & ~part["verdict"].str.contains("disagree")]
     budgets = ", ".join(f"{100 * b:g} %" for b in sorted(part["budget_share"]))
     seeds = int(part["seeds"].min())
+    where = f"reading `{reading}`; budgets measured: {budgets}; at least {seeds} seed(s) per budget"
+    if seeds < 2:
+        return (f"Cannot tell yet: a between-seed interval needs at least two seeds at every budget ({where}).")
     if wins.empty:
         return (f"The DCM-selected components do not beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test "
-                f"points with a between-seed interval above 0 at any budget measured ({budgets}; ≥ {seeds} seeds).")
+                f"points with a between-seed interval above 0 at any budget measured ({where}).")
     return (f"The DCM-selected components beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test points, "
             f"with a between-seed interval above 0, at {', '.join(f'{100 * b:g} %' for b in wins['budget_share'])} "
-            f"of the components (measured: {budgets}; ≥ {seeds} seeds).")
+            f"of the components ({where}).")
 
 
 def _interval_text(d: float, lo: float, hi: float) -> str:
@@ -108,46 +114,43 @@ def _interval_text(d: float, lo: float, hi: float) -> str:
 
 
 def plot(rows: pd.DataFrame, out: Path) -> list[str]:
-    """Accuracy against budget, DCM against random, mean over seeds with between-seed t intervals."""
+    """``budget.png``: each metric against the budget (one row of panels per reading), every variant's mean
+    over seeds (random draws averaged within a seed) with between-seed t intervals; the base model dashed."""
     from matplotlib.figure import Figure
     from scipy.stats import t
 
-    written = []
-    for reading, metrics in (("selected", ("test_accuracy", "newfacts_accuracy", "pivot_accuracy")),
-                             ("matched", ("test_reference_accuracy", "newfacts_reference_accuracy", "pivot_accuracy"))):
-        part = rows[rows["reading"] == "selected"] if reading == "selected" else rows[rows["reading"] != "selected"]
-        part = part[part["variant"] != "base"]
-        if part.empty:
-            continue
-        groups = ["selected"] if reading == "selected" else sorted(part["reading"].unique())
-        fig = Figure(figsize=(4.2 * len(metrics), 3.6 * len(groups)))
-        axes = np.atleast_2d(fig.subplots(len(groups), len(metrics), squeeze=False))
-        for r, group in enumerate(groups):
-            mine = part[part["reading"] == group]
-            for c, metric in enumerate(metrics):
-                ax = axes[r, c]
-                for variant, frame in mine.groupby("variant"):
-                    per_seed = frame.groupby(["budget_share", "seed"])[metric].mean().dropna()  # draws averaged
-                    if per_seed.empty:
-                        continue
-                    stats = per_seed.groupby("budget_share").agg(["mean", "std", "count"])
-                    half = [t.ppf(0.975, n - 1) * s / np.sqrt(n) if n > 1 else 0.0
-                            for s, n in zip(stats["std"].fillna(0), stats["count"])]
-                    ax.errorbar(100 * stats.index, 100 * stats["mean"], yerr=100 * np.array(half), marker="o",
-                                capsize=3, label=variant)
-                base = rows[(rows["variant"] == "base")][metric].dropna()
-                if not base.empty:
-                    ax.axhline(100 * base.mean(), color="grey", ls="--", lw=1, label="base")
-                ax.set_xscale("log")
-                ax.set_xlabel("budget (% of components)")
-                ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-                ax.set_title(group if reading != "selected" else "selected by validation", fontsize=9)
-        axes[0, -1].legend(fontsize=7)
-        fig.tight_layout()
-        name = f"budget_{reading}.png"
-        fig.savefig(out / name, dpi=100)
-        written.append(name)
-    return written
+    part = rows[rows["variant"] != "base"]
+    metrics = [m for m in METRICS if m in part.columns and part[m].notna().any()]
+    if part.empty or not metrics:
+        return []
+    readings = ["selected", *sorted({r for r in part["reading"].dropna() if r != "selected"})]
+    readings = [r for r in readings if part.loc[part["reading"] == r, metrics].notna().any().any()]
+    fig = Figure(figsize=(4.2 * len(metrics), 3.4 * len(readings)))
+    axes = fig.subplots(len(readings), len(metrics), squeeze=False)
+    for r, reading in enumerate(readings):
+        mine = part[part["reading"] == reading]
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            for variant, frame in mine.groupby("variant"):
+                per_seed = frame.groupby(["budget_share", "seed"])[metric].mean().dropna()  # draws averaged
+                if per_seed.empty:
+                    continue
+                stats = per_seed.groupby("budget_share").agg(["mean", "std", "count"])
+                half = [t.ppf(0.975, n - 1) * s / np.sqrt(n) if n > 1 else 0.0
+                        for s, n in zip(stats["std"].fillna(0), stats["count"])]
+                ax.errorbar(100 * stats.index, 100 * stats["mean"], yerr=100 * np.array(half), marker="o",
+                            capsize=3, label=variant)
+            base = rows[(rows["variant"] == "base")][metric].dropna() if metric in rows else pd.Series(dtype=float)
+            if not base.empty:
+                ax.axhline(100 * base.mean(), color="grey", ls="--", lw=1, label="base")
+            ax.set_xscale("log")
+            ax.set_xlabel("budget (% of components)")
+            ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+            ax.set_title(reading, fontsize=9)
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "budget.png", dpi=100)
+    return ["budget.png"]
 
 
 def write_summary(sweep, out: Path) -> pd.DataFrame:
@@ -174,14 +177,13 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
     lines = [f"# Sweep `{c.name}`", "",
              f"Config: `{sweep.dir / 'sweep.json'}` (preset `{c.preset}`, overrides {c.overrides or 'none'}). "
              f"Cells finished per seed: " + ", ".join(f"{s}: {done[s]}/{total[s]}" for s in c.seeds) + ".", "",
-             "## The plain answer", "", plain_answer(table), "",
-             "## Mean over seeds (random draws averaged within a seed), selected by validation", ""]
-    selected = rows[rows["reading"] == "selected"]
-    means = (selected.groupby(["variant", "budget_share", "seed"])[["test_accuracy", "newfacts_accuracy", "pivot_accuracy",
-                                                                     "kl_to_base"]].mean()
+             "## The plain answer", "", plain_answer(table, c.greedy_reading), "",
+             f"## Mean over seeds (random draws averaged within a seed), reading `{c.greedy_reading}`", ""]
+    chosen = rows[(rows["reading"] == c.greedy_reading) | (rows["variant"] == "base")]
+    metrics = [m for m in ("test_accuracy", "newfacts_accuracy", "pivot_accuracy") if m in chosen]
+    means = (chosen.groupby(["variant", "budget_share", "seed"])[metrics + ["kl_to_base"]].mean()
              .groupby(["variant", "budget_share"]).mean())
-    lines += [(100 * means[["test_accuracy", "newfacts_accuracy", "pivot_accuracy"]]).round(1)
-              .assign(kl_to_base=means["kl_to_base"].round(4)).to_markdown(), ""]
+    lines += [(100 * means[metrics]).round(1).assign(kl_to_base=means["kl_to_base"].round(4)).to_markdown(), ""]
     if not table.empty:
         shown = table.copy()
         shown["per seed"] = [
@@ -193,16 +195,18 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
         shown["between seeds"] = ["—" if np.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
                                   for lo, hi in zip(table["between_low"], table["between_high"])]
         shown["I²"] = ["—" if np.isnan(v) else f"{100 * v:.0f} %" for v in table["i2"]]
-        matched = (shown["reading"] != "selected")
-        brief = shown[~matched | ((shown["comparison"] == "cca − random") & shown["metric"].isin(["test_ref", "pivot"]))]
+        brief = shown[(shown["reading"] == c.greedy_reading)
+                      | ((shown["comparison"] == "cca − random") & (shown["metric"] == "pivot"))]
+        selected = ("learning rate and step chosen by validation" if c.validate else
+                    "the one recipe's last step: the same learning rate and steps for every variant, no validation")
         lines += ["## Comparisons (points; per seed, pooled over questions, between seeds)", "",
                   "Per seed: paired bootstrap over that seed's items, the control the mean of its random draws. "
                   "Between seeds: Student t over the seed means. Verdict: *cannot tell (seeds disagree)* when seed "
                   "intervals exclude 0 in opposite directions, else from the between-seed interval. Readings: "
-                  "`selected` (learning rate and step chosen by validation; greedy accuracy), `kl=…` (the selected "
-                  "edit scaled to that KL to the base model; reference-path accuracy, forward only). At matched "
-                  "sizes only CCA − random on test reference-path and pivot accuracy is shown; every comparison "
-                  "is in `comparisons.csv`.", "",
+                  f"`selected` ({selected}), `kl=…` (that edit scaled along its own direction to the KL to the base "
+                  f"model on general text). Greedy accuracy (`test`, `newfacts`) is read at `{c.greedy_reading}`; "
+                  "held-out pivots (`pivot`) at every reading. Shown: every comparison at the greedy reading and "
+                  "CCA − random on pivots at every reading; all of them are in `comparisons.csv`.", "",
                   brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
     lines += [f"![{p}]({p})" for p in pictures]
