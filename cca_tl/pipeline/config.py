@@ -38,6 +38,38 @@ def _positive(default: int) -> Any:
     return field(default=default, metadata={"min": 1})
 
 
+def _bounded(default: Any, **bounds: float) -> Any:
+    """A field with range bounds: ``min`` / ``max`` (inclusive), ``above`` (exclusive); on a list, each item."""
+    return field(default=default, metadata=bounds)
+
+
+def _out_of_range(name: str, value: Any, bounds: dict) -> str | None:
+    """Why ``value`` (or an item of it) is out of ``bounds``, or None when it is in range."""
+    items = value if isinstance(value, list) else [value]
+    words = []
+    if "min" in bounds:
+        words.append(f"at least {bounds['min']}")
+    if "above" in bounds:
+        words.append(f"above {bounds['above']}")
+    if "max" in bounds:
+        words.append(f"at most {bounds['max']}")
+    for item in items:
+        if item is None:
+            continue
+        if (("min" in bounds and item < bounds["min"]) or ("above" in bounds and item <= bounds["above"])
+                or ("max" in bounds and item > bounds["max"])):
+            each = "each item of " if isinstance(value, list) else ""
+            return f"{each}{name} must be {' and '.join(words)}, not {value!r}"
+    return None
+
+
+#: Devices a run accepts: "auto" (CUDA when present), "cpu", "mps", "cuda" or "cuda:<index>".
+def _device_ok(device: str) -> bool:
+    if device in ("auto", "cpu", "mps", "cuda"):
+        return True
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
 class _Section:
     """Validation shared by every section: each field against its annotation (and ``metadata["min"]``)."""
 
@@ -51,8 +83,9 @@ class _Section:
                 continue  # a section validated itself
             if not _fits(value, hints[f.name]):
                 raise ValueError(_mismatch(f.name, value, hints[f.name]))
-            if "min" in f.metadata and value is not None and value < f.metadata["min"]:
-                raise ValueError(f"{f.name} must be at least {f.metadata['min']}, not {value!r}")
+            problem = _out_of_range(f.name, value, f.metadata)
+            if problem:
+                raise ValueError(problem)
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -101,13 +134,13 @@ class DataConfig(_Section):
     split: list[float] = field(default_factory=lambda: [0.52, 0.08, 0.40])  # train / val / test shares (the paper's)
     max_value: int = _positive(3)         # largest operand of the two-step / arithmetic tasks
     templates: list[str] | None = None    # None: all templates of the task
-    n_templates: int | None = None        # keep only the first N template ids (sorted), to size a run
+    n_templates: int | None = _bounded(None, min=1)  # keep only the first N template ids (sorted), to size a run
     max_clauses: int | None = field(default=None, metadata={"min": 1})  # gsm-symbolic: at most this many reasoning clauses
     prompt: Literal["few-shot", "chat"] = "few-shot"
-    shots: int | None = None              # few-shot exemplars (None: all)
-    train_per_template: int | None = 12   # questions per template traced for training (None: whole split)
-    val_per_template: int | None = 8
-    test_per_template: int | None = 24
+    shots: int | None = _bounded(None, min=0)  # few-shot exemplars (None: all)
+    train_per_template: int | None = _bounded(12, min=1)  # questions per template traced for training (None: whole split)
+    val_per_template: int | None = _bounded(8, min=1)
+    test_per_template: int | None = _bounded(24, min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,8 +158,8 @@ class TracesConfig(_Section):
     # reference: pivots where wrong greedy answers leave the reference solution (no sampling; the two-step
     # task's right answers are its reference text). prefix / branching: the paper's, from sampled traces.
     localization: Literal["reference", "prefix", "branching"] = "reference"
-    weak_threshold: float = 0.8           # train only on templates with greedy train accuracy below this
-    n_samples: int = 0                    # sampled traces per question at most (paper: 10; reference needs none)
+    weak_threshold: float = _bounded(0.8, min=0, max=1)  # train only on templates with greedy train accuracy below this
+    n_samples: int = _bounded(0, min=0)  # sampled traces per question at most (paper: 10; reference needs none)
     max_new_tokens: int = _positive(32)
     # Rows decoded together. Throughput is flat from 32 to 128 rows on 2 CPU cores (compute-bound), and the
     # key/value buffer grows with the rows: 32 halves it against 64 at no cost in time.
@@ -139,8 +172,8 @@ class DCMConfig(_Section):
 
     kinds: list[KindName] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
     form: Literal["paper", "authors"] = "paper"
-    lam: float = 1e-2
-    lr: float = 0.1
+    lam: float = _bounded(1e-2, min=0)  # the sparsity weight; 0: no penalty
+    lr: float = _bounded(0.1, above=0)
     epochs: int = _positive(10)
     batch_size: int = _positive(8)
 
@@ -150,12 +183,12 @@ class UpdateConfig(_Section):
     """The targeted update (stage ``update``)."""
 
     weight_set: Literal["authors", "extended"] = "authors"
-    lr: float = 1e-4                      # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
+    lr: float = _bounded(1e-4, above=0)  # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
     # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
     # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
     # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
     steps: int = _positive(4)
-    eval_steps: list[int] | None = None   # None: 2, 4, 6, 8, 10, then every 5
+    eval_steps: list[int] | None = _bounded(None, min=1)  # None: 2, 4, 6, 8, 10, then every 5
     # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
     # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
     # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
@@ -206,6 +239,11 @@ class RunConfig(_Section):
     update: UpdateConfig = field(default_factory=UpdateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not _device_ok(self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:<index>', not {self.device!r}")
 
     # -- keys -----------------------------------------------------------------------------------------
     @classmethod

@@ -1,0 +1,76 @@
+"""The run config refuses a wrong type and an out-of-range value of every field, naming the field, before any
+work (issue 30): the whole schema is walked, so a field added later is covered without a new test."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from cca_tl.pipeline.config import SECTIONS, RunConfig
+
+
+def _fields() -> list[tuple[str, dataclasses.Field, object]]:
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in SECTIONS:
+            hints = typing.get_type_hints(SECTIONS[f.name])
+            out += [(f"{f.name}.{g.name}", g, hints[g.name]) for g in dataclasses.fields(SECTIONS[f.name])]
+        else:
+            out.append((f.name, f, typing.get_type_hints(RunConfig)[f.name]))
+    return out
+
+
+def _out_of_range(field: dataclasses.Field, annotation) -> object | None:
+    bounds = field.metadata
+    is_list = "list" in str(annotation)
+    value = None
+    if "min" in bounds:
+        value = bounds["min"] - 1
+    elif "above" in bounds:
+        value = bounds["above"] - 1
+    elif "max" in bounds:
+        value = bounds["max"] + 1
+    if value is None:
+        return None
+    return [value] if is_list else value
+
+
+FIELDS = _fields()
+
+
+@pytest.mark.parametrize("key, field, annotation", FIELDS, ids=[k for k, _, _ in FIELDS])
+def test_a_wrong_type_is_refused_naming_the_field(key, field, annotation):
+    with pytest.raises(ValueError, match=key.rsplit(".", 1)[-1]):
+        RunConfig().with_overrides([f"{key}={'{'}\"not\": 1{'}'}"])
+
+
+BOUNDED = [(k, f, a) for k, f, a in FIELDS if _out_of_range(f, a) is not None]
+
+
+@pytest.mark.parametrize("key, field, annotation", BOUNDED, ids=[k for k, _, _ in BOUNDED])
+def test_an_out_of_range_value_is_refused_naming_the_field(key, field, annotation):
+    import json
+
+    with pytest.raises(ValueError, match=key.rsplit(".", 1)[-1]):
+        RunConfig().with_overrides([f"{key}={json.dumps(_out_of_range(field, annotation))}"])
+
+
+@pytest.mark.parametrize("pair, words", [
+    ("dcm.lam=-1", "lam must be at least 0"), ("update.lr=0", "lr must be above 0"),
+    ("update.lr=-0.5", "lr must be above 0"), ("dcm.lr=0", "lr must be above 0"),
+    ("data.split=[0.5,0.5,0.5]", "summing to 1"), ("traces.weak_threshold=1.5", "at most 1"),
+    ("device=gpu", "device must be"), ("device=cuda:x", "device must be"), ("update.eval_steps=[0,2]", "each item"),
+])
+def test_the_issue_s_nonsense_values_are_refused_with_what_is_allowed(pair, words):
+    with pytest.raises(ValueError, match=words):
+        RunConfig().with_overrides([pair])
+
+
+def test_the_bounds_leave_every_preset_valid():
+    from cca_tl.pipeline.config import PRESETS, preset
+
+    for name in PRESETS:
+        preset(name)
+    assert RunConfig(device="cuda:1").device == "cuda:1" and RunConfig(dcm=SECTIONS["dcm"](lam=0.0)).dcm.lam == 0.0
