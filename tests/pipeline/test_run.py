@@ -244,9 +244,10 @@ def test_export_refuses_an_unfinished_run(tmp_path, capsys):
 
 
 def test_accuracy_validation_keeps_the_unedited_model_when_nothing_helps(tmp_path):
-    """With a zero learning rate validation accuracy can never beat step 0, so the update must leave the
-    model exactly as loaded (the paper's selection rule, step 0 a candidate, ties to the earliest step)."""
-    cfg = preset("tiny", val_metric="accuracy", update_lr=0.0)
+    """With a learning rate far below float32's resolution of the weights (a zero one is refused) validation
+    accuracy cannot beat step 0, so the update must leave the model exactly as loaded (the paper's selection
+    rule, step 0 a candidate, ties to the earliest step)."""
+    cfg = preset("tiny", val_metric="accuracy", update_lr=1e-12)
     run(cfg, tmp_path / "r", stop_after="update", progress=False)
     info = Run.open(tmp_path / "r", progress=False).stage_info("update")
     assert info["best_step"] == 0 and info["val_metric"] == "accuracy"
