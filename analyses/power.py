@@ -1,7 +1,13 @@
-"""Does CCA work, with power? Objective x parameters at a matched budget, 3 seeds (issue 15).
+"""The power experiment's committed record, summarised: objective x parameters at a matched budget, 3 seeds
+(issue 15; the record corrected in issue 31).
 
-    .venv/bin/python analyses/power.py --seeds 0 1 2            # run (or resume) and summarise
-    .venv/bin/python analyses/power.py --seeds 0 1 2 --summary  # only rewrite the tables and plots
+    .venv/bin/python analyses/power.py                          # rewrite analyses/results/power from its runs
+    .venv/bin/cca-tl sweep analyses/sweeps/power.toml --out runs/sweeps/power     # run the experiment again
+
+The experiment now runs as a sweep (:mod:`cca_tl.sweep`, the grid in ``analyses/sweeps/power.toml``) over the
+pipeline's own stages and evaluation; this script only reads what the original run committed under
+``analyses/results/power/runs/seed<N>/power/`` (per cell a JSON row, per-question and per-pivot outcomes, the
+learning-rate sweep) and writes the tables, plots and summary beside it. What that run did:
 
 Task: the two-step task (Gemma-3-270M greedy macro accuracy 0.37 on 320 questions, analyses/task_screen.md),
 preset ``power``: per seed 320 test questions, 120 validation questions, ~120 training pivots (reference
@@ -36,10 +42,9 @@ Reported per cell: greedy accuracy on the 320 test questions, held-out pivot acc
 the test pivots (the base model's wrong test answers; never seen by DCM, the update or the selection) and on
 the validation pivots (from the validation questions: never trained on, but the selection reads those
 questions), KL to the base model and NLL on general text, the share of parameters trained.
-Everything resumes: each seed's pipeline stages, each (cell, learning rate) of the sweep and each cell's
-evaluation are written atomically under ``analyses/results/power/runs/seed<N>/`` (committed, ~3 MB per seed:
-traces, pivots, the DCM mask, JSON per cell; no weights), so a later session picks up where one stopped;
-the summary goes to ``analyses/results/power/`` (rows.csv, sweep.csv, comparisons.csv, comparisons_per_seed.csv,
+The run wrote each seed's pipeline stages and each cell's row, learning-rate sweep and per-item outcomes
+under ``analyses/results/power/runs/seed<N>/`` (~3 MB per seed, no weights); this script writes
+``analyses/results/power/`` from them (rows.csv, sweep.csv, comparisons.csv, comparisons_per_seed.csv,
 summary.md, plots). Comparisons are read per seed, pooled and between seeds, with a verdict that says "cannot
 tell" when seeds disagree (:func:`cca_tl.stats.compare_over_seeds`).
 """
@@ -48,235 +53,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
-from cca_tl.pipeline import Run, preset
+from cca_tl._io import atomic_write_text
 from cca_tl.stats import MARGINS
 from cca_tl.update import VARIANTS
 
 OUT = Path(__file__).resolve().parent / "results" / "power"
-LRS = (1e-5, 5e-5, 1e-4, 5e-4)
-PIVOT_STEPS, ANSWER_BATCH = 4, 8
-#: What picks the learning rate and step (higher is better): reference-path accuracy, or (for a model that is
-#: never on the path, like the tiny random check) minus the mean answer NLL per token.
-SELECTION = {"reference": lambda scores, data: float(scores["on_path"].float().mean()),
-             "nll": lambda scores, data: -float(scores["nll"].sum()) / data.n_tokens}
+PIVOT_STEPS = 4
 MARGIN = {"test_accuracy": MARGINS["accuracy"], "pivot_accuracy": MARGINS["pivot_accuracy"]}
 
 
 def log(text: str) -> None:
     print(f"[power {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-class Seed:
-    """One seed's data, model and the cached pieces every cell reuses."""
-
-    def __init__(self, seed: int, runs: Path, preset_name: str = "power", lrs: tuple[float, ...] = LRS,
-                 progress: bool = True, overrides: tuple[str, ...] = (), select: str = "reference"):
-        from cca_tl.answers import AnswerSet
-
-        if select not in SELECTION:
-            raise ValueError(f"select must be one of {list(SELECTION)}, not {select!r}")
-        self.seed, self.lrs, self.select = seed, tuple(lrs), select
-        config = preset(preset_name, seed=seed, device="cpu").with_overrides(list(overrides))
-        self.run = Run(config, runs / f"seed{seed}", progress=progress)
-        self.run.execute(stop_after="dcm")  # problems, traces, localize, dcm (resumes)
-        self.dir = self.run.dir / "power"
-        (self.dir / "sweep").mkdir(parents=True, exist_ok=True)
-        model, splits, prompt = self.run.model, self.run.problems(), self.run.prompt_fn()
-        self.pivots = self.run.contrast("train")
-        train_rows = self.run.localization("train")
-        by_id = {(p.template_id, p.instance_id): p for p in splits.train}
-        self.train_questions = [by_id[(t, i)] for t, i in zip(train_rows["template_id"], train_rows["instance_id"])]
-        self.answers = AnswerSet.from_problems(model, self.train_questions, prompt)
-        self.val = AnswerSet.from_problems(model, splits.val, prompt)
-        self.mask = self.run.dcm().mask
-        self._base_val: float | None = None
-        self._reference = None
-
-    # -- the selection metric --------------------------------------------------------------------------
-    def val_scores(self, model) -> dict:
-        from cca_tl.answers import reference_path_scores
-
-        return reference_path_scores(model, self.val, batch_size=8)
-
-    def val_accuracy(self, model) -> float:
-        """The selection metric on the validation questions (the unedited model's measured once)."""
-        if self.run.session.is_base():
-            if self._base_val is None:
-                self._base_val = SELECTION[self.select](self.val_scores(model), self.val)
-            return self._base_val
-        return SELECTION[self.select](self.val_scores(model), self.val)
-
-    def reference(self):
-        from cca_tl.evaluate import final_residuals, general_text
-
-        if self._reference is None:
-            with self.run.session.base_weights():
-                self._reference = final_residuals(self.run.model, general_text(self.run.config.evaluate.retention_texts))
-        return self._reference
-
-    # -- evaluation ----------------------------------------------------------------------------------
-    def evaluate(self, variant: str, extra: dict) -> None:
-        """Test accuracy, held-out pivots (test and val), retention of the model as it is now."""
-        from cca_tl.evaluate import accuracy, general_text, pivot_scores, retention_scores
-
-        run, cfg = self.run, self.run.config
-        model = run.model
-        start = time.perf_counter()
-        macro, table, records = accuracy(model, run.problems().test, run.prompt_fn(),
-                                         max_new_tokens=cfg.traces.max_new_tokens, batch_size=cfg.traces.gen_batch_size,
-                                         stops=run.stops(), progress=run.progress)
-        release_freed_memory()
-        if variant == "base":
-            self._save_test_pivots(records)
-        test = pivot_scores(model, self._test_pivots())
-        val = pivot_scores(model, run.localization("val"))
-        scores = self.val_scores(model)
-        edited = not run.session.is_base()
-        retention = retention_scores(model, run.session.base_weights if edited else None,
-                                     general_text(cfg.evaluate.retention_texts), reference=self.reference())
-        info = dict(seed=self.seed, variant=variant, test_accuracy=macro, n_test=len(records),
-                    per_template=table["accuracy"].to_dict(),
-                    pivot_accuracy=test["pivot_accuracy"], pivot_logit_diff=test["pivot_logit_diff"],
-                    n_pivots_test=test["n_pivots"], val_pivot_accuracy=val["pivot_accuracy"],
-                    val_pivot_logit_diff=val["pivot_logit_diff"], n_pivots_val=val["n_pivots"],
-                    val_reference_accuracy=float(scores["on_path"].float().mean()), n_val=len(self.val),
-                    kl_to_base=retention["retention_kl"], general_nll=retention["general_nll"],
-                    general_top1=retention["general_top1"], seconds_eval=round(time.perf_counter() - start, 1), **extra)
-        atomic_write_text(self.dir / f"{variant}_records.csv", records.to_csv(index=False))
-        atomic_write_text(self.dir / f"{variant}_pivots.csv",
-                          pd.DataFrame(dict(logit_diff=test["diffs"])).to_csv(index=False))
-        atomic_write_text(self.dir / f"{variant}.json", json.dumps(info, indent=1))
-
-    def _save_test_pivots(self, records: pd.DataFrame) -> None:
-        from cca_tl.localize import localize_reference
-
-        run = self.run
-        model, prompt, test = run.model, run.prompt_fn(), run.problems().test
-        prompt_ids = [model.to_tokens(prompt(p.question), prepend_bos=True)[0].tolist() for p in test]
-        pivots = localize_reference(test, prompt_ids, list(records["output"]), list(records["correct"]), model.tokenizer)
-        with atomic_directory(self.dir / "test_pivots", overwrite=True) as staging:
-            pivots.save_to_disk(str(staging))
-
-    def _test_pivots(self):
-        from datasets import load_from_disk
-
-        return load_from_disk(str(self.dir / "test_pivots"))
-
-    def base(self) -> None:
-        if (self.dir / "base.json").exists():
-            return
-        log(f"seed {self.seed}: base model")
-        self.run.session.restore()
-        greedy = self._greedy_val_agreement()
-        self.evaluate("base", dict(objective=None, params=None, lr=None, best_step=None, n_params=0, pct_params=0.0,
-                                   **greedy))
-
-    def _greedy_val_agreement(self) -> dict:
-        """How well the selection metric stands for greedy accuracy: the base model's greedy correctness on
-        the validation questions (from the traces) against reference-path accuracy on the same questions."""
-        traces = self.run.traces().to_pandas()
-        val = self.run.problems().val
-        greedy = traces.set_index(["template_id", "instance_id"])["greedy_correct"]
-        correct = torch.tensor([bool(greedy.get((p.template_id, p.instance_id), False)) for p in val])
-        on_path = self.val_scores(self.run.model)["on_path"]
-        return dict(val_greedy_accuracy=float(correct.float().mean()),
-                    val_on_path_and_correct=int((on_path & correct).sum()), val_on_path_not_correct=int((on_path & ~correct).sum()),
-                    val_correct_off_path=int((~on_path & correct).sum()))
-
-    # -- one cell -------------------------------------------------------------------------------------
-    def cell(self, variant: str) -> None:
-        if (self.dir / f"{variant}.json").exists():
-            return
-        from cca_tl.lora import rank_for_budget
-
-        objective, params = VARIANTS[variant]
-        rank = rank_for_budget(self.run.model, self.mask.n_params(self.run.model)) if params == "lora" else None
-        sweep, kept = [], None  # kept: (lr, values of the best state so far)
-        for lr in self.lrs:
-            path = self.dir / "sweep" / f"{variant}_lr{lr:g}.json"
-            if path.exists():
-                sweep.append(json.loads(path.read_text()))
-                continue
-            result, seconds = self._train(variant, lr, rank)
-            row = dict(seed=self.seed, variant=variant, lr=lr, best_step=result.best_step,
-                       best_val=result.best_metric, history=result.history.to_dict("list"),
-                       n_params=result.n_params, pct_params=100 * result.fraction_params, seconds=seconds)
-            if kept is None or _better(row, _best(sweep)):
-                kept = (lr, result.regions, result.captured(self.run.model))
-            sweep.append(row)
-            atomic_write_text(path, json.dumps(row, default=float))
-            self.run.session.restore()
-        best = _best(sweep)
-        log(f"seed {self.seed} {variant}: selected lr {best['lr']:g}, step {best['best_step']} "
-            f"(val reference-path accuracy {best['best_val']:.3f})")
-        model = self.run.session.restore()
-        if best["best_step"] != 0:
-            if kept is None or kept[0] != best["lr"]:  # resumed: train the selected setting again (deterministic)
-                result, _ = self._train(variant, best["lr"], rank)
-            else:
-                self.run.session.protect(kept[1])
-                with torch.no_grad():
-                    for name, values in kept[2].items():
-                        region = kept[1][name]
-                        if region is None:
-                            model.get_parameter(name).copy_(values)
-                        else:
-                            model.get_parameter(name)[region] = values
-        extra = dict(objective=objective, params=params, lr=best["lr"], best_step=best["best_step"],
-                     n_params=best["n_params"], pct_params=best["pct_params"], lora_rank=rank,
-                     seconds_train=round(sum(r["seconds"] for r in sweep), 1))
-        if best["best_step"] == 0:  # the unedited model, bit for bit: its evaluation is the base's
-            info = json.loads((self.dir / "base.json").read_text())
-            info.update(extra, variant=variant, same_weights_as="base")
-            for suffix in ("records", "pivots"):
-                atomic_write_text(self.dir / f"{variant}_{suffix}.csv", (self.dir / f"base_{suffix}.csv").read_text())
-            atomic_write_text(self.dir / f"{variant}.json", json.dumps(info, indent=1))
-        else:
-            log(f"seed {self.seed}: evaluating {variant}")
-            self.evaluate(variant, extra)
-        self.run.session.restore()
-        release_freed_memory()
-
-    def _train(self, variant: str, lr: float, rank: int | None):
-        from cca_tl.update import train_update
-
-        objective, params = VARIANTS[variant]
-        model = self.run.session.restore()
-        if objective == "pivot":
-            data, steps, batch, optimizer = self.pivots, PIVOT_STEPS, self.run.config.update.batch_size, "sgd"
-        else:
-            data, batch, optimizer = self.answers, ANSWER_BATCH, "adamw"
-            steps = math.ceil(len(self.answers) / ANSWER_BATCH)  # one epoch
-        log(f"seed {self.seed} {variant}: lr {lr:g}, {steps} steps")
-        start = time.perf_counter()
-        result = train_update(model, data, self.mask, objective=objective, params=params, optimizer=optimizer,
-                              lr=lr, steps=steps, batch_size=batch, lora_rank=rank, val_metric=self.val_accuracy,
-                              eval_steps=[steps // 2, steps], seed=self.seed, protect=self.run.session.protect,
-                              progress=self.run.progress, name=variant)
-        return result, round(time.perf_counter() - start, 1)
-
-
-def _best(sweep: list[dict]) -> dict | None:
-    """The sweep row with the highest validation score; ties keep the earlier (smaller) learning rate, and a
-    row that kept step 0 counts as the unedited model."""
-    best = None
-    for row in sweep:
-        if best is None or _better(row, best):
-            best = row
-    return best
-
-
-def _better(row: dict, best: dict | None) -> bool:
-    return best is None or row["best_val"] > best["best_val"]
 
 
 # -- summary -------------------------------------------------------------------------------------------
@@ -676,31 +469,10 @@ def search_edges(rows: pd.DataFrame, sweep: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--runs", type=Path, default=OUT / "runs",
-                        help="the seeds' run directories (committed: a few MB per seed, so a later session resumes)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--summary", action="store_true", help="only rewrite analyses/results/power from finished cells")
-    parser.add_argument("--preset", default="power", help="the run preset (tiny: a seconds-long check of this script)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
+    parser.add_argument("--runs", type=Path, default=OUT / "runs", help="the seeds' committed run directories")
     parser.add_argument("--out", type=Path, default=OUT, help="where the tables and plots go")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of the preset (as in cca-tl run)")
-    parser.add_argument("--select", default="reference", choices=list(SELECTION),
-                        help="selection metric on the validation questions (default: reference-path accuracy)")
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--summary"]
-    command = (".venv/bin/python analyses/power.py " + " ".join(given)) if given else None  # None: the default run
-    if not args.summary:
-        for seed in args.seeds:
-            state = Seed(seed, args.runs, args.preset, tuple(args.lrs), progress=not args.quiet, overrides=tuple(args.overrides),
-                         select=args.select)
-            state.base()
-            for variant in args.variants:
-                state.cell(variant)
-            summarise(args.runs, args.seeds, args.out, command)
-            state.run.session.close()
-    summarise(args.runs, args.seeds, args.out, command)
+    summarise(args.runs, args.seeds, args.out, ".venv/bin/python analyses/power.py")
 
 
 if __name__ == "__main__":

@@ -211,3 +211,24 @@ def test_a_recipe_sweep_trains_once_and_reads_greedy_accuracy_at_the_matched_siz
         assert {"test@kl=0.001", "newfacts@kl=0.001", "pivot@kl=0.001", "pivot"} <= set(sweep.items(0, key)["set"])
     summary = (tmp_path / "recipe" / "summary.md").read_text()
     assert "Cannot tell yet" in summary and "reading `kl=0.001`" in summary
+
+
+def test_the_power_experiments_cells_run_as_sweep_variants(tmp_path):
+    """Objective × parameters (analyses/sweeps/power.toml): every parameter, and LoRA at the set's count."""
+    config = SweepConfig(**{**TINY, "seeds": [0], "variants": ["cca", "all", "pivot-lora", "full-ft", "lora"],
+                            "draws": 1})
+    rows = Sweep(config, tmp_path / "power", progress=False).execute()
+    selected = rows[rows["reading"] == "selected"].set_index("variant")
+    assert selected.loc["all", "n_params"] == selected.loc["full-ft", "n_params"] > 10 * selected.loc["cca", "n_params"]
+    for lora in ("lora", "pivot-lora"):
+        assert 0.5 < selected.loc[lora, "n_params"] / selected.loc["cca", "n_params"] < 2
+    moved = selected[selected["best_step"] > 0]
+    assert not moved.empty and (moved["kl_to_base"] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["budget", "power"])
+def test_the_committed_sweep_files_load(name):
+    from pathlib import Path
+
+    config = SweepConfig.load(Path(__file__).resolve().parents[1] / "analyses" / "sweeps" / f"{name}.toml")
+    assert config.name == name and len(config.seeds) >= 3

@@ -75,18 +75,27 @@ class SeedSweep:
     # -- parameter sets ---------------------------------------------------------------------------
     def parameters(self, cell: Cell) -> "ParameterSet":
         """What the cell trains: the top-k components by the DCM ranking, a seeded random draw matched to
-        them, or LoFiT-style offsets on as many heads as the top-k set's parameter count pays for."""
+        them, LoFiT-style offsets on as many heads as the top-k set's parameter count pays for, LoRA factors
+        of about that count, or every parameter."""
+        from cca_tl.components import registry_of
+        from cca_tl.lora import params_per_rank, rank_for_budget
+
         model, weight_set = self.run.model, self.run.config.update.weight_set
         top = budget_mask(model, self.scores, cell.budget)
         selection = VARIANTS[cell.variant].selection
         if selection == "heads":
             heads = top_heads(self._head_scores(), heads_for_budget(model, top.n_params(model, weight_set)))
             n_heads = sum(len(h) for h in heads.values())
-            return ParameterSet(None, heads, n_heads, n_heads * model.cfg.d_head)
+            return ParameterSet(None, n_heads, n_heads * model.cfg.d_head, "offsets", heads=heads)
+        if selection == "all":
+            return ParameterSet(None, registry_of(model).n_components(), _total_params(model), "all")
+        if selection == "lora":
+            rank = rank_for_budget(model, top.n_params(model, weight_set))
+            return ParameterSet(None, rank, rank * params_per_rank(model), "lora", lora_rank=rank)
         draw_seed = 1_000_003 * self.seed + 1_009 * cell.draw + round(cell.budget * 1e6)
         mask = {"dcm": top, "layer-matched": layer_matched(top, draw_seed),
                 "uniform": uniform_like(top, draw_seed + 7)}[selection]
-        return ParameterSet(mask, None, mask.count(), mask.n_params(model, weight_set))
+        return ParameterSet(mask, mask.count(), mask.n_params(model, weight_set), "mask")
 
     def _head_scores(self) -> torch.Tensor:
         """|∂ mean pivot logit difference / ∂ a scale on each head's output| at scale 1 (``[layers, heads]``):
@@ -192,11 +201,11 @@ class SeedSweep:
         else:
             data, batch, optimizer = self.answers, self.config.answer_batch, "adamw"
             steps = self.config.answer_epochs * math.ceil(len(self.answers) / batch)
-        if params.heads is not None:
+        if params.kind == "offsets":
             optimizer = "adamw"  # LoFiT's optimiser: offsets start at zero, plain SGD at weight-sized rates barely moves them
         run.log(f"seed {self.seed} {cell.key}: lr {lr:g}, {steps} steps")
-        return train_update(model, data, params.mask, objective=spec.objective,
-                            params="offsets" if params.heads is not None else "mask", heads=params.heads,
+        return train_update(model, data, params.mask, objective=spec.objective, params=params.kind, heads=params.heads,
+                            lora_rank=params.lora_rank,
                             optimizer=optimizer, lr=lr, steps=steps, batch_size=batch,
                             weight_set=run.config.update.weight_set, val_metric=val_metric(run),
                             eval_steps=[] if keep_last or not self.config.validate else sorted({steps // 2, steps} - {0}),
@@ -234,12 +243,15 @@ class SeedSweep:
 
 @dataclass(frozen=True)
 class ParameterSet:
-    """What one cell trains: a component mask, or heads for output offsets; its size in both units."""
+    """What one cell trains (``kind`` as :func:`cca_tl.update.train_update`'s ``params``) and its size in
+    both units: components (heads for offsets, the rank for LoRA) and parameters."""
 
-    mask: object | None          # ComponentMask
-    heads: dict[int, list[int]] | None
-    n_components: int            # components, or heads
+    mask: object | None          # ComponentMask, for kind "mask"
+    n_components: int
     n_params: int
+    kind: str = "mask"           # "mask", "offsets", "lora" or "all"
+    heads: dict[int, list[int]] | None = None
+    lora_rank: int | None = None
 
 
 def _total_params(model) -> int:

@@ -19,7 +19,7 @@ from typing import Literal
 from cca_tl.errors import CCAError
 
 Objective = Literal["pivot", "answer"]
-Selection = Literal["dcm", "layer-matched", "uniform", "heads"]
+Selection = Literal["dcm", "layer-matched", "uniform", "heads", "all", "lora"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ class VariantSpec:
     components of the stored DCM gains; ``layer-matched``: a seeded random set with the DCM set's count per
     kind and layer; ``uniform``: a seeded random set with its count per kind, uniform over layers;
     ``heads``: LoFiT-style output offsets (:mod:`cca_tl.offsets`) on as many heads as the DCM set's
-    parameter count pays for, the heads with the largest attribution of a per-head output scale."""
+    parameter count pays for, the heads with the largest attribution of a per-head output scale; ``all``:
+    every parameter (the budget does not apply); ``lora``: LoRA factors on every projection at the rank whose
+    parameter count is closest to the DCM set's (:func:`cca_tl.lora.rank_for_budget`)."""
 
     objective: Objective
     selection: Selection
@@ -42,6 +44,11 @@ VARIANTS: dict[str, VariantSpec] = {
     "masked-ft": VariantSpec("answer", "dcm", "reference-answer fine-tuning of the top-k DCM components"),
     "random-ft": VariantSpec("answer", "layer-matched", "reference-answer fine-tuning of a layer-matched random set"),
     "lofit": VariantSpec("pivot", "heads", "the pivot objective on LoFiT-style head output offsets (AdamW)"),
+    # the power experiment's other cells (objective × parameters; names as cca_tl.update.VARIANTS)
+    "all": VariantSpec("pivot", "all", "the pivot objective on every parameter"),
+    "pivot-lora": VariantSpec("pivot", "lora", "the pivot objective on budget-matched LoRA factors"),
+    "full-ft": VariantSpec("answer", "all", "reference-answer fine-tuning of every parameter"),
+    "lora": VariantSpec("answer", "lora", "reference-answer fine-tuning of budget-matched LoRA factors"),
 }
 
 
@@ -198,7 +205,8 @@ class SweepConfig:
                 spec = VARIANTS[variant]
                 if budget not in self.variant_budgets.get(variant, [budget]):
                     continue
-                draws = {"dcm": 1, "heads": 1, "layer-matched": self.draws, "uniform": self.uniform_draws}[spec.selection]
+                draws = self.uniform_draws if spec.selection == "uniform" else \
+                    self.draws if spec.selection == "layer-matched" else 1
                 out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
         return out
 
@@ -225,7 +233,7 @@ class SweepConfig:
 
 #: The order cells run in across seeds (:meth:`SweepConfig.schedule`): the comparison the plain answer needs
 #: first — CCA and one layer-matched draw on every seed — then the other draws, then the other controls.
-PRIORITY = ("cca", "random", "uniform", "lofit", "masked-ft", "random-ft")
+PRIORITY = ("cca", "random", "uniform", "lofit", "masked-ft", "random-ft", "all", "pivot-lora", "full-ft", "lora")
 
 
 def _list_of(value, kind) -> bool:

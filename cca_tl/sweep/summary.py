@@ -17,7 +17,9 @@ from cca_tl._io import atomic_write_text
 from cca_tl.stats import MARGINS, compare_over_seeds
 
 #: (DCM variant, control variant) pairs the summary compares.
-PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "lofit"), ("cca", "base"))
+PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "lofit"), ("cca", "base"),
+         ("cca", "all"), ("cca", "pivot-lora"), ("cca", "masked-ft"), ("pivot-lora", "lora"), ("masked-ft", "lora"),
+         ("lora", "cca"))
 #: Item sets a reading may hold: greedy accuracy (where the reading generated), reference-path accuracy (where
 #: the config asks for it) and held-out pivots (always); a comparison is made where both cells have the set.
 SETS = ("test", "newfacts", "pivot", "test_ref", "newfacts_ref")
