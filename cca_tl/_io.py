@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from cca_tl.errors import CorruptFileError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -26,6 +29,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | Path, repair: str = "restore it from a copy, or delete it to compute it again") -> Any:
+    """``path``'s JSON; a torn or hand-broken file is a :class:`CorruptFileError` naming the file, where the
+    parse failed and ``repair`` (what the user can do), never a parser's bare traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error.msg}, line {error.lineno} column "
+                               f"{error.colno}): {repair}.") from None
+    except UnicodeDecodeError:
+        raise CorruptFileError(f"{path} is not a text file: {repair}.") from None
 
 
 def _umask() -> int:

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from cca_tl._io import read_json
 from cca_tl.errors import CCAError
 
 STAGE_CHOICES = ("problems", "traces", "localize", "dcm", "update", "evaluate", "analysis", "report")
@@ -95,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cca_tl.pipeline import RunConfig, preset, run
 
     if args.config:
-        config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+        config = RunConfig.from_dict(read_json(args.config, "fix the file (a RunConfig as JSON)"))
     else:
         config = preset(args.preset)
     overrides = list(args.set or [])

@@ -40,6 +40,11 @@ class DeviceError(CCAError, ValueError):
     """The requested device or dtype is not available here (no GPU, a dtype the device cannot run)."""
 
 
+class CorruptFileError(CCAError, ValueError):
+    """A file a run wrote (a config, a stage marker, a result) cannot be read back: the message names it and
+    what to do."""
+
+
 class OutOfMemory(CCAError, MemoryError):
     """A stage ran out of (GPU or CPU) memory; the run directory keeps every finished stage."""
 

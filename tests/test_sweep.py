@@ -232,3 +232,17 @@ def test_the_committed_sweep_files_load(name):
 
     config = SweepConfig.load(Path(__file__).resolve().parents[1] / "analyses" / "sweeps" / f"{name}.toml")
     assert config.name == name and len(config.seeds) >= 3
+
+
+def test_a_broken_sweep_file_is_named_with_what_to_do(tmp_path):
+    from cca_tl.errors import CorruptFileError
+
+    sweep = Sweep(SweepConfig(**TINY), tmp_path / "s", progress=False)
+    cells = sweep.seed_dir(0) / "sweep" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "cca_b0.05_d0.json").write_text('{"rows": [')
+    with pytest.raises(CorruptFileError, match=r"cca_b0.05_d0.json is not valid JSON.*delete it"):
+        sweep.rows()
+    (tmp_path / "s" / "sweep.json").write_text("{")
+    with pytest.raises(CorruptFileError, match="sweep.json is not valid JSON"):
+        Sweep.open(tmp_path / "s")

@@ -13,12 +13,15 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from cca_tl._io import atomic_write_text, release_freed_memory
-from cca_tl.errors import CCAError, OutOfMemory, RunConfigMismatch
+from cca_tl._io import atomic_write_text, read_json, release_freed_memory
+from cca_tl.errors import CCAError, CorruptFileError, OutOfMemory, RunConfigMismatch
 from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
 from cca_tl.pipeline.session import ModelSession
 from cca_tl.update import WeightEdit
+
+#: What to do about a config.json that does not parse.
+CONFIG_REPAIR = "restore config.json (the run's settings) from a copy, or start a new run directory"
 
 
 class Run:
@@ -48,7 +51,7 @@ class Run:
         if not existing.exists():
             return
         # Keys added to RunConfig after the run started take their defaults; execution settings may differ.
-        previous = RunConfig.from_dict(json.loads(existing.read_text())).identity()
+        previous = RunConfig.from_dict(read_json(existing, CONFIG_REPAIR)).identity()
         now = self.config.identity()
         if previous != now:
             diff = {k: (previous.get(k), v) for k, v in now.items() if previous.get(k) != v}
@@ -70,17 +73,28 @@ class Run:
         path = Path(directory) / "config.json"
         if not path.exists():
             raise CCAError(f"{directory} is not a cca_tl run directory (no config.json).")
-        return cls(RunConfig.from_dict(json.loads(path.read_text())), directory, **kwargs)
+        return cls(RunConfig.from_dict(read_json(path, CONFIG_REPAIR)), directory, **kwargs)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def marker(self, stage: str) -> Path:
         return self.dir / "stages" / f"{stage}.json"
 
     def done(self, stage: str) -> bool:
-        return self.marker(stage).exists()
+        """Whether ``stage`` finished. A marker that does not parse (a torn or edited file) is set aside as
+        ``<stage>.json.broken`` with a notice, and the stage counts as not done: it runs again."""
+        marker = self.marker(stage)
+        if not marker.exists():
+            return False
+        try:
+            read_json(marker)
+        except CorruptFileError as error:
+            marker.replace(marker.with_name(marker.name + ".broken"))
+            print(f"[cca-tl] {error} Set aside as {marker.name}.broken; the {stage} stage runs again.", flush=True)
+            return False
+        return True
 
     def stage_info(self, stage: str) -> dict:
-        return json.loads(self.marker(stage).read_text()) if self.done(stage) else {}
+        return read_json(self.marker(stage)) if self.done(stage) else {}
 
     def log(self, text: str) -> None:
         if self.progress:
@@ -164,7 +178,7 @@ class Run:
         """Per variant (``base``, ``cca``, ``random``, ``all``) its ``evaluate/<variant>.json``."""
         out = {}
         for path in sorted((self.dir / "evaluate").glob("*.json")):
-            info = json.loads(path.read_text())
+            info = read_json(path, "delete it to evaluate that variant again")
             info["variant"] = info["variant"].removeprefix("control-")  # written before the names were one
             out[info["variant"]] = info
         return out

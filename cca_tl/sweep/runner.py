@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cca_tl._io import atomic_write_text
+from cca_tl._io import atomic_write_text, read_json
 from cca_tl.errors import CCAError
 from cca_tl.sweep.grid import VARIANTS, SweepConfig
 
@@ -33,10 +33,7 @@ class Sweep:
         self.config, self.dir, self.progress = config, Path(directory), progress
         lock = self.dir / "sweep.json"
         if lock.exists():
-            try:
-                previous = SweepConfig.from_dict(json.loads(lock.read_text()))
-            except json.JSONDecodeError as error:
-                raise CCAError(f"{lock} is not valid JSON ({error}); restore it or use a new sweep directory.") from None
+            previous = SweepConfig.from_dict(read_json(lock, "restore it from a copy, or use a new sweep directory"))
             now = config.to_dict()
             diff = {k: (v, now[k]) for k, v in previous.to_dict().items() if now[k] != v and k not in EXTENT}
             if diff:
@@ -48,7 +45,7 @@ class Sweep:
         path = Path(directory) / "sweep.json"
         if not path.exists():
             raise CCAError(f"{directory} is not a sweep directory (no sweep.json).")
-        return cls(SweepConfig.from_dict(json.loads(path.read_text())), directory, **kwargs)
+        return cls(SweepConfig.from_dict(read_json(path, "restore it from a copy")), directory, **kwargs)
 
     def seed_dir(self, seed: int) -> Path:
         return self.dir / "seeds" / f"seed{seed}"
@@ -136,7 +133,7 @@ class Sweep:
         rows = []
         for seed in self.config.seeds:
             for path in sorted((self.seed_dir(seed) / "sweep" / "cells").glob("*.json")):
-                rows += json.loads(path.read_text())["rows"]
+                rows += read_json(path, "delete it (and its _items.csv) to run that cell again")["rows"]
         return pd.DataFrame(rows)
 
     def items(self, seed: int, key: str) -> pd.DataFrame:

@@ -74,3 +74,27 @@ def test_the_bounds_leave_every_preset_valid():
     for name in PRESETS:
         preset(name)
     assert RunConfig(device="cuda:1").device == "cuda:1" and RunConfig(dcm=SECTIONS["dcm"](lam=0.0)).dcm.lam == 0.0
+
+
+def test_broken_json_in_a_run_directory_is_named_or_recomputed(tmp_path, capsys):
+    """A torn config names the file and the fix; a torn stage marker is set aside and its stage runs again."""
+    from cca_tl.cli import main as cli
+    from cca_tl.errors import CorruptFileError
+    from cca_tl.pipeline import Run, preset
+
+    run = Run(preset("tiny"), tmp_path / "r", progress=False)
+    run.execute(stop_after="problems")
+    marker = run.marker("problems")
+    marker.write_text('{"train": 3,\n')
+    again = Run.open(tmp_path / "r", progress=False)
+    assert not again.done("problems") and (marker.parent / "problems.json.broken").exists()
+    assert "the problems stage runs again" in capsys.readouterr().out
+    again.execute(stop_after="problems")
+    assert again.stage_info("problems")["train"] > 0
+    (tmp_path / "r" / "config.json").write_text('{"model": ')
+    with pytest.raises(CorruptFileError, match=r"config.json is not valid JSON .*line 1.*restore config.json"):
+        Run.open(tmp_path / "r")
+    broken = tmp_path / "c.json"
+    broken.write_text("{")
+    assert cli(["run", "--config", str(broken), "--out", str(tmp_path / "x")]) == 2
+    assert "c.json is not valid JSON" in capsys.readouterr().err
