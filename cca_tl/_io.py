@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from cca_tl.errors import CorruptFileError
+from cca_tl.errors import CorruptFileError, LockedError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -42,6 +42,47 @@ def read_json(path: str | Path, repair: str = "restore it from a copy, or delete
                                f"{error.colno}): {repair}.") from None
     except UnicodeDecodeError:
         raise CorruptFileError(f"{path} is not a text file: {repair}.") from None
+
+
+@contextmanager
+def held_lock(path: str | Path, what: str) -> Iterator[None]:
+    """One writer: an OS lock (``flock``) on ``path`` for the block, with its holder — pid, host, command,
+    start — written into the file. A second writer gets a :class:`LockedError` naming the holder at once. A
+    process that dies loses its lock with it (the kernel releases it), so a lock file a dead process left
+    behind is taken over, with a notice naming it."""
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "holder not written yet"
+        handle.close()
+        raise LockedError(f"{what} is being written by another process ({holder}). Wait for it to end, or stop "
+                          f"it, then run again.") from None
+    handle.seek(0)
+    left = handle.read().strip()
+    if left:
+        print(f"[cca-tl] taking over the lock of {what} left by a process that ended ({left})", flush=True)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), command=" ".join(sys.argv)[:300],
+                                 started=time.strftime("%Y-%m-%d %H:%M:%S"))))
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()  # released cleanly: an empty lock file
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _umask() -> int:

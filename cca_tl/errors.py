@@ -45,6 +45,10 @@ class CorruptFileError(CCAError, ValueError):
     what to do."""
 
 
+class LockedError(CCAError, RuntimeError):
+    """Another process is writing the same run directory (or sweep cell); the message names it."""
+
+
 class OutOfMemory(CCAError, MemoryError):
     """A stage ran out of (GPU or CPU) memory; the run directory keeps every finished stage."""
 

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from cca_tl._io import atomic_write_text, read_json, release_freed_memory
+from cca_tl._io import atomic_write_text, held_lock, read_json, release_freed_memory
 from cca_tl.errors import CCAError, CorruptFileError, OutOfMemory, RunConfigMismatch
 from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
@@ -236,8 +236,16 @@ class Run:
 
         if stop_after is not None and stop_after not in stage_names():
             raise ValueError(f"stop_after must be one of {stage_names()}")
+        names = [s.name for s in STAGES]
+        wanted = names[:names.index(stop_after) + 1] if stop_after else names
+        if all(self.done(name) for name in wanted):  # nothing to write: no lock needed (readers run beside a writer)
+            return self._execute(STAGES, stop_after)
+        with held_lock(self.dir / ".lock", f"run directory {self.dir}"):
+            return self._execute(STAGES, stop_after)
+
+    def _execute(self, stages, stop_after: str | None) -> dict[str, Any]:
         ran, skipped = [], []
-        for stage in STAGES:
+        for stage in stages:
             if self.done(stage.name):
                 skipped.append(stage.name)
             else:

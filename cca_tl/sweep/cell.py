@@ -26,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cca_tl._io import atomic_write_bytes, atomic_write_text, release_freed_memory
+from cca_tl._io import atomic_write_bytes, atomic_write_text, held_lock, release_freed_memory
+from cca_tl.errors import LockedError
 from cca_tl.offsets import heads_for_budget, top_heads
 from cca_tl.sweep.budgets import budget_mask, gain_attribution, layer_matched, ranking_scores, uniform_like
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
@@ -116,6 +117,10 @@ class SeedSweep:
         path = self.dir / "cells" / "base.json"
         if path.exists():
             return json.loads(path.read_text())["rows"][0]
+        with held_lock(path.with_suffix(".lock"), f"the base readings of seed {self.seed}"):
+            return self._base(path)
+
+    def _base(self, path: Path) -> dict:
         self.run.session.restore()
         greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", "base")
         forward, more = forward_readings(self.run, self.forward_sets)
@@ -125,12 +130,24 @@ class SeedSweep:
         return row
 
     # -- one cell ---------------------------------------------------------------------------------
-    def cell(self, cell: Cell) -> None:
-        from cca_tl.update import RegionEdit
-
+    def cell(self, cell: Cell) -> bool:
+        """Run one cell unless it is finished or another process holds it (sweeps lock per cell, so several
+        processes can share one sweep directory); True when this call ran it."""
         path = self.dir / "cells" / f"{cell.key}.json"
         if path.exists():
-            return
+            return False
+        try:
+            with held_lock(path.with_suffix(".lock"), f"sweep cell {cell.key} of seed {self.seed}"):
+                if not path.exists():  # finished by the holder we waited behind
+                    self._cell(cell, path)
+                    return True
+        except LockedError as error:
+            self.run.log(f"{error} Skipped here.")
+        return False
+
+    def _cell(self, cell: Cell, path: Path) -> None:
+        from cca_tl.update import RegionEdit
+
         base_row, config = self.base(), self.config
         start = time.perf_counter()
         params, spec = self.parameters(cell), VARIANTS[cell.variant]
