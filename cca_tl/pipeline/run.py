@@ -238,9 +238,12 @@ class Run:
             raise ValueError(f"stop_after must be one of {stage_names()}")
         names = [s.name for s in STAGES]
         wanted = names[:names.index(stop_after) + 1] if stop_after else names
-        if all(self.done(name) for name in wanted):  # nothing to write: no lock needed (readers run beside a writer)
+        broken = self._first_broken(names)
+        if broken is None and all(self.done(name) for name in wanted):  # nothing to write: no lock needed
             return self._execute(STAGES, stop_after)
         with held_lock(self.dir / ".lock", f"run directory {self.dir}"):
+            if broken is not None:
+                self._set_aside_from(names, *broken)
             return self._execute(STAGES, stop_after)
 
     def _execute(self, stages, stop_after: str | None) -> dict[str, Any]:
@@ -249,10 +252,11 @@ class Run:
             if self.done(stage.name):
                 skipped.append(stage.name)
             else:
-                start = time.perf_counter()
+                start, before = time.perf_counter(), self._files()
                 self.log(f"stage {stage.name} ...")
                 info = self._run_stage(stage)
-                info = dict(info, seconds=round(time.perf_counter() - start, 2), device=self.session.describe())
+                info = dict(info, seconds=round(time.perf_counter() - start, 2), device=self.session.describe(),
+                            artifacts=self._artifacts(before))
                 atomic_write_text(self.marker(stage.name), json.dumps(info, indent=1, default=str))
                 self.log(f"stage {stage.name} done in {info['seconds']:.1f} s")
                 ran.append(stage.name)
@@ -260,6 +264,50 @@ class Run:
                 break
         return dict(ran=ran, skipped=skipped, run_dir=str(self.dir), report=str(self.dir / "report.md"),
                     headline=self.headline() if self.done("evaluate") else None)
+
+    # -- artifacts a resume can trust ---------------------------------------------------------------
+    #: Paths under a run directory no stage writes: its bookkeeping, and a sweep's own files.
+    NOT_ARTIFACTS = ("stages", "sweep", "config.json", ".lock")
+
+    def _files(self) -> dict[str, tuple[int, int]]:
+        """Every artifact-like file of the run directory: relative path → (size, mtime in ns)."""
+        out = {}
+        for path in self.dir.rglob("*"):
+            rel = path.relative_to(self.dir)
+            if rel.parts[0] in self.NOT_ARTIFACTS or path.name.startswith(".") or not path.is_file():
+                continue
+            stat = path.stat()
+            out[rel.as_posix()] = (stat.st_size, stat.st_mtime_ns)
+        return out
+
+    def _artifacts(self, before: dict[str, tuple[int, int]]) -> dict[str, dict]:
+        """What a stage wrote (files new or changed since ``before``), with sizes and SHA-256 checksums: the
+        stage marker keeps them, so a resume notices a missing, truncated or altered artifact."""
+        return {rel: dict(size=size, sha256=_sha256(self.dir / rel))
+                for rel, (size, mtime) in sorted(self._files().items()) if before.get(rel) != (size, mtime)}
+
+    def _first_broken(self, names: list[str]) -> tuple[str, str] | None:
+        """The first finished stage whose recorded artifacts are not there as written: (stage, why)."""
+        for name in names:
+            if not self.done(name):
+                continue
+            for rel, expected in self.stage_info(name).get("artifacts", {}).items():  # older markers: none
+                path = self.dir / rel
+                if not path.exists():
+                    return name, f"{rel} is missing"
+                if path.stat().st_size != expected["size"]:
+                    return name, f"{rel} has {path.stat().st_size} bytes, not the {expected['size']} written"
+                if _sha256(path) != expected["sha256"]:
+                    return name, f"{rel} differs from what the stage wrote (checksum)"
+        return None
+
+    def _set_aside_from(self, names: list[str], stage: str, why: str) -> None:
+        """Mark ``stage`` and every stage after it not done (their markers kept as ``.json.stale``)."""
+        later = [n for n in names[names.index(stage):] if self.done(n)]
+        for name in later:
+            marker = self.marker(name)
+            marker.replace(marker.with_name(marker.name + ".stale"))
+        print(f"[cca-tl] {why}: stage{'s' if len(later) > 1 else ''} {', '.join(later)} run again.", flush=True)
 
     def _run_stage(self, stage) -> dict:
         """One stage; running out of memory becomes an :class:`OutOfMemory` that says what to lower (the
@@ -285,3 +333,13 @@ def run(config: RunConfig | None = None, directory: str | Path = "runs/easy", *,
         progress: bool = True, model: HookedTransformer | None = None) -> dict[str, Any]:
     """Run (or resume) the whole pipeline; see :mod:`cca_tl.pipeline`."""
     return Run(config or RunConfig(), directory, progress=progress, model=model).execute(stop_after=stop_after)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
