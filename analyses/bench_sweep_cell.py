@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="a sweep directory (cca-tl sweep --out)")
     parser.add_argument("--out", type=Path, default=HERE / "bench_sweep_cell")
+    parser.add_argument("--note", default="", help="what else ran on the machine while these cells ran")
     args = parser.parse_args(argv)
     from cca_tl.sweep import Sweep, VARIANTS
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     table = (cells.groupby("variant")[["seconds", "train", "per_lr", "selected", "matched"]].mean().round(0)
              .assign(cells=cells.groupby("variant").size(), estimate=pd.Series(estimate).round(0)))
     cells.to_csv(args.out.with_suffix(".csv"), index=False)
-    command = f".venv/bin/python analyses/bench_sweep_cell.py {args.sweep}"
+    command = f".venv/bin/python analyses/bench_sweep_cell.py {args.sweep}" + (" --note '…'" if args.note else "")
     text = "\n".join([
         "# Where a sweep cell's time goes", "",
         f"Command: `{command}`. Sweep `{sweep.config.name}` ({sweep.config.preset} preset, "
@@ -77,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(sweep.config.kl_targets)} KL targets); cells measured where the sweep ran "
         f"({', '.join(sorted(set(setup['device'].dropna())))}). Seconds, mean per variant:", "",
         table.to_markdown(), "",
-        "`train`: every learning rate (each with validation at half and end); `per_lr`: one of them; "
-        "`selected`: greedy test and new-fact questions plus forward metrics of the selected edit; `matched`: "
-        "KL search and forward metrics at each KL target; `estimate`: the dry run's per-unit estimate.", "",
+        "`train`: every learning rate (with validation at half and end when the sweep validates); `per_lr`: one "
+        "of them; `selected`: the readings of the edit as trained or selected (greedy accuracy there only when "
+        "`greedy_at` is null); `matched`: the KL search and the readings at each KL target (greedy accuracy at "
+        f"`greedy_at` = {sweep.config.greedy_at}); `estimate`: the dry run's per-unit estimate.", "",
+        *([f"Note: {args.note}", ""] if args.note else []),
         "## Setup per seed (stage markers)", "", setup.to_markdown(index=False), ""])
     args.out.with_suffix(".md").write_text(text)
     print(text)
