@@ -138,7 +138,7 @@ class SeedSweep:
             return False
         try:
             with held_lock(path.with_suffix(".lock"), f"sweep cell {cell.key} of seed {self.seed}"):
-                if not path.exists():  # finished by the holder we waited behind
+                if not path.exists():  # (a holder that ended between the two checks may have finished it)
                     self._cell(cell, path)
                     return True
         except LockedError as error:
