@@ -151,7 +151,8 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     matched = rows[rows["reading"] == "kl=0.001"].dropna(subset=["edit_scale"])
     assert not matched.empty and ((matched["kl_to_base"] / 0.001).between(1 / 2, 2)).all()
     table = pd.read_csv(out / "comparisons.csv")
-    assert {"cca − random", "cca − base", "masked-ft − random-ft", "cca − lofit"} >= set(table["comparison"]) >= {"cca − random", "cca − lofit"}
+    assert {"cca − random", "cca − base", "masked-ft − random-ft", "cca − lofit", "cca − masked-ft"} \
+        >= set(table["comparison"]) >= {"cca − random", "cca − lofit", "cca − masked-ft"}
     summary = (out / "summary.md").read_text()
     assert "The plain answer" in summary and "budget.png" in summary
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")}
