@@ -136,6 +136,14 @@ class UpdateResult:
                 for n, r in self.regions.items()}
 
 
+def _cache_leaves(computed: list[Tensor]) -> list[Tensor]:
+    """Detached copies of a shared prompt's keys/values for the rows to attend to, taking gradients only
+    where the prompt reached a trainable parameter: elsewhere the backward then stops at the lowest edited
+    layer instead of running down to the embedding (exact: such a leaf's gradient had nowhere to go; on
+    Gemma-3-270M a pivot step at 37 components went from 43 to 30.5 s)."""
+    return [t.detach().requires_grad_(t.requires_grad) for t in computed]
+
+
 def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
                            shared_prefix: bool) -> Iterator[Float[Tensor, "batch"]]:
     """Backpropagate ``-sum(logit diff) / len(data)`` mini-batch by mini-batch (yielding each batch's diffs,
@@ -156,10 +164,7 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
             (-diff.sum() / len(data)).backward()
             yield diff.detach()
         return
-    # A layer whose prompt keys/values reach no trainable parameter needs no gradient there: without it the
-    # backward stops at the lowest edited layer instead of running down to the embedding (exact: such a
-    # leaf's gradient had nowhere to go).
-    leaves = [t.detach().requires_grad_(t.requires_grad) for t in computed]
+    leaves = _cache_leaves(computed)
     for batch in batches_over_prompt(model, data, batch_size, shared, leaves):
         diff = two_logit_diff(model, batch)
         (-diff.sum() / len(data)).backward()
@@ -289,10 +294,7 @@ def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) ->
     runs once, like the pivot loss's); returns it."""
     shared = shared_prompt_length(data)
     computed = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
-    # A layer whose prompt keys/values reach no trainable parameter needs no gradient there: without it the
-    # backward stops at the lowest edited layer instead of running down to the embedding (exact: such a
-    # leaf's gradient had nowhere to go).
-    leaves = [t.detach().requires_grad_(t.requires_grad) for t in computed]
+    leaves = _cache_leaves(computed)
     total = 0.0
     for _, losses in answer_losses_over_prompt(model, data, micro_batch, shared, leaves):
         loss = losses.sum() / data.n_tokens
