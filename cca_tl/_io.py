@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from cca_tl.errors import CorruptFileError, LockedError
+from cca_tl.errors import CCAError, CorruptFileError, DiskWriteError, LockedError
+
+#: errno values that mean the disk will not take a write: full, over quota, read-only, not permitted, too large.
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -25,10 +29,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def refused_writes_explained(directory: str | Path, kept: Callable[[], str]) -> Iterator[None]:
+    """Turn a write the disk refuses inside the block (full, read-only, ...) into a :class:`DiskWriteError`
+    naming the file, what is kept (``kept()``, asked only then) and how to go on, instead of a traceback
+    from wherever the write happened. Other errors pass through unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, CCAError) or error.errno not in WRITE_REFUSED:
+            raise
+        where = error.filename or f"a file in {directory}"
+        raise DiskWriteError(f"Cannot write {where}: {error.strerror}. {kept()} Free space on the disk (or make "
+                             f"{directory} writable) and rerun the same command to resume.") from None
 
 
 def read_json(path: str | Path, repair: str = "restore it from a copy, or delete it to compute it again") -> Any:

@@ -49,6 +49,11 @@ class LockedError(CCAError, RuntimeError):
     """Another process is writing the same run directory (or sweep cell); the message names it."""
 
 
+class DiskWriteError(CCAError, OSError):
+    """The disk refused a write (full, over quota, read-only, not permitted, file too large); what was
+    finished before it is kept, and the same command resumes once the disk takes writes again."""
+
+
 class OutOfMemory(CCAError, MemoryError):
     """A stage ran out of (GPU or CPU) memory; the run directory keeps every finished stage."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +15,7 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from cca_tl._io import atomic_write_text, held_lock, read_json, release_freed_memory
+from cca_tl._io import WRITE_REFUSED, atomic_write_text, held_lock, read_json, refused_writes_explained, release_freed_memory
 from cca_tl.errors import CCAError, CorruptFileError, OutOfMemory, RunConfigMismatch
 from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
@@ -41,9 +43,10 @@ class Run:
         self.session = ModelSession(config.model, device=config.device, dtype=config.dtype,
                                     n_devices=config.n_devices, seed=config.seed, model=model,
                                     base_edit=start_edit, log=self.log)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "config.json").exists():
-            atomic_write_text(self.dir / "config.json", json.dumps(config.to_dict(), indent=1))
+        with refused_writes_explained(self.dir, self.kept):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not (self.dir / "config.json").exists():
+                atomic_write_text(self.dir / "config.json", json.dumps(config.to_dict(), indent=1))
         self.base_metrics: dict[str, Any] = {}  # measurements of the unedited model, made once per process
 
     def _check_config(self) -> None:
@@ -241,10 +244,20 @@ class Run:
         broken = self._first_broken(names)
         if broken is None and all(self.done(name) for name in wanted):  # nothing to write: no lock needed
             return self._execute(STAGES, stop_after)
-        with held_lock(self.dir / ".lock", f"run directory {self.dir}"):
+        lock = held_lock(self.dir / ".lock", f"run directory {self.dir}")
+        with refused_writes_explained(self.dir, self.kept), lock:
+            self._remove_leftovers()
             if broken is not None:
                 self._set_aside_from(names, *broken)
             return self._execute(STAGES, stop_after)
+
+    def kept(self) -> str:
+        """What a failed run leaves: its finished stages (each written whole, so a resume can trust them)."""
+        from cca_tl.pipeline.stages import stage_names
+
+        finished = [name for name in stage_names() if self.marker(name).exists()]
+        return (f"The finished stages ({', '.join(finished)}) are kept." if finished
+                else "No stage had finished, so nothing is lost.")
 
     def _execute(self, stages, stop_after: str | None) -> dict[str, Any]:
         ran, skipped = [], []
@@ -286,6 +299,16 @@ class Run:
         return {rel: dict(size=size, sha256=_sha256(self.dir / rel))
                 for rel, (size, mtime) in sorted(self._files().items()) if before.get(rel) != (size, mtime)}
 
+    #: What an atomic write killed half-way leaves: a staging directory, a replaced directory not yet removed, a
+    #: temporary file (``tempfile``'s 8 random characters). Hidden, never read, safe to delete under the lock.
+    LEFTOVER = re.compile(r"^\..+\.(staging-\w+|old-\d+|\w{8})$")
+
+    def _remove_leftovers(self) -> None:
+        """Delete what killed writes left in the run directory (a sweep's own files are its business)."""
+        for path in sorted(self.dir.rglob(".*"), reverse=True):  # deepest first
+            if self.LEFTOVER.match(path.name) and path.relative_to(self.dir).parts[0] != "sweep":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     def _first_broken(self, names: list[str]) -> tuple[str, str] | None:
         """The first finished stage whose recorded artifacts are not there as written: (stage, why)."""
         for name in names:
@@ -325,6 +348,10 @@ class Run:
                 f"finished stage in {self.dir} is kept; rerun the same command to resume after lowering "
                 f"traces.gen_batch_size (now {cfg.traces.gen_batch_size}), update.batch_size ({cfg.update.batch_size})"
                 f" or dcm.batch_size ({cfg.dcm.batch_size}) with --set, or run on a larger device (--device).") from exc
+        except OSError as error:
+            if error.filename is None and error.errno in WRITE_REFUSED:  # e.g. inside a library's save: name the stage
+                raise OSError(error.errno, error.strerror, f"the {stage.name} stage's artifacts in {self.dir}") from error
+            raise
         finally:
             release_freed_memory()
 
