@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import gc
 import json
-import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,11 +13,15 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from cca_tl._io import WRITE_REFUSED, atomic_write_text, held_lock, read_json, refused_writes_explained, release_freed_memory
-from cca_tl.errors import CCAError, CorruptFileError, OutOfMemory, RunConfigMismatch
+from cca_tl._io import (WRITE_REFUSED, atomic_write_text, held_lock, read_json, refused_writes_explained,
+                        release_freed_memory)
+from cca_tl.errors import CCAError, OutOfMemory, RunConfigMismatch
 from cca_tl.pipeline.artifacts import ProblemSplits
 from cca_tl.pipeline.config import CONTROL_VARIANTS, RunConfig
+from cca_tl.pipeline.markers import StageMarkers
 from cca_tl.pipeline.session import ModelSession
+from cca_tl.pipeline.stage import Stage
+from cca_tl.pipeline.stages import STAGES, stage_names
 from cca_tl.update import WeightEdit
 
 #: What to do about a config.json that does not parse.
@@ -37,6 +39,7 @@ class Run:
         import datasets
 
         self.config, self.dir, self.progress = config, Path(directory), progress
+        self.markers = StageMarkers(self.dir)
         datasets.disable_progress_bars()  # the stages have their own progress output
         self._check_config()
         start_edit = self._start_edit()
@@ -78,26 +81,16 @@ class Run:
             raise CCAError(f"{directory} is not a cca_tl run directory (no config.json).")
         return cls(RunConfig.from_dict(read_json(path, CONFIG_REPAIR)), directory, **kwargs)
 
-    # -- bookkeeping --------------------------------------------------------------------------------
+    # -- bookkeeping (cca_tl.pipeline.markers) -------------------------------------------------------
     def marker(self, stage: str) -> Path:
-        return self.dir / "stages" / f"{stage}.json"
+        return self.markers.path(stage)
 
     def done(self, stage: str) -> bool:
-        """Whether ``stage`` finished. A marker that does not parse (a torn or edited file) is set aside as
-        ``<stage>.json.broken`` with a notice, and the stage counts as not done: it runs again."""
-        marker = self.marker(stage)
-        if not marker.exists():
-            return False
-        try:
-            read_json(marker)
-        except CorruptFileError as error:
-            marker.replace(marker.with_name(marker.name + ".broken"))
-            print(f"[cca-tl] {error} Set aside as {marker.name}.broken; the {stage} stage runs again.", flush=True)
-            return False
-        return True
+        """Whether ``stage`` finished (a broken marker is set aside and the stage runs again)."""
+        return self.markers.done(stage)
 
     def stage_info(self, stage: str) -> dict:
-        return read_json(self.marker(stage)) if self.done(stage) else {}
+        return self.markers.info(stage)
 
     def log(self, text: str) -> None:
         if self.progress:
@@ -235,125 +228,41 @@ class Run:
 
         Returns the summary: stages run and skipped, headline numbers, report path.
         """
-        from cca_tl.pipeline.stages import STAGES, stage_names
-
-        if stop_after is not None and stop_after not in stage_names():
-            raise ValueError(f"stop_after must be one of {stage_names()}")
-        names = [s.name for s in STAGES]
+        names = stage_names()
+        if stop_after is not None and stop_after not in names:
+            raise ValueError(f"stop_after must be one of {names}")
         wanted = names[:names.index(stop_after) + 1] if stop_after else names
-        broken = self._first_broken(names)
+        broken = self.markers.first_broken(names)
         if broken is None and all(self.done(name) for name in wanted):  # nothing to write: no lock needed
-            return self._execute(STAGES, stop_after)
+            return self._execute(stop_after)
         lock = held_lock(self.dir / ".lock", f"run directory {self.dir}")
         with refused_writes_explained(self.dir, self.kept), lock:
-            self._remove_leftovers()
+            self.markers.remove_leftovers()
             if broken is not None:
-                self._set_aside_from(names, *broken)
-            return self._execute(STAGES, stop_after)
+                self.markers.set_aside_from(names, *broken)
+            return self._execute(stop_after)
 
     def kept(self) -> str:
-        """What a failed run leaves: its finished stages (each written whole, so a resume can trust them)."""
-        from cca_tl.pipeline.stages import stage_names
+        """What a failed run leaves: its finished stages."""
+        return self.markers.kept(stage_names())
 
-        finished = [name for name in stage_names() if self.marker(name).exists()]
-        return (f"The finished stages ({', '.join(finished)}) are kept." if finished
-                else "No stage had finished, so nothing is lost.")
-
-    def _execute(self, stages, stop_after: str | None) -> dict[str, Any]:
+    def _execute(self, stop_after: str | None) -> dict[str, Any]:
         ran, skipped = [], []
-        for stage in stages:
+        for stage in STAGES:
             if self.done(stage.name):
                 skipped.append(stage.name)
             else:
-                start, before = time.perf_counter(), self._files()
+                start, before = time.perf_counter(), self.markers.files()
                 self.log(f"stage {stage.name} ...")
-                info = self._run_stage(stage)
-                info = dict(info, seconds=round(time.perf_counter() - start, 2), device=self.session.describe(),
-                            artifacts=self._artifacts(before))
-                atomic_write_text(self.marker(stage.name), json.dumps(info, indent=1, default=str))
+                info = run_stage(self, stage)
+                info = self.markers.write(stage.name, dict(info, seconds=round(time.perf_counter() - start, 2),
+                                                           device=self.session.describe()), before)
                 self.log(f"stage {stage.name} done in {info['seconds']:.1f} s")
                 ran.append(stage.name)
             if stage.name == stop_after:
                 break
         return dict(ran=ran, skipped=skipped, run_dir=str(self.dir), report=str(self.dir / "report.md"),
                     headline=self.headline() if self.done("evaluate") else None)
-
-    # -- artifacts a resume can trust ---------------------------------------------------------------
-    #: Paths under a run directory no stage writes: its bookkeeping, and a sweep's own files.
-    NOT_ARTIFACTS = ("stages", "sweep", "config.json", ".lock")
-
-    def _files(self) -> dict[str, tuple[int, int]]:
-        """Every artifact-like file of the run directory: relative path → (size, mtime in ns)."""
-        out = {}
-        for path in self.dir.rglob("*"):
-            rel = path.relative_to(self.dir)
-            if rel.parts[0] in self.NOT_ARTIFACTS or path.name.startswith(".") or not path.is_file():
-                continue
-            stat = path.stat()
-            out[rel.as_posix()] = (stat.st_size, stat.st_mtime_ns)
-        return out
-
-    def _artifacts(self, before: dict[str, tuple[int, int]]) -> dict[str, dict]:
-        """What a stage wrote (files new or changed since ``before``), with sizes and SHA-256 checksums: the
-        stage marker keeps them, so a resume notices a missing, truncated or altered artifact."""
-        return {rel: dict(size=size, sha256=_sha256(self.dir / rel))
-                for rel, (size, mtime) in sorted(self._files().items()) if before.get(rel) != (size, mtime)}
-
-    #: What an atomic write killed half-way leaves: a staging directory, a replaced directory not yet removed, a
-    #: temporary file (``tempfile``'s 8 random characters). Hidden, never read, safe to delete under the lock.
-    LEFTOVER = re.compile(r"^\..+\.(staging-\w+|old-\d+|\w{8})$")
-
-    def _remove_leftovers(self) -> None:
-        """Delete what killed writes left in the run directory (a sweep's own files are its business)."""
-        for path in sorted(self.dir.rglob(".*"), reverse=True):  # deepest first
-            if self.LEFTOVER.match(path.name) and path.relative_to(self.dir).parts[0] != "sweep":
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    def _first_broken(self, names: list[str]) -> tuple[str, str] | None:
-        """The first finished stage whose recorded artifacts are not there as written: (stage, why)."""
-        for name in names:
-            if not self.done(name):
-                continue
-            for rel, expected in self.stage_info(name).get("artifacts", {}).items():  # older markers: none
-                path = self.dir / rel
-                if not path.exists():
-                    return name, f"{rel} is missing"
-                if path.stat().st_size != expected["size"]:
-                    return name, f"{rel} has {path.stat().st_size} bytes, not the {expected['size']} written"
-                if _sha256(path) != expected["sha256"]:
-                    return name, f"{rel} differs from what the stage wrote (checksum)"
-        return None
-
-    def _set_aside_from(self, names: list[str], stage: str, why: str) -> None:
-        """Mark ``stage`` and every stage after it not done (their markers kept as ``.json.stale``)."""
-        later = [n for n in names[names.index(stage):] if self.done(n)]
-        for name in later:
-            marker = self.marker(name)
-            marker.replace(marker.with_name(marker.name + ".stale"))
-        print(f"[cca-tl] {why}: stage{'s' if len(later) > 1 else ''} {', '.join(later)} run again.", flush=True)
-
-    def _run_stage(self, stage) -> dict:
-        """One stage; running out of memory becomes an :class:`OutOfMemory` that says what to lower (the
-        stage's artifacts are written atomically, so nothing half-written is left behind)."""
-        try:
-            return stage.run(self) or {}
-        except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-            self.session.close()
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            cfg = self.config
-            raise OutOfMemory(
-                f"Stage {stage.name} ran out of memory on {self.session.device} ({type(exc).__name__}). Every "
-                f"finished stage in {self.dir} is kept; rerun the same command to resume after lowering "
-                f"traces.gen_batch_size (now {cfg.traces.gen_batch_size}), update.batch_size ({cfg.update.batch_size})"
-                f" or dcm.batch_size ({cfg.dcm.batch_size}) with --set, or run on a larger device (--device).") from exc
-        except OSError as error:
-            if error.filename is None and error.errno in WRITE_REFUSED:  # e.g. inside a library's save: name the stage
-                raise OSError(error.errno, error.strerror, f"the {stage.name} stage's artifacts in {self.dir}") from error
-            raise
-        finally:
-            release_freed_memory()
 
 
 def run(config: RunConfig | None = None, directory: str | Path = "runs/easy", *, stop_after: str | None = None,
@@ -362,11 +271,25 @@ def run(config: RunConfig | None = None, directory: str | Path = "runs/easy", *,
     return Run(config or RunConfig(), directory, progress=progress, model=model).execute(stop_after=stop_after)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def run_stage(run: Run, stage: Stage) -> dict:
+    """One stage; running out of memory becomes an :class:`OutOfMemory` that says what to lower (the
+    stage's artifacts are written atomically, so nothing half-written is left behind)."""
+    try:
+        return stage.run(run) or {}
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        run.session.close()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cfg = run.config
+        raise OutOfMemory(
+            f"Stage {stage.name} ran out of memory on {run.session.device} ({type(exc).__name__}). Every "
+            f"finished stage in {run.dir} is kept; rerun the same command to resume after lowering "
+            f"traces.gen_batch_size (now {cfg.traces.gen_batch_size}), update.batch_size ({cfg.update.batch_size})"
+            f" or dcm.batch_size ({cfg.dcm.batch_size}) with --set, or run on a larger device (--device).") from exc
+    except OSError as error:
+        if error.filename is None and error.errno in WRITE_REFUSED:  # e.g. inside a library's save: name the stage
+            raise OSError(error.errno, error.strerror, f"the {stage.name} stage's artifacts in {run.dir}") from error
+        raise
+    finally:
+        release_freed_memory()

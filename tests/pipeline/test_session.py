@@ -188,10 +188,12 @@ def test_running_out_of_memory_is_a_clear_error_that_keeps_finished_stages(tmp_p
     def boom(run):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    import cca_tl.pipeline.stages as stages
+    import importlib
 
-    patched = tuple(dataclasses.replace(s, run=boom) if s.name == "dcm" else s for s in stages.STAGES)
-    monkeypatch.setattr(stages, "STAGES", patched)
+    run_module = importlib.import_module("cca_tl.pipeline.run")  # the package's `run` attribute is the function
+
+    patched = tuple(dataclasses.replace(s, run=boom) if s.name == "dcm" else s for s in run_module.STAGES)
+    monkeypatch.setattr(run_module, "STAGES", patched)
     before = sorted(p.name for p in (out / "stages").iterdir())
     with pytest.raises(OutOfMemory, match="gen_batch_size"):
         Run(config, out, progress=False).execute()

@@ -4,7 +4,7 @@ attention view of the top DCM heads, all on the unedited model."""
 from __future__ import annotations
 
 from cca_tl._io import atomic_directory, atomic_write_text
-from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stage import Stage
 
 
 # Records per last-token pass. These passes read every weight once per mini-batch for one token per row, so

@@ -8,7 +8,7 @@ import shutil
 import pandas as pd
 
 from cca_tl._io import atomic_directory, atomic_write_text, release_freed_memory
-from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stage import Stage
 from cca_tl.pipeline.stages.update import update_summary, update_variant
 
 

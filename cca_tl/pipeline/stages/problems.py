@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cca_tl.errors import CCAError
 from cca_tl.pipeline.artifacts import ProblemSplits
-from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stage import Stage
 
 
 def cap_per_template(items: list, cap: int | None) -> list:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from cca_tl._io import atomic_write_text
-from cca_tl.pipeline.stages import Stage, stage_names
+from cca_tl.pipeline.stage import Stage
+from cca_tl.pipeline.stages import stage_names
 
 
 def verdict(run, table: pd.DataFrame) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cca_tl._io import atomic_directory
-from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stage import Stage
 
 
 def run(run) -> dict:

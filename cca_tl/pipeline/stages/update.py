@@ -10,7 +10,7 @@ from transformer_lens import HookedTransformer
 
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.update import WeightEdit
-from cca_tl.pipeline.stages import Stage
+from cca_tl.pipeline.stage import Stage
 
 
 def update_variant(run, variant: str):
