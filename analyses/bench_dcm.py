@@ -29,7 +29,7 @@ import torch
 from cca_tl import ComponentMask, load_model
 from cca_tl.contrast import Batch, ContrastSet, PrefixKV, full_logit_diff, two_logit_diff
 from cca_tl.dcm import DCMMask
-from cca_tl.update import element_masks
+from cca_tl.entries import element_masks
 
 HERE = Path(__file__).resolve().parent
 

@@ -40,7 +40,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype, layers: int | Non
     import transformers
 
     from cca_tl.families import load_hf_config
-    from cca_tl.models import hooked_from_hf
+    from cca_tl.convert import hooked_from_hf
 
     overrides = dict(**({"num_hidden_layers": layers} if layers else {}), **({"vocab_size": vocab} if vocab else {}))
     hf_config = load_hf_config(PUBLISHED[name], **overrides)
@@ -75,7 +75,7 @@ def timed(fn, device: torch.device, reps: int = 3) -> tuple[float, float]:
 
 
 def bench(name: str, args) -> list[dict]:
-    from cca_tl.components import ComponentMask
+    from cca_tl.component_mask import ComponentMask
     from cca_tl.contrast import ContrastSet, PrefixKV, two_logit_diff
     from cca_tl.dcm import DCMMask
     from cca_tl.generation import generate

@@ -34,7 +34,7 @@ import pandas as pd
 from cca_tl._io import atomic_write_text
 from cca_tl.dcm import DCMResult
 from cca_tl.pipeline import EmptyMaskError, Run, preset
-from cca_tl.update import WeightEdit
+from cca_tl.edits import WeightEdit
 
 OUT = Path(__file__).resolve().parent / "results" / "controls"
 PRESET = "easy"

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cca_tl import Component, ComponentRegistry, export_hf, load_model
-from cca_tl.models import TINY_ARCHITECTURES, tiny_hf_model
+from cca_tl.testing import TINY_ARCHITECTURES, tiny_hf_model
 
 HERE = Path(__file__).resolve().parent
 IDS = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(11))

@@ -20,16 +20,16 @@ from random import Random
 
 import pandas as pd
 
-from cca_tl.tasks import SLOW_TEMPLATES, _constrained_options, _draw_constrained, _gsm_templates, _sample_by_rejection
+from cca_tl.tasks import SLOW_TEMPLATES, constrained_options, draw_constrained, gsm_templates, sample_by_rejection
 
 
 def measure(template_id: str, n: int, package: bool) -> dict:
-    template = _gsm_templates()[template_id]
-    options = _constrained_options(template)
+    template = gsm_templates()[template_id]
+    options = constrained_options(template)
     rng = Random(0)
-    draws = sum(_draw_constrained(template, options, rng)[1] for _ in range(n))
+    draws = sum(draw_constrained(template, options, rng)[1] for _ in range(n))
     start = time.perf_counter()
-    _sample_by_rejection(template, n, seed=0)
+    sample_by_rejection(template, n, seed=0)
     row = dict(template=template_id, combinations=math.prod(len(o) for o in options),
                draws_per_instance=round(draws / n, 1), rejection_seconds=round(time.perf_counter() - start, 2))
     if package:

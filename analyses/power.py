@@ -359,7 +359,8 @@ def fact_overlap(runs: Path, seeds: list[int]) -> pd.DataFrame:
 
 def mask_profile(runs: Path, seeds: list[int]) -> pd.DataFrame:
     """Per seed: how large the DCM mask is and where its neurons sit."""
-    from cca_tl.components import ComponentMask, Kind
+    from cca_tl.components import Kind
+    from cca_tl.component_mask import ComponentMask
 
     rows = []
     for seed in seeds:

@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 import torch
 
-from cca_tl.components import ComponentMask, Kind
+from cca_tl.components import Kind
+from cca_tl.component_mask import ComponentMask
 from cca_tl.sparse import (CODE_TASKS, TrainedModel, bridge_intervention, circuit_edges, code_contrast_set,
                            faithfulness, text_means, plot_circuit, prune_nodes, python_tokenizer, stdlib_tokens,
                            token_windows, train_bridges)

@@ -17,22 +17,15 @@ fine-tuning and on LoRA factors, for comparisons at a matched budget):
 >>> cca_tl.export_hf(model, "edited-gemma")            # verified HF directory
 """
 
-from cca_tl.components import (
-    ALL_KINDS,
-    DEFAULT_KINDS,
-    Component,
-    ComponentMask,
-    ComponentRegistry,
-    Kind,
-    ModelIdentity,
-    ParamSlice,
-    component_table,
-)
+from cca_tl.components import ALL_KINDS, DEFAULT_KINDS, Component, ComponentRegistry, Kind, ModelIdentity, ParamSlice
+from cca_tl.component_mask import ComponentMask, component_table
 from cca_tl.contrast import ContrastSet, two_logit_diff
 from cca_tl.dcm import DCMMask, DCMResult, lambda_sweep, train_dcm
 from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError, NonFiniteLossError
 from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
-from cca_tl.models import DEFAULT_MODEL, known_models, load_model, provenance, tiny_model
+from cca_tl.models import DEFAULT_MODEL, known_models, load_model
+from cca_tl.provenance import provenance
+from cca_tl.testing import tiny_model
 from cca_tl.answers import AnswerSet
 from cca_tl.update import VARIANTS, UpdateResult, targeted_update, train_update
 

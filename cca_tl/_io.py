@@ -164,3 +164,11 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # musl or another libc: nothing to trim
         pass
+
+
+def cache_dir() -> Path:
+    """Where assembled GGUF files and converted tokenizers are cached (``$CCA_TL_CACHE`` overrides)."""
+    root = os.environ.get("CCA_TL_CACHE") or Path.home() / ".cache" / "cca_tl"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

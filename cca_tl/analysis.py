@@ -29,7 +29,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import ComponentMask, ComponentRegistry, Kind, registry_of
+from cca_tl.components import ComponentRegistry, Kind, registry_of
+from cca_tl.component_mask import ComponentMask
 from cca_tl import interventions
 from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
 from cca_tl.interventions import Baseline, Positions, Replace, task_means

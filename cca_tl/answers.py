@@ -27,7 +27,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from cca_tl.contrast import cache_over_prompt, pad_token_id, prompt_keys_values
-from cca_tl.generation import common_prefix_length, grouped_attention_without_copies, unembed
+from cca_tl.generation import common_prefix_length
+from cca_tl.fast_paths import grouped_attention_without_copies, unembed
 from cca_tl.tasks import Problem
 
 

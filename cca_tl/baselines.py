@@ -124,7 +124,7 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
     """
     from tqdm.auto import tqdm
 
-    from cca_tl.models import hooked_from_hf
+    from cca_tl.convert import hooked_from_hf
     from cca_tl.traces import hf_twin
 
     if not examples:

@@ -21,7 +21,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
     from cca_tl.components import ComponentRegistry
     from cca_tl.models import load_model
 
-    from cca_tl.families import config_registry, paper_shares
+    from cca_tl.components import config_registry, paper_shares
 
     start = time.perf_counter()
     if args.config:  # numbers only: no weights are read
@@ -203,7 +203,7 @@ def _cmd_lm_eval(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     """Component counts of the DCM masks of several runs (or mask files), with mean ± std."""
     from cca_tl.analysis import count_summary, count_table
-    from cca_tl.components import ComponentMask
+    from cca_tl.component_mask import ComponentMask
 
     masks = {}
     for item in args.runs:

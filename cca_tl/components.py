@@ -25,19 +25,18 @@ biases for Gemma, Llama ...; editing those could not be exported).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
-from pathlib import Path
-from typing import Iterable, Iterator, Literal, Mapping, Union
+from typing import Any, Iterable, Iterator, Literal
 
 import pandas as pd
 import torch
-from jaxtyping import Bool
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cca_tl.errors import MaskMismatchError
+from cca_tl.families import FAMILIES, hf_slices, load_hf_config, tl_config_dict
+from cca_tl.provenance import ModelProvenance
 
 WeightSet = Literal["authors", "extended"]
 #: How finely a mask selects: whole components (a head, a kv head, a neuron) or single channels (one
@@ -110,7 +109,6 @@ KIND_SPECS: dict[Kind, KindSpec] = {
 
 def hf_biases(model: HookedTransformer) -> frozenset[str]:
     """The bias families (``qkv``, ``o``, ``mlp``) that really exist in the model (from the family table)."""
-    from cca_tl.families import FAMILIES
 
     arch = model.cfg.original_architecture
     if arch not in FAMILIES:  # a pure TL model, or one loaded elsewhere: every TL bias takes part
@@ -292,12 +290,11 @@ class ComponentRegistry:
         """Components per layer and kind (the model's full component table)."""
         kinds = [Kind(k) for k in kinds if self.n_units(k) > 0]
         data = {k.value: [self.n_units(k)] * self.n_layers for k in kinds}
-        return _with_total(pd.DataFrame(data, index=pd.RangeIndex(self.n_layers, name="layer")))
+        return with_total_row(pd.DataFrame(data, index=pd.RangeIndex(self.n_layers, name="layer")))
 
     def summary(self, weight_set: WeightSet = "authors") -> pd.DataFrame:
         """Per kind: hook, units per layer, total components, parameters per unit and in all, the TL
         parameter slices of one unit and where they sit in the HF checkpoint."""
-        from cca_tl.families import hf_slices
 
         rows = []
         for kind in self.kinds():
@@ -368,295 +365,49 @@ def _resolve_param(template: str, params: dict[str, Tensor]) -> str | None:
     return None
 
 
-def _with_total(df: pd.DataFrame) -> pd.DataFrame:
+def with_total_row(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``total`` row summing its numeric columns (the layer tables' last row)."""
     total = df.sum(numeric_only=True).to_frame("total").T
     out = pd.concat([df, total])
     out.index.name = "layer"
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# The component mask
-# ----------------------------------------------------------------------------------------------------
+def config_registry(name_or_config: Any) -> ComponentRegistry:
+    """The component registry of a model from its HF config alone: no weights are read or allocated
+    (the HookedTransformer is built on torch's meta device), so Gemma-2-9B's table costs milliseconds.
+    ``name_or_config``: a shipped config name, a ``config.json`` / model directory, or an HF config."""
+    hf_config = name_or_config if hasattr(name_or_config, "to_dict") else load_hf_config(name_or_config)
+    name = str(name_or_config) if not hasattr(name_or_config, "to_dict") else hf_config.architectures[0]
+    cfg = HookedTransformerConfig(**dict(tl_config_dict(hf_config), model_name=name, device="meta",
+                                         init_weights=False))
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, move_to_device=False)
+    model.cca_provenance = ModelProvenance(name=name, source="config", hf_architecture=cfg.original_architecture,
+                                           hf_config=hf_config)
+    return ComponentRegistry(model)
 
 
-@dataclass
-class ComponentMask:
-    """A boolean selection of components of one model: per kind a ``[n_layers, *entry shape]`` tensor —
-    ``[n_layers, units]`` at component granularity (CCA), ``[n_layers, units, d_head]`` for head kinds at
-    channel granularity (node pruning; see :meth:`ComponentRegistry.entry_shape`).
-
-    Only the kinds present in ``masks`` take part (a default CCA mask has q, k, v and neuron; head
-    outputs ``z`` are opt-in). ``identity`` records which model it belongs to.
-    """
-
-    identity: ModelIdentity
-    masks: dict[Kind, Bool[Tensor, "layer unit"]] = field(default_factory=dict)
-
-    # -- construction -------------------------------------------------------------------------------
-    @classmethod
-    def empty(cls, model_or_registry: HookedTransformer | ComponentRegistry,
-              kinds: Iterable[Kind | str] = DEFAULT_KINDS, granularity: Granularity = "component") -> "ComponentMask":
-        reg = registry_of(model_or_registry)
-        return cls(reg.identity, {
-            Kind(k): torch.zeros(reg.n_layers, *reg.entry_shape(k, granularity), dtype=torch.bool)
-            for k in kinds if reg.n_units(k) > 0
-        })
-
-    @classmethod
-    def full(cls, model_or_registry: HookedTransformer | ComponentRegistry,
-             kinds: Iterable[Kind | str] = DEFAULT_KINDS, granularity: Granularity = "component") -> "ComponentMask":
-        mask = cls.empty(model_or_registry, kinds, granularity)
-        for kind in mask.masks:
-            mask.masks[kind].fill_(True)
-        return mask
-
-    @classmethod
-    def from_components(cls, model_or_registry: HookedTransformer | ComponentRegistry,
-                        components: Iterable[Component], kinds: Iterable[Kind | str] = DEFAULT_KINDS) -> "ComponentMask":
-        reg = registry_of(model_or_registry)
-        components = list(components)
-        mask = cls.empty(reg, {*map(Kind, kinds), *(c.kind for c in components)})
-        for c in components:
-            reg._check_component(c)
-            mask.masks[c.kind][c.layer, c.index] = True
-        return mask
-
-    @classmethod
-    def top_k(cls, model_or_registry: HookedTransformer | ComponentRegistry, scores: Mapping[Kind | str, Tensor],
-              k: int) -> "ComponentMask":
-        """The ``k`` entries with the highest score across kinds (DCM gains, pruning scores; ties broken by
-        position); each score tensor has the shape of the mask entry it ranks."""
-        reg = registry_of(model_or_registry)
-        return cls(reg.identity, {Kind(kind): m for kind, m in top_k_select(scores, k).items()})
-
-    # -- queries ------------------------------------------------------------------------------------
-    @property
-    def kinds(self) -> tuple[Kind, ...]:
-        return tuple(k for k in ALL_KINDS if k in self.masks)
-
-    @property
-    def granularity(self) -> Granularity:
-        """``"channel"`` when a head kind's entries are per ``d_head`` channel, else ``"component"``."""
-        return "channel" if any(m.ndim == 3 for m in self.masks.values()) else "component"
-
-    def count(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
-
-    def size(self) -> int:
-        """Number of mask entries (all components of the kinds this mask covers)."""
-        return int(sum(m.numel() for m in self.masks.values()))
-
-    def __len__(self) -> int:
-        return self.count()
-
-    def counts_by_kind(self) -> dict[str, int]:
-        return {k.value: int(self.masks[k].sum()) for k in self.kinds}
-
-    def counts_by_layer(self) -> pd.DataFrame:
-        """Selected components per layer (rows) and kind (columns), with a total row."""
-        data = {k.value: self.masks[k].flatten(1).sum(dim=1).tolist() for k in self.kinds}
-        return _with_total(pd.DataFrame(data, index=pd.RangeIndex(self.identity.n_layers, name="layer")))
-
-    def fraction_components(self) -> float:
-        """Selected entries / all entries (the paper's "% components updated", as a fraction)."""
-        return self.count() / max(self.size(), 1)
-
-    def n_params(self, model_or_registry: HookedTransformer | ComponentRegistry,
-                 weight_set: WeightSet = "authors") -> int:
-        reg = registry_of(model_or_registry)
-        self.validate(reg)
-        return sum(int(self.masks[k].sum()) * self._params_per_entry(reg, k, weight_set) for k in self.kinds)
-
-    def _params_per_entry(self, reg: ComponentRegistry, kind: Kind, weight_set: WeightSet) -> int:
-        """A channel of a head owns ``1/d_head`` of the head's slices (one column of ``W_Q[h]``, ...)."""
-        per_unit = reg.params_per_unit(kind, weight_set)
-        return per_unit // reg.identity.d_head if self.masks[kind].ndim == 3 else per_unit
-
-    def fraction_params(self, model_or_registry: HookedTransformer | ComponentRegistry,
-                        weight_set: WeightSet = "authors") -> float:
-        """Parameters the selected components own / all parameters of the model."""
-        reg = registry_of(model_or_registry)
-        return self.n_params(reg, weight_set) / reg.total_model_params
-
-    def components(self) -> list[Component]:
-        """The selected components (component granularity only)."""
-        if self.granularity != "component":
-            raise ValueError("components() lists whole components; this mask selects channels (read .masks).")
-        out = []
-        for kind in self.kinds:
-            for layer, index in self.masks[kind].nonzero().tolist():
-                out.append(Component(kind, layer, index))
-        return out
-
-    def __contains__(self, component: Component) -> bool:
-        m = self.masks.get(component.kind)
-        return bool(m is not None and m[component.layer, component.index])
-
-    def summary(self, model_or_registry: HookedTransformer | ComponentRegistry | None = None,
-                weight_set: WeightSet = "authors") -> pd.DataFrame:
-        """Per kind: selected, of how many, %; with parameter counts when a model is given."""
-        rows = []
-        for kind in self.kinds:
-            sel, tot = int(self.masks[kind].sum()), self.masks[kind].numel()
-            row = dict(kind=kind.value, selected=sel, of=tot, pct=100.0 * sel / max(tot, 1))
-            if model_or_registry is not None:
-                row["params"] = sel * self._params_per_entry(registry_of(model_or_registry), kind, weight_set)
-            rows.append(row)
-        df = pd.DataFrame(rows).set_index("kind")
-        total = dict(selected=self.count(), of=self.size(), pct=100.0 * self.fraction_components())
-        if model_or_registry is not None:
-            total["params"] = int(df["params"].sum())
-        df.loc["all"] = pd.Series(total)
-        return df
-
-    # -- validation ---------------------------------------------------------------------------------
-    def validate(self, model_or_registry: HookedTransformer | ComponentRegistry, *, strict_name: bool = True) -> None:
-        """Raise :class:`MaskMismatchError` unless this mask fits the model exactly."""
-        reg = registry_of(model_or_registry)
-        self.identity.check_compatible(reg.identity, strict_name=strict_name)
-        for kind, m in self.masks.items():
-            expected = (reg.n_layers, *reg.entry_shape(kind, "channel" if m.ndim == 3 else "component"))
-            if tuple(m.shape) != expected or m.dtype != torch.bool:
-                raise MaskMismatchError(
-                    f"Mask entry {kind.value!r} has shape {tuple(m.shape)} ({m.dtype}); the model needs a "
-                    f"boolean {expected}."
-                )
-
-    # -- set operations -----------------------------------------------------------------------------
-    def _combine(self, other: "ComponentMask", op) -> "ComponentMask":
-        if not isinstance(other, ComponentMask):
-            return NotImplemented
-        other.identity.check_compatible(self.identity, what="other mask")
-        kinds = [k for k in ALL_KINDS if k in self.masks or k in other.masks]
-        out = {}
-        for k in kinds:
-            a = self.masks.get(k)
-            b = other.masks.get(k)
-            a = torch.zeros_like(b) if a is None else a
-            b = torch.zeros_like(a) if b is None else b
-            out[k] = op(a, b)
-        return ComponentMask(self.identity, out)
-
-    def __or__(self, other: "ComponentMask") -> "ComponentMask":
-        return self._combine(other, torch.logical_or)
-
-    def __and__(self, other: "ComponentMask") -> "ComponentMask":
-        return self._combine(other, torch.logical_and)
-
-    def __sub__(self, other: "ComponentMask") -> "ComponentMask":
-        return self._combine(other, lambda a, b: a & ~b)
-
-    def __xor__(self, other: "ComponentMask") -> "ComponentMask":
-        return self._combine(other, torch.logical_xor)
-
-    def __invert__(self) -> "ComponentMask":
-        return ComponentMask(self.identity, {k: ~m for k, m in self.masks.items()})
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ComponentMask):
-            return NotImplemented
-        return (self.identity == other.identity and self.kinds == other.kinds
-                and all(torch.equal(self.masks[k], other.masks[k]) for k in self.kinds))
-
-    def random_like(self, seed: int = 0) -> "ComponentMask":
-        """A seeded random mask with the same number of selected units per kind *and* layer (the control
-        the paper lacks)."""
-        generator = torch.Generator().manual_seed(seed)
-        out = {}
-        for kind in self.kinds:
-            m = torch.zeros_like(self.masks[kind]).flatten(1)
-            for layer, n in enumerate(self.masks[kind].flatten(1).sum(dim=1).tolist()):
-                m[layer, torch.randperm(m.shape[1], generator=generator)[:n]] = True
-            out[kind] = m.reshape(self.masks[kind].shape)
-        return ComponentMask(self.identity, out)
-
-    def jaccard(self, other: "ComponentMask") -> float:
-        """|A ∩ B| / |A ∪ B| (1.0 for two empty masks): how much two masks overlap."""
-        union = (self | other).count()
-        return 1.0 if union == 0 else (self & other).count() / union
-
-    # -- persistence --------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write to ``.safetensors`` (dense, fast) or ``.json`` (sparse list, human-readable), atomically."""
-        from cca_tl._io import atomic_write_bytes
-
-        path = Path(path)
-        meta = {"format": "cca_tl.ComponentMask/1", "identity": asdict(self.identity),
-                "kinds": [k.value for k in self.kinds], "granularity": self.granularity}
-        if path.suffix == ".json":
-            doc = dict(meta, selected={k.value: self.masks[k].nonzero().tolist() for k in self.kinds})
-            atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import save
-
-            blob = save({k.value: self.masks[k].contiguous() for k in self.kinds},
-                        metadata={"cca_tl": json.dumps(meta)})
-            atomic_write_bytes(path, blob)
-        else:
-            raise ValueError(f"Save a mask as .json or .safetensors, not {path.suffix!r}")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ComponentMask":
-        path = Path(path)
-        if path.suffix == ".json":
-            doc = json.loads(path.read_text())
-            _check_format(doc, path)
-            identity = ModelIdentity(**doc["identity"])
-            shapes = _entry_shapes(identity, doc.get("granularity", "component"))
-            masks = {}
-            for k in doc["kinds"]:
-                kind = Kind(k)
-                m = torch.zeros(identity.n_layers, *shapes[kind], dtype=torch.bool)
-                for index in doc["selected"][k]:
-                    m[tuple(index)] = True
-                masks[kind] = m
-            return cls(identity, masks)
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {}).get("cca_tl", "{}"))
-                _check_format(meta, path)
-                masks = {Kind(k): handle.get_tensor(k) for k in meta["kinds"]}
-            return cls(ModelIdentity(**meta["identity"]), masks)
-        raise ValueError(f"Load a mask from .json or .safetensors, not {path.suffix!r}")
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{k}={v}" for k, v in self.counts_by_kind().items())
-        unit = "" if self.granularity == "component" else " channels"
-        return (f"ComponentMask({self.identity.name!r}: {self.count()}/{self.size()}{unit} selected "
-                f"[{counts}])")
+#: The paper's "% of components updated" (CCA with mask, Branching; docs/method.md §A5), per model.
+PAPER_SHARES: dict[str, float] = {"Gemma-2-2B-It": 1.59, "OLMo-2-1124-13B-Instruct": 0.44,
+                                  "OLMo-2-1124-7B-Instruct": 0.25, "Gemma-2-9B-It": 0.17}
 
 
-def _check_format(doc: dict, path: Path) -> None:
-    if doc.get("format") != "cca_tl.ComponentMask/1":
-        raise MaskMismatchError(f"{path} is not a cca_tl component mask (format {doc.get('format')!r}).")
-
-
-def _entry_shapes(identity: ModelIdentity, granularity: Granularity) -> dict[Kind, tuple[int, ...]]:
-    channel = (identity.d_head,) if granularity == "channel" else ()
-    return {Kind.Q: (identity.n_heads, *channel), Kind.K: (identity.n_kv_heads, *channel),
-            Kind.V: (identity.n_kv_heads, *channel), Kind.Z: (identity.n_heads, *channel),
-            Kind.NEURON: (identity.d_mlp,)}
-
-
-def top_k_select(scores: Mapping[object, Tensor], k: int) -> dict:
-    """Boolean masks (same keys and shapes as ``scores``) marking the ``k`` highest scores over all of them;
-    ties broken by position."""
-    keys = list(scores)
-    flat = torch.cat([scores[key].detach().flatten().float().cpu() for key in keys])
-    if not 0 <= k <= flat.numel():
-        raise ValueError(f"k={k} outside [0, {flat.numel()}]")
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool)
-    chosen[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    out, start = {}, 0
-    for key in keys:
-        n = scores[key].numel()
-        out[key] = chosen[start:start + n].reshape(scores[key].shape)
-        start += n
-    return out
+def paper_shares(registry: ComponentRegistry) -> pd.DataFrame:
+    """What each published share of components means in ``registry``'s model: how many components, split
+    between heads (q, k, v) and neurons in the model's own proportions (the paper does not publish the
+    split), and the parameters they own (authors' weight set)."""
+    total = registry.n_components(DEFAULT_KINDS)
+    heads = registry.n_components(("q", "k", "v"))
+    neurons = registry.n_components(("neuron",))
+    mean_params = sum(registry.params_per_unit(k) * registry.n_units(k) * registry.n_layers
+                      for k in DEFAULT_KINDS) / total
+    rows = [dict(published_for=model, pct=pct, components=round(total * pct / 100), of=total,
+                 heads=round(heads * pct / 100), neurons=round(neurons * pct / 100),
+                 params=round(total * pct / 100 * mean_params),
+                 pct_params=100 * total * pct / 100 * mean_params / registry.total_model_params)
+            for model, pct in PAPER_SHARES.items()]
+    return pd.DataFrame(rows).set_index("published_for")
 
 
 def registry_of(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry:
@@ -669,11 +420,3 @@ def registry_of(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry
             obj._cca_registry = cached
         return cached
     raise TypeError(f"Expected a HookedTransformer or ComponentRegistry, got {type(obj).__name__}")
-
-
-def component_table(obj: Union[HookedTransformer, ComponentRegistry, ComponentMask],
-                    kinds: Iterable[Kind | str] = ALL_KINDS) -> pd.DataFrame:
-    """Layer x kind component counts: all components of a model, or the selected ones of a mask."""
-    if isinstance(obj, ComponentMask):
-        return obj.counts_by_layer()
-    return registry_of(obj).table(kinds)

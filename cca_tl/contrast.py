@@ -158,7 +158,7 @@ class PrefixKV:
         from tqdm.auto import tqdm
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-        from cca_tl.generation import grouped_attention_without_copies
+        from cca_tl.fast_paths import grouped_attention_without_copies
 
         self.model = model
         cfg, pad = model.cfg, pad_token_id(model)
@@ -249,7 +249,7 @@ class PrefixKV:
     def batch(self, data: ContrastSet, indices: Sequence[int]) -> Batch:
         """A Batch of the last tokens of ``indices`` over padded key/value buffers of their prefixes
         (frozen: every forward over it writes its last token to the same free slot, so it can be reused)."""
-        from cca_tl.generation import BufferEntry
+        from cca_tl.fast_paths import BufferEntry
 
         cfg = self.model.cfg
         shared = self.shared
@@ -292,7 +292,7 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
     """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-    from cca_tl.generation import grouped_attention_without_copies
+    from cca_tl.fast_paths import grouped_attention_without_copies
 
     subset = data.subset(indices)
     shared = common_prefix_length(subset.prefix_ids)
@@ -322,7 +322,7 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
 def two_logit_diff(model: HookedTransformer, batch: Batch,
                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
     """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
-    from cca_tl.generation import grouped_attention_without_copies, rotate_new_keys_only
+    from cca_tl.fast_paths import grouped_attention_without_copies, rotate_new_keys_only
 
     with grouped_attention_without_copies(), rotate_new_keys_only():  # (the second: for PrefixKV's buffers)
         if batch.past_kv is not None:
@@ -382,7 +382,7 @@ def prompt_keys_values(model: HookedTransformer, head: Sequence[int]) -> list[Te
     they are enabled: what :func:`cache_over_prompt` lets every row of a batch attend to."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-    from cca_tl.generation import grouped_attention_without_copies
+    from cca_tl.fast_paths import grouped_attention_without_copies
 
     cfg = model.cfg
     tokens = torch.tensor([list(head)], device=cfg.device)

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import DEFAULT_KINDS, ComponentMask, Kind, registry_of
+from cca_tl.components import DEFAULT_KINDS, Kind, registry_of
+from cca_tl.component_mask import ComponentMask
 from cca_tl import interventions
 from cca_tl._io import atomic_write_bytes, atomic_write_text
 from cca_tl.errors import NonFiniteLossError

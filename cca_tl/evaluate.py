@@ -97,9 +97,9 @@ def final_residual(model: HookedTransformer, tokens: Int[torch.Tensor, "1 pos"])
 
 
 def text_logits(model: HookedTransformer, tokens: Int[torch.Tensor, "1 pos"]) -> Float[torch.Tensor, "1 pos vocab"]:
-    """``model(tokens)`` (float32) with the unembedding of :func:`cca_tl.generation.unembed`: on Gemma-3-270M,
+    """``model(tokens)`` (float32) with the unembedding of :func:`cca_tl.fast_paths.unembed`: on Gemma-3-270M,
     2 CPU cores, a 128-token text's unembedding takes 0.40 s instead of TL's 0.51 s."""
-    from cca_tl.generation import unembed
+    from cca_tl.fast_paths import unembed
 
     return unembed(model, final_residual(model, tokens))[None]
 
@@ -188,7 +188,7 @@ def retention_scores(model: HookedTransformer, base_weights: Callable[[], Any] |
     its unembedding (under ``base_weights``, in case the edit reached the unembedding) and the unedited
     model's forward pass is not run again: on Gemma-3-270M, 8 texts, 2.5 s saved per call.
     """
-    from cca_tl.generation import unembed
+    from cca_tl.fast_paths import unembed
 
     texts = list(texts) if texts is not None else general_text()
     if not texts:

@@ -36,7 +36,7 @@ from transformer_lens import HookedTransformer
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.errors import ExportError
 from cca_tl.families import FAMILIES, Family
-from cca_tl.models import embedding_matrix
+from cca_tl.convert import embedding_matrix
 
 #: Architectures :func:`export_hf` writes (every family cca_tl loads).
 EXPORTABLE: tuple[str, ...] = tuple(FAMILIES)

@@ -12,7 +12,8 @@ import torch
 from transformer_lens import HookedTransformerConfig
 
 from cca_tl.contrast import ContrastSet
-from cca_tl.models import TINY_ARCHITECTURES, load_model, tiny_tl_model
+from cca_tl.models import load_model
+from cca_tl.testing import TINY_ARCHITECTURES, tiny_tl_model
 
 TINY_HF = TINY_ARCHITECTURES  # one tiny random model per supported HF family
 

@@ -17,7 +17,7 @@ from cca_tl import (
     component_table,
     load_model,
 )
-from cca_tl.models import tiny_tl_model
+from cca_tl.testing import tiny_tl_model
 from tests.conftest import tl_config
 
 

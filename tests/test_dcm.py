@@ -72,7 +72,7 @@ def test_dcm_is_deterministic_for_a_seed(model):
 
 def test_planted_target_dcm_then_update_raise_the_logit_difference():
     """A neuron that is always on and writes along W_U[:, d] − W_U[:, u] (no final norm to absorb it)."""
-    from cca_tl.models import tiny_tl_model
+    from cca_tl.testing import tiny_tl_model
     from tests.conftest import tl_config
 
     model = tiny_tl_model(tl_config(normalization_type=None, gated_mlp=False, act_fn="gelu"), seed=1)

@@ -20,8 +20,9 @@ from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, ModelLoadE
 from cca_tl.contrast import Batch, ContrastSet
 from cca_tl.dcm import DCMMask
 from cca_tl.families import FAMILIES, hf_slices, load_hf_config, published_config_names, tl_config_dict
-from cca_tl.models import TINY_ARCHITECTURES, char_tokenizer, tiny_hf_model
-from cca_tl.update import element_masks, targeted_update
+from cca_tl.testing import TINY_ARCHITECTURES, char_tokenizer, tiny_hf_model
+from cca_tl.entries import element_masks
+from cca_tl.update import targeted_update
 
 NEW_FAMILIES = ("tiny-gemma2", "tiny-olmo2", "tiny-gpt2", "tiny-pythia", "tiny-qwen3")
 IDS = torch.randint(0, 256, (3, 20), generator=torch.Generator().manual_seed(11))
@@ -142,7 +143,7 @@ def test_biases_are_components_only_where_the_family_has_them():
 
 def test_olmo2_with_grouped_query_attention_loads_masks_and_exports(tmp_path):
     """OLMo-2-0325-32B's layout (kv heads < query heads), which TL 3.9's own OLMo-2 converter cannot take."""
-    from cca_tl.models import hooked_from_hf
+    from cca_tl.convert import hooked_from_hf
 
     hf = tiny_hf_model("tiny-olmo2", num_key_value_heads=2)
     model = hooked_from_hf(hf, name="tiny-olmo2-gqa")
@@ -231,7 +232,7 @@ def test_every_published_config_is_shipped():
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_component_counts_from_the_config_alone(name):
-    from cca_tl.families import config_registry
+    from cca_tl.components import config_registry
 
     reg = config_registry(name)
     heads, kv_heads, neurons, layers = PUBLISHED[name]
@@ -240,7 +241,7 @@ def test_component_counts_from_the_config_alone(name):
 
 def test_real_parameter_counts_match_the_published_sizes():
     """The denominators of "% of parameters": HF parameter counts as the model cards state them."""
-    from cca_tl.families import config_registry
+    from cca_tl.components import config_registry
 
     assert config_registry("gpt2").total_model_params == 124_439_808
     assert config_registry("pythia-160m").total_model_params == 162_322_944

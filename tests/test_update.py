@@ -9,7 +9,8 @@ from cca_tl import Component, ComponentMask, ComponentRegistry, MaskMismatchErro
 from cca_tl.components import real_parameter_names
 from cca_tl.contrast import ContrastSet
 from cca_tl.lora import LoRAParams, rank_for_budget
-from cca_tl.update import VARIANTS, element_masks, targeted_update, train_update
+from cca_tl.entries import element_masks
+from cca_tl.update import VARIANTS, targeted_update, train_update
 from tests.conftest import contrast, records_behind_a_prompt
 
 

@@ -1,7 +1,7 @@
 """Typed artifacts the stages hand each other through the run directory (each saves and loads itself).
 
 The problem splits live here; a DCM result (:class:`cca_tl.dcm.DCMResult`) and a weight edit
-(:class:`cca_tl.update.WeightEdit`) save and load themselves beside the stage that makes them."""
+(:class:`cca_tl.edits.WeightEdit`) save and load themselves beside the stage that makes them."""
 
 from __future__ import annotations
 

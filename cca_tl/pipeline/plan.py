@@ -65,15 +65,16 @@ class Sizes:
 
 def parameter_count(name: str) -> int | None:
     """Parameters of ``name`` without reading its weights (None when only loading would tell)."""
-    from cca_tl.models import TINY_ARCHITECTURES, _ALIASES, tiny_hf_model
+    from cca_tl.models import MODEL_ALIASES
+    from cca_tl.testing import TINY_ARCHITECTURES, tiny_hf_model
 
-    key = _ALIASES.get(name.lower(), name)
+    key = MODEL_ALIASES.get(name.lower(), name)
     if key in KNOWN_PARAMS:
         return KNOWN_PARAMS[key]
     if key in TINY_ARCHITECTURES:
         return sum(p.numel() for p in tiny_hf_model(key).parameters())
     try:
-        from cca_tl.families import config_registry
+        from cca_tl.components import config_registry
 
         return config_registry(name).total_model_params
     except Exception:  # not a shipped config or a config file: the plan says it cannot scale
@@ -115,7 +116,7 @@ def unit_costs(config: RunConfig, *, threads: int | None = None) -> dict[str, fl
     model of unknown size; ``update_all`` stays a factor)."""
     import torch
 
-    from cca_tl.models import resolve_device
+    from cca_tl.devices import resolve_device
 
     n_params = parameter_count(config.model)
     threads = threads or torch.get_num_threads()
@@ -170,7 +171,7 @@ def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
 def describe(config: RunConfig, table: pd.DataFrame) -> str:
     """The plan as text: the table, the totals, and what the estimate rests on."""
     total, peak = table["seconds"].sum(skipna=False), table["peak_gb"].max()
-    from cca_tl.models import resolve_device
+    from cca_tl.devices import resolve_device
 
     head = (f"Plan for {config.model} ({config.dtype}) on {resolve_device(config.device)}: {config.data.task} "
             f"task.\n\n"

@@ -22,7 +22,7 @@ from cca_tl.pipeline.markers import StageMarkers
 from cca_tl.pipeline.session import ModelSession
 from cca_tl.pipeline.stage import Stage
 from cca_tl.pipeline.stages import STAGES, stage_names
-from cca_tl.update import WeightEdit
+from cca_tl.edits import WeightEdit
 
 #: What to do about a config.json that does not parse.
 CONFIG_REPAIR = "restore config.json (the run's settings) from a copy, or start a new run directory"

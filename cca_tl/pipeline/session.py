@@ -44,7 +44,7 @@ class ModelSession:
     def __init__(self, name: str, *, device: str = "auto", dtype: str = "float32", n_devices: int = 1,
                  seed: int = 0, model: HookedTransformer | None = None, base_edit=None,
                  log=lambda text: None):
-        from cca_tl.models import resolve_device, resolve_dtype
+        from cca_tl.devices import resolve_device, resolve_dtype
 
         self.name, self.seed, self.n_devices, self._log = name, seed, n_devices, log
         self.device = resolve_device(device) if model is None else torch.device(model.cfg.device)
@@ -140,7 +140,7 @@ class ModelSession:
         if self._model is None:
             return self.model
         params = self._params()
-        # A tied embedding is two parameters over one storage (cca_tl.models.tie_embedding): protecting
+        # A tied embedding is two parameters over one storage (cca_tl.convert.tie_embedding): protecting
         # either protects both.
         storage = {n: p.untyped_storage().data_ptr() for n, p in params.items()}
         protected = {storage[name] for name, _, _ in self._saved}
@@ -156,8 +156,8 @@ class ModelSession:
         return self._model
 
     def apply(self, edit) -> HookedTransformer:
-        """The base model with ``edit`` applied (a :class:`~cca_tl.update.WeightEdit` or
-        :class:`~cca_tl.update.RegionEdit`: anything that says which regions it ``touched`` and ``apply``s)."""
+        """The base model with ``edit`` applied (a :class:`~cca_tl.edits.WeightEdit` or
+        :class:`~cca_tl.edits.RegionEdit`: anything that says which regions it ``touched`` and ``apply``s)."""
         model = self.restore()
         self.protect(edit.touched(model))
         edit.apply(model)

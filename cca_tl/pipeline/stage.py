@@ -1,4 +1,4 @@
-"""What a pipeline stage is (the list of them, in order, is :data:`cca_tl.pipeline.stages.STAGES`).
+"""What a pipeline stage is, and the stages' names in order (the stages themselves: :data:`cca_tl.pipeline.stages.STAGES`).
 
 A stage is a name, the config keys its results depend on, and a function of the
 :class:`~cca_tl.pipeline.run.Run` that reads the artifacts of earlier stages from the run directory, writes
@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cca_tl.pipeline.config import RunConfig
+
+#: The stages in the order they run (each one a module of :mod:`cca_tl.pipeline.stages`). Declared here, in
+#: the leaf, so a stage that needs the list (the report lists every stage) does not import the list's module.
+STAGE_NAMES: tuple[str, ...] = ("problems", "traces", "localize", "dcm", "update", "evaluate", "analysis", "report")
 
 
 @dataclass(frozen=True)

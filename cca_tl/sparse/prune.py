@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from cca_tl import interventions
-from cca_tl.components import ComponentMask, Kind, registry_of
+from cca_tl.components import Kind, registry_of
+from cca_tl.component_mask import ComponentMask
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 from cca_tl.interventions import Gate, Positions, text_means
 from cca_tl.params import trainable

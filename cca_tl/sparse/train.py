@@ -80,10 +80,11 @@ def _read(path: Path) -> str:
 def python_tokenizer(vocab_size: int = 2048, *, max_chars: int = 6_000_000) -> Any:
     """A byte-level BPE tokenizer with ``vocab_size`` entries trained on the standard library's training
     files (the first ``max_chars`` characters); ``<pad> <bos> <eos>`` are ids 0–2 and BOS is prepended.
-    Trained once per Python version and cached under :func:`cca_tl.models.cache_dir`."""
+    Trained once per Python version and cached under :func:`cca_tl._io.cache_dir`."""
     from transformers import AutoTokenizer
 
-    from cca_tl.models import cache_dir, save_bos_tokenizer
+    from cca_tl._io import cache_dir
+    from cca_tl.testing import save_bos_tokenizer
 
     tag = f"pystdlib-bpe{vocab_size}-py{sys.version_info.major}{sys.version_info.minor}-v1"
     target = cache_dir() / "tokenizers" / tag
@@ -112,7 +113,7 @@ def python_tokenizer(vocab_size: int = 2048, *, max_chars: int = 6_000_000) -> A
 def stdlib_tokens(tokenizer: Any, split: str = "train") -> Int[Tensor, "n_tokens"]:
     """Every file of ``split`` tokenised (no specials) and concatenated with ``<eos>`` between files
     (cached next to the tokenizer)."""
-    from cca_tl.models import cache_dir
+    from cca_tl._io import cache_dir
 
     files = stdlib_python_files(split)
     key = hashlib.sha1(json.dumps([tokenizer.name_or_path, len(tokenizer), [str(f) for f in files]]).encode())
@@ -286,7 +287,7 @@ class SparseTrainConfig:
 
 def build_model(cfg: SparseTrainConfig, tokenizer: Any | None = None) -> HookedTransformer:
     """A freshly initialised model for ``cfg`` (AbsTopK hooks attached when ``cfg.activation_keep``)."""
-    from cca_tl.models import ModelProvenance
+    from cca_tl.provenance import ModelProvenance
 
     tokenizer = tokenizer if tokenizer is not None else python_tokenizer(cfg.vocab_size)
     if len(tokenizer) != cfg.vocab_size:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.components import ComponentMask, Kind, registry_of, top_k_select
+from cca_tl.components import Kind, registry_of
+from cca_tl.component_mask import ComponentMask, top_k_select
 
 
 def gain_attribution(model: HookedTransformer, data, gains: dict[str, Tensor], *, form: str = "paper",

@@ -146,7 +146,7 @@ class SeedSweep:
         return False
 
     def _cell(self, cell: Cell, path: Path) -> None:
-        from cca_tl.update import RegionEdit
+        from cca_tl.edits import RegionEdit
 
         base_row, config = self.base(), self.config
         start = time.perf_counter()
@@ -232,7 +232,7 @@ class SeedSweep:
     def _train_lr(self, cell: Cell, params: "ParameterSet", lr: float, edits: dict) -> dict:
         """Train at one learning rate and keep its selection (step and validation score; resumable) and, in
         ``edits``, its selected edit for this process (a resumed cell retrains the one it reads)."""
-        from cca_tl.update import RegionEdit
+        from cca_tl.edits import RegionEdit
 
         path = self.dir / "cells" / cell.key / f"lr{lr:g}.json"
         if path.exists():
@@ -251,7 +251,7 @@ class SeedSweep:
     def _retrain(self, cell: Cell, params: "ParameterSet", lr: float, *, keep_last: bool = False):
         """The selected edit again (deterministic), as a :class:`RegionEdit`; ``keep_last``: the last step's
         edit whatever validation says (the direction to scale when selection kept the unedited model)."""
-        from cca_tl.update import RegionEdit
+        from cca_tl.edits import RegionEdit
 
         result = self._train(cell, params, lr, keep_last=keep_last)
         edit = RegionEdit.capture(self.run.model, result.regions)

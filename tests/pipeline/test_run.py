@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from cca_tl.cli import main
-from cca_tl.components import ComponentMask
+from cca_tl.component_mask import ComponentMask
 from cca_tl.models import load_model
 from cca_tl.errors import CCAError
 from cca_tl.pipeline import (STAGES, EmptyLocalizationError, ProblemSplits, Run, RunConfig, RunConfigMismatch,
                              preset, run)
 from cca_tl.dcm import DCMResult
 from cca_tl.pipeline.config import EvaluateConfig
-from cca_tl.update import WeightEdit, element_masks
+from cca_tl.edits import WeightEdit
+from cca_tl.entries import element_masks
 
 
 @pytest.fixture(scope="module")

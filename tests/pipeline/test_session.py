@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from cca_tl.cli import main
-from cca_tl.components import ComponentMask
+from cca_tl.component_mask import ComponentMask
 from cca_tl.errors import CCAError, DeviceError, OutOfMemory, RunConfigMismatch
-from cca_tl.models import load_model, resolve_device, resolve_dtype
+from cca_tl.devices import resolve_device, resolve_dtype
+from cca_tl.models import load_model
 from cca_tl.pipeline import ModelSession, Run, RunConfig, STAGE_SPECS, preset
 from cca_tl.pipeline.config import EXECUTION_KEYS
-from cca_tl.update import element_masks
+from cca_tl.entries import element_masks
 
 
 def _state(model) -> dict[str, torch.Tensor]:

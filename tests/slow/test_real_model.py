@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def gemma_hf(gemma):
     """The same weights in plain transformers (the dequantised copy cca_tl cached)."""
-    from cca_tl.models import cache_dir
+    from cca_tl._io import cache_dir
 
     cached = gemma.cca_provenance.details["gguf_sha256"][:16]
     return AutoModelForCausalLM.from_pretrained(str(cache_dir() / "dequantised" / cached), dtype=torch.float32)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cca_tl import ContrastSet
-from cca_tl.components import ComponentMask, Kind
+from cca_tl.components import Kind
+from cca_tl.component_mask import ComponentMask
 from cca_tl.sparse import gated, text_means
 from cca_tl.sparse.bridges import Bridges, bridge_intervention, bridge_locations, bridge_losses, train_bridges
 from cca_tl.sparse.prune import NODE_KINDS, circuit_edges

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cca_tl import ContrastSet, load_model
-from cca_tl.components import ComponentMask, Kind
+from cca_tl.components import Kind
+from cca_tl.component_mask import ComponentMask
 from cca_tl.sparse import (bisect_smallest, calibrate_logits, faithfulness, heaviside_ste, prune_nodes,
                            text_means)
 from cca_tl.sparse.prune import NODE_KINDS, binary_loss, circuit_diffs

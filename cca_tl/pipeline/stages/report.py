@@ -14,7 +14,7 @@ import pandas as pd
 
 from cca_tl._io import atomic_write_text
 from cca_tl.pipeline.stage import Stage
-from cca_tl.pipeline.stages import stage_names
+from cca_tl.pipeline.stage import STAGE_NAMES
 
 
 def verdict(run, table: pd.DataFrame) -> str:
@@ -58,7 +58,7 @@ def verdict(run, table: pd.DataFrame) -> str:
 def render_report(run) -> str:
     """A markdown report of a finished run: config, traces, mask, accuracy with controls, ablations."""
     cfg = run.config
-    info = {s: run.stage_info(s) for s in stage_names()}
+    info = {s: run.stage_info(s) for s in STAGE_NAMES}
     table = run.accuracy_table()
     dcm = run.dcm()
     analysis = run.dir / "analysis"

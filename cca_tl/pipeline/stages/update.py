@@ -9,7 +9,7 @@ from typing import Callable
 from transformer_lens import HookedTransformer
 
 from cca_tl._io import atomic_directory, atomic_write_text
-from cca_tl.update import WeightEdit
+from cca_tl.edits import WeightEdit
 from cca_tl.pipeline.stage import Stage
 
 
