@@ -8,14 +8,7 @@ import torch
 
 from cca_tl import load_model
 from cca_tl.answers import AnswerSet, answer_token_losses, reference_path_scores
-from tests.conftest import records_behind_a_prompt
-
-
-def answers_behind_a_prompt(n: int = 6, seed: int = 0) -> AnswerSet:
-    prompts = records_behind_a_prompt(seed=seed, prompt=12, longest_tail=4, n=n)
-    g = torch.Generator().manual_seed(seed + 1)
-    return AnswerSet(prompts, [torch.randint(4, 200, (int(k),), generator=g).tolist()
-                               for k in torch.randint(1, 6, (n,), generator=g)])
+from tests.helpers import answers_behind_a_prompt, records_behind_a_prompt
 
 
 def one_by_one(model, data: AnswerSet) -> tuple[torch.Tensor, torch.Tensor]:

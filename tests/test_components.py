@@ -18,7 +18,7 @@ from cca_tl import (
     load_model,
 )
 from cca_tl.testing import tiny_tl_model
-from tests.conftest import tl_config
+from tests.helpers import tl_config
 
 
 # -- counts -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 from cca_tl import Kind, load_model
 from cca_tl.contrast import Batch, ContrastSet, full_logit_diff, two_logit_diff
 from cca_tl.dcm import DCMMask, train_dcm
-from tests.conftest import contrast, records_behind_a_prompt
+from tests.helpers import contrast, records_behind_a_prompt
 
 
 def assert_prefix_cache_is_exact(model, data, kv, *, seed: int) -> None:

@@ -10,7 +10,7 @@ from cca_tl.contrast import Batch, two_logit_diff
 from cca_tl.dcm import DCMMask, train_dcm
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.update import targeted_update
-from tests.conftest import contrast
+from tests.helpers import contrast
 
 
 def test_zero_mask_is_bit_identical(model, batch):
@@ -73,7 +73,7 @@ def test_dcm_is_deterministic_for_a_seed(model):
 def test_planted_target_dcm_then_update_raise_the_logit_difference():
     """A neuron that is always on and writes along W_U[:, d] − W_U[:, u] (no final norm to absorb it)."""
     from cca_tl.testing import tiny_tl_model
-    from tests.conftest import tl_config
+    from tests.helpers import tl_config
 
     model = tiny_tl_model(tl_config(normalization_type=None, gated_mlp=False, act_fn="gelu"), seed=1)
     d, u, planted = 17, 42, Component("neuron", 1, 7)

@@ -15,7 +15,7 @@ import cca_tl.export as export_mod
 from cca_tl import Component, ComponentRegistry, ExportError, export_hf, load_model
 from cca_tl.convert import untie_embedding
 from cca_tl.testing import tiny_hf_model, tiny_tl_model
-from tests.conftest import tl_config
+from tests.helpers import tl_config
 
 EDITS = [Component("q", 0, 1), Component("k", 1, 0), Component("v", 0, 0), Component("z", 1, 2),
          Component("neuron", 0, 5), Component("neuron", 1, 100)]

@@ -11,7 +11,7 @@ from cca_tl.contrast import ContrastSet
 from cca_tl.lora import LoRAParams, rank_for_budget
 from cca_tl.entries import element_masks
 from cca_tl.update import VARIANTS, targeted_update, train_update
-from tests.conftest import contrast, records_behind_a_prompt
+from tests.helpers import contrast, records_behind_a_prompt
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
 # -- objective x parameters: train_update ----------------------------------------------------------------
 
 def _pivots_and_answers():
-    from tests.test_answers import answers_behind_a_prompt
+    from tests.helpers import answers_behind_a_prompt
 
     answers = answers_behind_a_prompt(n=8)
     return ContrastSet(answers.prompt_ids, [17] * 8, [42] * 8), answers
@@ -151,7 +151,7 @@ def test_train_update_refuses_mismatched_data_and_missing_settings(model):
 
 
 def test_an_answer_step_over_the_shared_prompt_is_the_plain_gradient_step():
-    from tests.test_answers import answers_behind_a_prompt
+    from tests.helpers import answers_behind_a_prompt
 
     answers = answers_behind_a_prompt(n=4)
     model, plain = load_model("tiny-llama"), load_model("tiny-llama")

@@ -1,14 +1,16 @@
-"""The run config refuses a wrong type and an out-of-range value of every field, naming the field, before any
-work (issue 30): the whole schema is walked, so a field added later is covered without a new test."""
+"""The run config: overrides and key resolution; a wrong type and an out-of-range value of every field refused,
+naming the field, before any work (issue 30): the whole schema is walked, so a later field is covered too."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 
 import pytest
 
-from cca_tl.pipeline.config import SECTIONS, RunConfig
+from cca_tl.pipeline import preset
+from cca_tl.pipeline.config import SECTIONS, EvaluateConfig, RunConfig
 
 
 def _fields() -> list[tuple[str, dataclasses.Field, object]]:
@@ -98,3 +100,30 @@ def test_broken_json_in_a_run_directory_is_named_or_recomputed(tmp_path, capsys)
     broken.write_text("{")
     assert cli(["run", "--config", str(broken), "--out", str(tmp_path / "x")]) == 2
     assert "c.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_config_overrides_and_validation():
+    cfg = RunConfig().with_overrides(["lam=1e-3", "controls=random,all", "templates=null", "model=tiny-llama"])
+    assert cfg.dcm.lam == 1e-3 and cfg.evaluate.controls == ["random", "all"] and cfg.data.templates is None
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="Unknown config key"):
+        RunConfig().with_overrides(["lamda=1"])
+    with pytest.raises(ValueError, match=r"controls must be a list of \['random', 'all'\]"):
+        RunConfig(evaluate=EvaluateConfig(controls=["lora"]))
+    with pytest.raises(ValueError, match="Unknown preset"):
+        preset("huge")
+
+
+def test_config_sections_are_typed_and_keys_resolve():
+    cfg = RunConfig().with_overrides(["dcm.lam=0.003", "update.lr=2e-5", "data.templates=[\"a\"]", "steps=2"])
+    assert (cfg.dcm.lam, cfg.update.lr, cfg.data.templates, cfg.update.steps) == (0.003, 2e-5, ["a"], 2)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg == RunConfig.from_dict(cfg.flat())
+    assert set(cfg.flat()) == set(RunConfig.keys()) and "dcm.batch_size" in RunConfig.keys()
+    with pytest.raises(ValueError, match="ambiguous.*dcm.lr.*update.lr"):
+        RunConfig().with_overrides(["lr=1"])
+    for bad, message in (("dcm.lam=high", "lam must be float"), ("dcm.kinds=q,x", "kinds must be a list of"),
+                         ("data.task=poetry", "task must be one of"), ("evaluate.retention_texts=0", "at least 1"),
+                         ("traces.n_samples=1.5", "n_samples must be int")):
+        with pytest.raises(ValueError, match=message):
+            RunConfig().with_overrides([bad])
+    assert preset("tiny", lam=0.5, update_lr=0.1).dcm.lam == 0.5 and preset("tiny", update_lr=0.1).update.lr == 0.1

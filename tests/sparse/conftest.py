@@ -1,4 +1,4 @@
-"""Fixtures of the weight-sparse tests: the stdlib tokenizer, real code windows, a tiny training config."""
+"""Fixtures of the weight-sparse tests: the stdlib tokenizer, real code windows (the tiny training config: tests.helpers.TINY_SPARSE)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import pytest
 import torch
 
 from cca_tl.sparse.train import python_tokenizer, stdlib_python_files, token_windows
-
-# A training config small enough for the fast tier (12 steps of a 2-layer model).
-TINY = dict(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=32, steps=12, batch_size=4,
-            checkpoint_every=4, weight_l0=1 / 8, anneal_start=0.0, anneal_end=0.5, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from cca_tl.sparse import gated, text_means
 from cca_tl.sparse.bridges import Bridges, bridge_intervention, bridge_locations, bridge_losses, train_bridges
 from cca_tl.sparse.prune import NODE_KINDS, circuit_edges
 from cca_tl.sparse.train import (SparseTrainConfig, build_model, sparsify_)
-from tests.sparse.conftest import TINY
+from tests.helpers import TINY_SPARSE
 
 
 def test_circuit_edges_dense_counts_every_pair_and_sparsity_removes_them(tokenizer):
-    cfg = SparseTrainConfig(**TINY)
+    cfg = SparseTrainConfig(**TINY_SPARSE)
     model = build_model(cfg.dense(), tokenizer)
     keep = ComponentMask.empty(model, NODE_KINDS, "channel")
     keep.masks[Kind.V][0, 1, 2] = True     # writes in layer 0
@@ -33,7 +33,7 @@ def test_circuit_edges_dense_counts_every_pair_and_sparsity_removes_them(tokeniz
 
 
 def test_identity_bridges_give_zero_loss(tokenizer, windows):
-    model = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
+    model = build_model(SparseTrainConfig(**TINY_SPARSE).dense(), tokenizer)
     bridges = Bridges.identity(model.cfg.d_model, bridge_locations(model.cfg.n_layers))
     losses = bridge_losses(model, model, bridges, windows[:2])
     for name, value in losses.items():
@@ -41,7 +41,7 @@ def test_identity_bridges_give_zero_loss(tokenizer, windows):
 
 
 def test_bridge_intervention_with_identity_bridges_matches_the_edited_model(tokenizer):
-    model = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
+    model = build_model(SparseTrainConfig(**TINY_SPARSE).dense(), tokenizer)
     bridges = Bridges.identity(model.cfg.d_model, bridge_locations(model.cfg.n_layers))
     data = ContrastSet([tokenizer("x = 'a")["input_ids"], tokenizer('y = "b')["input_ids"]],
                        [tokenizer.convert_tokens_to_ids("'")] * 2, [tokenizer.convert_tokens_to_ids('"')] * 2)
@@ -57,8 +57,8 @@ def test_bridge_intervention_with_identity_bridges_matches_the_edited_model(toke
 
 
 def test_bridge_training_lowers_the_loss(tokenizer, windows):
-    dense = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
-    sparse = build_model(SparseTrainConfig(**{**TINY, "seed": 1}), tokenizer)
+    dense = build_model(SparseTrainConfig(**TINY_SPARSE).dense(), tokenizer)
+    sparse = build_model(SparseTrainConfig(**{**TINY_SPARSE, "seed": 1}), tokenizer)
     before = {p: v.clone() for p, v in sparse.state_dict().items()}
     trained = train_bridges(dense, sparse, windows, steps=6, batch_size=2, progress=False)
     h = trained.history
@@ -66,4 +66,4 @@ def test_bridge_training_lowers_the_loss(tokenizer, windows):
     assert all(torch.equal(before[p], v) for p, v in sparse.state_dict().items())  # models untouched
     assert all(p.requires_grad for p in sparse.parameters())
     with pytest.raises(ValueError, match="same number of layers"):
-        Bridges.between(dense, build_model(SparseTrainConfig(**{**TINY, "n_layers": 1}), tokenizer))
+        Bridges.between(dense, build_model(SparseTrainConfig(**{**TINY_SPARSE, "n_layers": 1}), tokenizer))

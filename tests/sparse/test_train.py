@@ -11,7 +11,7 @@ from cca_tl.interventions import abstopk
 from cca_tl.sparse.train import (SparseTrainConfig, TrainedModel, build_model, kept_count, l0_fraction,
                                  normalise_grad_rms_, sharkfin_lr, sparsified_matrices, sparsify_, stdlib_python_files,
                                  train_sparse)
-from tests.sparse.conftest import TINY
+from tests.helpers import TINY_SPARSE
 
 
 def test_stdlib_split_is_disjoint_and_tokenizer_has_specials(tokenizer):
@@ -60,7 +60,7 @@ def test_abstopk_keeps_the_largest_magnitudes():
 
 
 def test_sparsify_keeps_exactly_k_per_matrix(tokenizer):
-    model = build_model(SparseTrainConfig(**TINY), tokenizer)
+    model = build_model(SparseTrainConfig(**TINY_SPARSE), tokenizer)
     kept = sparsify_(model, 0.1)
     for name, p in sparsified_matrices(model).items():
         assert int((p != 0).sum()) == kept[name] == kept_count(p.numel(), 0.1), name
@@ -69,7 +69,7 @@ def test_sparsify_keeps_exactly_k_per_matrix(tokenizer):
 
 
 def test_training_keeps_exactly_k_per_matrix_after_every_step(tokenizer, windows):
-    cfg = SparseTrainConfig(**TINY)
+    cfg = SparseTrainConfig(**TINY_SPARSE)
     seen = []
 
     def check(step, model, record):
@@ -85,17 +85,17 @@ def test_training_keeps_exactly_k_per_matrix_after_every_step(tokenizer, windows
 
 
 def test_activation_sparsity_hooks(tokenizer, windows):
-    model = build_model(SparseTrainConfig(**TINY), tokenizer)
+    model = build_model(SparseTrainConfig(**TINY_SPARSE), tokenizer)
     _, cache = model.run_with_cache(windows[:2])
     assert int((cache["blocks.0.mlp.hook_post"] != 0).sum(-1).max()) == 16  # 1/4 of 64 neurons
     assert int((cache["blocks.1.attn.hook_q"].flatten(-2) != 0).sum(-1).max()) == 8  # 1/4 of 4x8 channels
-    dense = build_model(SparseTrainConfig(**TINY).dense(), tokenizer)
+    dense = build_model(SparseTrainConfig(**TINY_SPARSE).dense(), tokenizer)
     _, cache = dense.run_with_cache(windows[:2])
     assert int((cache["blocks.0.mlp.hook_post"] != 0).sum(-1).min()) > 16
 
 
 def test_dense_twin_stays_dense_and_shares_the_architecture(tokenizer, windows):
-    cfg = SparseTrainConfig(**TINY)
+    cfg = SparseTrainConfig(**TINY_SPARSE)
     twin = cfg.dense()
     assert twin.weight_l0 is None and twin.activation_keep is None and twin.d_model == cfg.d_model
     result = train_sparse(twin, tokenizer=tokenizer, train_windows=windows, eval_windows=windows[:4], progress=False)
@@ -103,7 +103,7 @@ def test_dense_twin_stays_dense_and_shares_the_architecture(tokenizer, windows):
 
 
 def test_training_resumes_from_its_checkpoint(tokenizer, windows, tmp_path):
-    cfg = SparseTrainConfig(**TINY)
+    cfg = SparseTrainConfig(**TINY_SPARSE)
     full = train_sparse(cfg, tmp_path / "a", tokenizer=tokenizer, train_windows=windows, eval_windows=windows[:4],
                         progress=False)
 
@@ -126,7 +126,7 @@ def test_training_resumes_from_its_checkpoint(tokenizer, windows, tmp_path):
     loaded = TrainedModel.load(tmp_path / "b")
     assert loaded.config == cfg and loaded.held_out_loss == pytest.approx(resumed.held_out_loss)
     with pytest.raises(ValueError, match="different config"):
-        train_sparse(SparseTrainConfig(**{**TINY, "lr": 5e-3}), tmp_path / "b", tokenizer=tokenizer,
+        train_sparse(SparseTrainConfig(**{**TINY_SPARSE, "lr": 5e-3}), tmp_path / "b", tokenizer=tokenizer,
                      train_windows=windows, progress=False)
 
 
@@ -137,6 +137,6 @@ def test_nan_loss_stops_training_and_keeps_the_checkpoint(tokenizer, windows, tm
                 model.W_U.fill_(float("nan"))
 
     with pytest.raises(FloatingPointError, match="step 6"):
-        train_sparse(SparseTrainConfig(**TINY), tmp_path, tokenizer=tokenizer, train_windows=windows,
+        train_sparse(SparseTrainConfig(**TINY_SPARSE), tmp_path, tokenizer=tokenizer, train_windows=windows,
                      progress=False, on_step=poison)
     assert (tmp_path / "checkpoint.pt").exists()
