@@ -39,7 +39,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype, layers: int | Non
     cca_tl's own loader (the family table), as a user's checkpoint would be."""
     import transformers
 
-    from cca_tl.families import load_hf_config
+    from cca_tl.arch import load_hf_config
     from cca_tl.convert import hooked_from_hf
 
     overrides = dict(**({"num_hidden_layers": layers} if layers else {}), **({"vocab_size": vocab} if vocab else {}))

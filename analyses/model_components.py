@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from cca_tl.components import PAPER_SHARES, config_registry
-from cca_tl.families import published_config_names
+from cca_tl.arch import published_config_names
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["gemma-2-2b-it", "gemma-2-9b-it", "olmo-2-1124-7b-instruct", "olmo-2-1124-13b-instruct", "gpt2",

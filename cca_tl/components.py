@@ -35,7 +35,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cca_tl.errors import MaskMismatchError
-from cca_tl.families import FAMILIES, hf_slices, load_hf_config, tl_config_dict
+from cca_tl.arch import FAMILIES, hf_slices, load_hf_config, tl_config_dict
 from cca_tl.provenance import ModelProvenance
 
 WeightSet = Literal["authors", "extended"]

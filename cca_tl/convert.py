@@ -2,7 +2,7 @@
 
 Why no processing: folding norms or centering weights changes the parameters, so an edited model could
 not be written back to HuggingFace format. :func:`hooked_from_hf` converts with TransformerLens' own weight
-conversion (through the family table, :mod:`cca_tl.families`) and records where the model came from
+conversion (through the family table, :mod:`cca_tl.arch`) and records where the model came from
 (:class:`~cca_tl.provenance.ModelProvenance`) so that :mod:`cca_tl.export` can rebuild the HF config. The
 embedding helpers keep a tied embedding tied across moves and dtype changes.
 """
@@ -19,7 +19,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.components import Embed
 
-from cca_tl.families import FAMILIES, tl_config_dict
+from cca_tl.arch import FAMILIES, tl_config_dict
 from cca_tl.provenance import ModelProvenance
 
 

@@ -1,7 +1,8 @@
 """HookedTransformer -> HuggingFace model directory, verified by reloading it in plain ``transformers``.
 
 TransformerLens has no way back to HF format; this is the inverse of its weight converters, for every
-family of :data:`cca_tl.families.FAMILIES`, in three layouts:
+family of :data:`cca_tl.arch.FAMILIES`, in three layouts (each inverse lives in its layout module,
+:mod:`cca_tl.arch.llama`, :mod:`cca_tl.arch.gpt2`, :mod:`cca_tl.arch.neox`):
 
 * ``llama`` (Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral): ``W_Q [n, m, h] -> q_proj.weight [(n h), m]``
   (K/V per kv head, biases ``[n, h] -> [(n h)]``), ``W_O [n, h, m] -> o_proj.weight [m, (n h)]``, MLP
@@ -28,14 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import einops
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.errors import ExportError
-from cca_tl.families import FAMILIES, Family
+from cca_tl.arch import FAMILIES, TLParams, layout
 from cca_tl.convert import embedding_matrix
 
 #: Architectures :func:`export_hf` writes (every family cca_tl loads).
@@ -119,144 +119,6 @@ def hf_config_for(model: HookedTransformer, hf_config: Any = None) -> Any:
     return hf_config
 
 
-class _Params:
-    """The model's parameters, handed out once each: every one must be mapped or be a zero placeholder."""
-
-    def __init__(self, model: HookedTransformer, arch: str):
-        self.arch = arch
-        self.tl = {name: p.detach() for name, p in model.named_parameters()}
-        self.used: set[str] = set()
-
-    def __call__(self, name: str) -> Tensor:
-        self.used.add(name)
-        return self.tl[name]
-
-    def kv(self, layer: int, leaf: str) -> Tensor:
-        """TL names grouped-query K/V ``_W_K``; plain attention ``W_K``."""
-        grouped = f"blocks.{layer}.attn._{leaf}"
-        return self(grouped if grouped in self.tl else f"blocks.{layer}.attn.{leaf}")
-
-    def must_be_zero(self, name: str) -> None:
-        if name not in self.tl:
-            return
-        self.used.add(name)
-        if torch.count_nonzero(self.tl[name]):
-            raise ExportError(
-                f"{name} is non-zero, but {self.arch} has no such parameter (TransformerLens keeps a zero "
-                "placeholder). An edit touched it, or weights were processed (fold_value_biases moves "
-                "value biases into b_O); it cannot be exported. Edit only the slices the component "
-                "registry names for this model."
-            )
-
-    def unused(self) -> list[str]:
-        return sorted(set(self.tl) - self.used)
-
-
-def _llama_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
-    """Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral: separate q/k/v/o and gated-MLP projections."""
-
-    def norm(name: str) -> Tensor:
-        return p(name).float() - fam.norm_offset if fam.norm_offset else p(name)
-
-    sd: dict[str, Tensor] = {}
-    for layer in range(cfg.n_layers):
-        pre, blk = f"model.layers.{layer}", f"blocks.{layer}"
-        attn = f"{pre}.self_attn"
-        sd[f"{attn}.q_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_Q"), "n m h -> (n h) m")
-        sd[f"{attn}.k_proj.weight"] = einops.rearrange(p.kv(layer, "W_K"), "n m h -> (n h) m")
-        sd[f"{attn}.v_proj.weight"] = einops.rearrange(p.kv(layer, "W_V"), "n m h -> (n h) m")
-        sd[f"{attn}.o_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "n h m -> m (n h)")
-        if "qkv" in biases:
-            sd[f"{attn}.q_proj.bias"] = p(f"{blk}.attn.b_Q").reshape(-1)
-            sd[f"{attn}.k_proj.bias"] = p.kv(layer, "b_K").reshape(-1)
-            sd[f"{attn}.v_proj.bias"] = p.kv(layer, "b_V").reshape(-1)
-        else:
-            for leaf in ("b_Q", "b_K", "_b_K", "b_V", "_b_V"):
-                p.must_be_zero(f"{blk}.attn.{leaf}")
-        if "o" in biases:
-            sd[f"{attn}.o_proj.bias"] = p(f"{blk}.attn.b_O")
-        else:
-            p.must_be_zero(f"{blk}.attn.b_O")
-        if fam.qk_norm:
-            sd[f"{attn}.q_norm.weight"] = norm(f"{blk}.attn.q_norm.w")
-            sd[f"{attn}.k_norm.weight"] = norm(f"{blk}.attn.k_norm.w")
-        if fam.norms == "pre":
-            sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
-            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln2.w")
-        elif fam.norms == "sandwich":
-            sd[f"{pre}.input_layernorm.weight"] = norm(f"{blk}.ln1.w")
-            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1_post.w")
-            sd[f"{pre}.pre_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
-            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2_post.w")
-        else:  # OLMo-2: TL's ln1/ln2 are applied to the attention and MLP outputs
-            sd[f"{pre}.post_attention_layernorm.weight"] = norm(f"{blk}.ln1.w")
-            sd[f"{pre}.post_feedforward_layernorm.weight"] = norm(f"{blk}.ln2.w")
-        sd[f"{pre}.mlp.up_proj.weight"] = p(f"{blk}.mlp.W_in").T
-        sd[f"{pre}.mlp.gate_proj.weight"] = p(f"{blk}.mlp.W_gate").T
-        sd[f"{pre}.mlp.down_proj.weight"] = p(f"{blk}.mlp.W_out").T
-        if "mlp" in biases:
-            sd[f"{pre}.mlp.up_proj.bias"] = p(f"{blk}.mlp.b_in")
-            sd[f"{pre}.mlp.down_proj.bias"] = p(f"{blk}.mlp.b_out")
-        else:
-            p.must_be_zero(f"{blk}.mlp.b_in")
-            p.must_be_zero(f"{blk}.mlp.b_out")
-    sd["model.norm.weight"] = norm("ln_final.w")
-    return sd
-
-
-def _gpt2_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
-    """GPT-2: Conv1D weights ``[in, out]``; ``c_attn`` holds q, k and v side by side along its columns."""
-    sd: dict[str, Tensor] = {"transformer.wpe.weight": p("pos_embed.W_pos")}
-    for layer in range(cfg.n_layers):
-        pre, blk = f"transformer.h.{layer}", f"blocks.{layer}"
-        qkv = [einops.rearrange(p(f"{blk}.attn.W_{x}"), "i m h -> m (i h)") for x in "QKV"]
-        sd[f"{pre}.attn.c_attn.weight"] = torch.cat(qkv, dim=1)
-        sd[f"{pre}.attn.c_attn.bias"] = torch.cat([p(f"{blk}.attn.b_{x}").reshape(-1) for x in "QKV"])
-        sd[f"{pre}.attn.c_proj.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "i h m -> (i h) m")
-        sd[f"{pre}.attn.c_proj.bias"] = p(f"{blk}.attn.b_O")
-        for ln, tl_ln in (("ln_1", "ln1"), ("ln_2", "ln2")):
-            sd[f"{pre}.{ln}.weight"] = p(f"{blk}.{tl_ln}.w")
-            sd[f"{pre}.{ln}.bias"] = p(f"{blk}.{tl_ln}.b")
-        sd[f"{pre}.mlp.c_fc.weight"] = p(f"{blk}.mlp.W_in")
-        sd[f"{pre}.mlp.c_fc.bias"] = p(f"{blk}.mlp.b_in")
-        sd[f"{pre}.mlp.c_proj.weight"] = p(f"{blk}.mlp.W_out")
-        sd[f"{pre}.mlp.c_proj.bias"] = p(f"{blk}.mlp.b_out")
-    sd["transformer.ln_f.weight"] = p("ln_final.w")
-    sd["transformer.ln_f.bias"] = p("ln_final.b")
-    return sd
-
-
-def _neox_layers(p: _Params, fam: Family, cfg: Any, biases: frozenset[str]) -> dict[str, Tensor]:
-    """GPT-NeoX (Pythia): the fused ``query_key_value`` rows run (head, q/k/v, d_head)."""
-    sd: dict[str, Tensor] = {}
-    for layer in range(cfg.n_layers):
-        pre, blk = f"gpt_neox.layers.{layer}", f"blocks.{layer}"
-        w = torch.stack([p(f"{blk}.attn.W_{x}") for x in "QKV"])  # [qkv, i, m, h]
-        sd[f"{pre}.attention.query_key_value.weight"] = einops.rearrange(w, "qkv i m h -> (i qkv h) m")
-        b = torch.stack([p(f"{blk}.attn.b_{x}") for x in "QKV"])  # [qkv, i, h]
-        sd[f"{pre}.attention.query_key_value.bias"] = einops.rearrange(b, "qkv i h -> (i qkv h)")
-        sd[f"{pre}.attention.dense.weight"] = einops.rearrange(p(f"{blk}.attn.W_O"), "i h m -> m (i h)")
-        sd[f"{pre}.attention.dense.bias"] = p(f"{blk}.attn.b_O")
-        for ln, tl_ln in (("input_layernorm", "ln1"), ("post_attention_layernorm", "ln2")):
-            sd[f"{pre}.{ln}.weight"] = p(f"{blk}.{tl_ln}.w")
-            sd[f"{pre}.{ln}.bias"] = p(f"{blk}.{tl_ln}.b")
-        sd[f"{pre}.mlp.dense_h_to_4h.weight"] = p(f"{blk}.mlp.W_in").T
-        sd[f"{pre}.mlp.dense_h_to_4h.bias"] = p(f"{blk}.mlp.b_in")
-        sd[f"{pre}.mlp.dense_4h_to_h.weight"] = p(f"{blk}.mlp.W_out").T
-        sd[f"{pre}.mlp.dense_4h_to_h.bias"] = p(f"{blk}.mlp.b_out")
-    sd["gpt_neox.final_layer_norm.weight"] = p("ln_final.w")
-    sd["gpt_neox.final_layer_norm.bias"] = p("ln_final.b")
-    return sd
-
-
-_LAYERS = {"llama": _llama_layers, "gpt2": _gpt2_layers, "neox": _neox_layers}
-#: (input embedding, output head) parameter names per layout. transformers >= 5.14 calls NeoX's head
-#: ``lm_head`` (earlier ``embed_out``); fit_to_hf_layout renames it to what the installed class has.
-_EMBEDDINGS = {"llama": ("model.embed_tokens.weight", "lm_head.weight"),
-               "gpt2": ("transformer.wte.weight", "lm_head.weight"),
-               "neox": ("gpt_neox.embed_in.weight", "lm_head.weight")}
-
-
 @torch.no_grad()
 def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) -> tuple[dict[str, Tensor], bool]:
     """HF-layout state dict of ``model``'s current weights, and whether embeddings are tied.
@@ -267,13 +129,13 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     from cca_tl.components import hf_biases
 
     arch = check_exportable(model)
-    fam = FAMILIES[arch]
+    fam, parameter_layout = FAMILIES[arch], layout(arch)
     cfg = model.cfg
-    p = _Params(model, arch)
-    sd = _LAYERS[fam.layout](p, fam, cfg, hf_biases(model))
+    p = TLParams(model, arch)
+    sd = parameter_layout.hf_layers(p, fam, cfg, hf_biases(model))
     p.must_be_zero("unembed.b_U")
 
-    embed_name, head_name = _EMBEDDINGS[fam.layout]
+    embed_name, head_name = parameter_layout.EMBEDDINGS
     p("embed.W_E")
     w_e, w_u = embedding_matrix(model), p("unembed.W_U")  # TL's convention, also over a tied ScaledEmbed
     lm_head = w_u.T

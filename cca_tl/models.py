@@ -70,7 +70,7 @@ def load_model(
     (optional extra), a ``.gguf`` file, a local HF model directory, a ``tiny-*`` name of
     :data:`TINY_ARCHITECTURES` (seeded random, ``seed``), a ``HookedTransformerConfig``
     (seeded random pure-TL model), or an HF repo id / TransformerLens alias when a hub is reachable.
-    Supported families: :data:`cca_tl.families.FAMILIES` (Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral,
+    Supported families: :data:`cca_tl.arch.FAMILIES` (Gemma-2/3, OLMo-2, Qwen2/3, Llama, Mistral,
     GPT-2, GPT-NeoX/Pythia).
 
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``; ``dtype``: float32, bfloat16 or

@@ -14,7 +14,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from cca_tl._io import atomic_directory, cache_dir
 from cca_tl.convert import hooked_from_hf
 from cca_tl.errors import ModelLoadError
-from cca_tl.families import FAMILIES
+from cca_tl.arch import FAMILIES
 from cca_tl.provenance import ModelProvenance
 
 #: Seeded random models of every supported HF family (for tests and examples; they export).

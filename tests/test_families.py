@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM
 from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, ModelLoadError, export_hf, load_model
 from cca_tl.contrast import Batch, ContrastSet
 from cca_tl.dcm import DCMMask
-from cca_tl.families import FAMILIES, hf_slices, load_hf_config, published_config_names, tl_config_dict
+from cca_tl.arch import FAMILIES, hf_slices, load_hf_config, published_config_names, tl_config_dict
 from cca_tl.testing import TINY_ARCHITECTURES, char_tokenizer, tiny_hf_model
 from cca_tl.entries import element_masks
 from cca_tl.update import targeted_update

@@ -22,6 +22,7 @@ ROOT = Path(cca_tl.__file__).parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("cca_tl.errors", "cca_tl._io", "cca_tl.stats", "cca_tl.provenance", "cca_tl.devices",
                     "cca_tl.params", "cca_tl.fast_paths")),
+    ("arch", ("cca_tl.arch", "cca_tl.arch.")),
     ("architecture", ("cca_tl.families", "cca_tl.convert", "cca_tl.gguf", "cca_tl.testing", "cca_tl.models",
                       "cca_tl.components", "cca_tl.component_mask", "cca_tl.lora", "cca_tl.offsets",
                       "cca_tl.export")),
@@ -117,6 +118,25 @@ def test_no_import_runs_upward():
 
 def test_no_import_circle():
     assert circles(import_graph()) == []
+
+
+def test_the_architecture_layer_imports_nothing_of_cca_tl_but_its_errors():
+    graph = import_graph()
+    outside = {m: sorted(d for d in deps if not (d == "cca_tl.errors" or d.startswith("cca_tl.arch")))
+               for m, deps in graph.items() if m == "cca_tl.arch" or m.startswith("cca_tl.arch.")}
+    assert {m: d for m, d in outside.items() if d} == {}
+
+
+def test_the_old_family_module_still_imports_and_says_where_it_went():
+    import importlib
+    import sys
+
+    sys.modules.pop("cca_tl.families", None)
+    with pytest.warns(DeprecationWarning, match="cca_tl.arch"):
+        old = importlib.import_module("cca_tl.families")
+    from cca_tl.arch import FAMILIES, tl_config_dict
+
+    assert old.FAMILIES is FAMILIES and old.tl_config_dict is tl_config_dict
 
 
 def test_the_layers_in_the_docs_are_these():
