@@ -26,9 +26,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.contrast import cache_over_prompt, pad_token_id, prompt_keys_values
-from cca_tl.generation import common_prefix_length
+from cca_tl.contrast import pad_token_id
 from cca_tl.fast_paths import grouped_attention_without_copies, unembed
+from cca_tl.prompt_cache import cache_over_prompt, prompt_keys_values, shared_length
 from cca_tl.tasks import Problem
 
 
@@ -107,8 +107,7 @@ def _answer_logits(model: HookedTransformer, data: AnswerSet, shared: int,
 
 def shared_prompt_length(data: AnswerSet, min_shared: int = 8) -> int:
     """Tokens every question's prompt shares (a few-shot prompt), or 0 when fewer than ``min_shared``."""
-    shared = common_prefix_length(data.prompt_ids) if len(data) > 1 else 0
-    return shared if shared >= min_shared else 0
+    return shared_length(data.prompt_ids, min_shared=min_shared)
 
 
 def answer_losses_over_prompt(model: HookedTransformer, data: AnswerSet, batch_size: int, shared: int,

@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from cca_tl.generation import common_prefix_length
+from cca_tl.prompt_cache import cache_over_prompt, prompt_keys_values, shared_length
 
 def pad_token_id(model: HookedTransformer) -> int:
     """The id batches pad with: the tokenizer's pad token, else 0 (pads are never read)."""
@@ -166,9 +166,9 @@ class PrefixKV:
         # once at batch 1 and stored once; before, each example stored its own copy (0.32 GB for 30 records
         # on Gemma-3-270M, 0.64 GB of RSS after fragmentation) — now ~20 MB.
         contexts = [p[:-1] for p in data.prefix_ids]
-        self.shared = common_prefix_length(contexts) if len(contexts) > 1 else 0
+        self.shared = shared_length(contexts)
         windowed = any(t == "local" for t in (cfg.attn_types or [])) and cfg.window_size is not None
-        if self.shared < 8 or (windowed and max(len(c) for c in contexts) > cfg.window_size):
+        if windowed and max(len(c) for c in contexts) > cfg.window_size:
             self.shared = 0  # TL counts a sliding window in columns, so mid-row pads would take real places
         kv_heads, d_head = self._kv_shape()
         empty = torch.zeros(cfg.n_layers, kv_heads, 0, d_head, device=cfg.device, dtype=cfg.dtype)
@@ -295,9 +295,9 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
     from cca_tl.fast_paths import grouped_attention_without_copies
 
     subset = data.subset(indices)
-    shared = common_prefix_length(subset.prefix_ids)
+    shared = shared_length(subset.prefix_ids, min_shared=min_shared, min_rows=1)
     cfg = model.cfg
-    if shared < min_shared:
+    if not shared:
         return Batch.collate(subset, pad_id=pad_id, device=cfg.device)
     cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
     head = torch.tensor([subset.prefix_ids[0][:shared]], device=cfg.device)
@@ -371,47 +371,16 @@ def prefix_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
 def shared_prompt(model: HookedTransformer, data: ContrastSet, min_shared: int = 8) -> tuple[int, list[Tensor]]:
     """The prompt common to *all* records, run once: its length and each layer's keys and values
     (``[k0, v0, k1, v1, ...]``, batch 1). Length 0 and no tensors when it is shorter than ``min_shared``."""
-    shared = common_prefix_length(data.prefix_ids)
-    if shared < min_shared:
+    shared = shared_length(data.prefix_ids, min_shared=min_shared, min_rows=1)
+    if not shared:
         return 0, []
     return shared, prompt_keys_values(model, data.prefix_ids[0][:shared])
-
-
-def prompt_keys_values(model: HookedTransformer, head: Sequence[int]) -> list[Tensor]:
-    """One prompt's keys and values per layer (``[k0, v0, k1, v1, ...]``, batch 1), with gradients when
-    they are enabled: what :func:`cache_over_prompt` lets every row of a batch attend to."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    from cca_tl.fast_paths import grouped_attention_without_copies
-
-    cfg = model.cfg
-    tokens = torch.tensor([list(head)], device=cfg.device)
-    prefix = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
-    with grouped_attention_without_copies():
-        model(tokens, past_kv_cache=prefix, attention_mask=torch.ones_like(tokens), stop_at_layer=cfg.n_layers)
-    return [t for e in prefix.entries for t in (e.past_keys, e.past_values)]
-
-
-def cache_over_prompt(model: HookedTransformer, rows: int, keys_values: Sequence[Tensor]):
-    """A TL key/value cache for ``rows`` rows whose past is the one prompt of ``keys_values`` (expanded
-    views: gradients from every row add up in the one computation)."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    cfg = model.cfg
-    cache = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, rows)
-    for layer, entry in enumerate(cache.entries):
-        keys, values = keys_values[2 * layer], keys_values[2 * layer + 1]
-        entry.past_keys = keys.expand(rows, *keys.shape[1:])
-        entry.past_values = values.expand(rows, *values.shape[1:])
-    shared = keys_values[0].shape[1]
-    cache.previous_attention_mask = torch.ones(rows, shared, dtype=torch.long, device=cfg.device)
-    return cache
 
 
 def batches_over_prompt(model: HookedTransformer, data: ContrastSet, batch_size: int, shared: int,
                          keys_values: Sequence[Tensor]) -> Iterator[Batch]:
     """Mini-batches of the records' tails, each attending to the shared prompt's ``keys_values`` (see
-    :func:`cache_over_prompt`). Records in the order of :func:`by_tail_length` (the caller's order is the
+    :func:`cca_tl.prompt_cache.cache_over_prompt`). Records in the order of :func:`by_tail_length` (the caller's order is the
     data's)."""
     tails = ContrastSet([p[shared:] for p in data.prefix_ids], data.desired, data.undesired)
     for start in range(0, len(data), batch_size):

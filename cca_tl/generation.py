@@ -34,6 +34,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from cca_tl.fast_paths import BufferEntry, grouped_attention_without_copies, rotate_new_keys_only, unembed
+from cca_tl.prompt_cache import SharedPrompt, common_prefix_length, shared_length
 
 DEFAULT_STOPS = ("\nQ:", "\n\n")
 
@@ -98,17 +99,6 @@ def sample_rows(logits: Float[Tensor, "rows vocab"], temperatures: Float[Tensor,
     return choice
 
 
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
-    if not sequences:
-        return 0
-    limit = min(len(s) for s in sequences) - 1
-    n = 0
-    while n < limit and all(s[n] == sequences[0][n] for s in sequences):
-        n += 1
-    return n
-
-
 def _temperatures(temperature: float | Sequence[float], n: int) -> Tensor:
     """One temperature per prompt (a single value is repeated); all must be >= 0."""
     temps = torch.tensor([float(temperature)] * n if isinstance(temperature, (int, float))
@@ -127,35 +117,6 @@ def balanced_chunks(n: int, batch_size: int) -> list[range]:
     n_chunks = -(-n // batch_size)
     size = -(-n // n_chunks)
     return [range(start, min(start + size, n)) for start in range(0, n, size)]
-
-
-@dataclass
-class SharedPrompt:
-    """The keys and values of a prompt that every row of a generation starts with (a few-shot prompt), per
-    layer ``[1, kv_head, length, d_head]``, keys rotated when ``rotated``. Computed once per
-    :func:`generate` call and copied into each batch's buffer: on Gemma-3-270M, a 270-token prompt is
-    ~0.7 s of forward pass per batch on 2 cores."""
-
-    length: int
-    keys: list[Tensor]
-    values: list[Tensor]
-    rotated: bool
-
-    @classmethod
-    @torch.no_grad()
-    def compute(cls, model: HookedTransformer, ids: Sequence[int], *, rotate: bool = True) -> "SharedPrompt":
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        cfg = model.cfg
-        rotate = rotate and cfg.positional_embedding_type == "rotary"
-        head = TransformerLensKeyValueCache.init_cache(cfg, cfg.device, 1)
-        ones = torch.ones(1, len(ids), dtype=torch.long, device=cfg.device)
-        model(torch.tensor([list(ids)], device=cfg.device), past_kv_cache=head, attention_mask=ones,
-              stop_at_layer=cfg.n_layers)
-        keys = [model.blocks[layer].attn.apply_rotary(e.past_keys, 0, ones) if rotate else e.past_keys  # TL caches
-                for layer, e in enumerate(head.entries)]                                           # them unrotated
-        return cls(len(ids), [k.transpose(1, 2) for k in keys], [e.past_values.transpose(1, 2) for e in head.entries],
-                   rotate)
 
 
 class Decoder:
@@ -272,7 +233,7 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     special = set(tokenizer.all_special_ids)
     stop_check = _StopCheck(tokenizer, stops)
     out: list[Generation | None] = [None] * len(prompts)
-    shared = common_prefix_length(prompts)
+    shared = shared_length(prompts, min_shared=1, min_rows=1)  # once per call: any shared token pays
     with grouped_attention_without_copies():
         prompt = SharedPrompt.compute(model, prompts[0][:shared]) if shared else None
     for chunk in tqdm(_chunks(model, prompts, batch_size, max_new_tokens), desc="generate", disable=not progress,

@@ -28,11 +28,12 @@ from cca_tl.components import WeightSet, registry_of
 from cca_tl.component_mask import ComponentMask
 from cca_tl.answers import AnswerSet, answer_losses_over_prompt, reference_path_scores, shared_prompt_length
 from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
-                             prompt_keys_values, shared_prompt, two_logit_diff)
+                             shared_prompt, two_logit_diff)
 from cca_tl.edits import RegionEdit, WeightEdit
 from cca_tl.entries import PARAMS, Optimizer, Params, element_masks, trainable_entries
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.params import trainable
+from cca_tl.prompt_cache import backward_through_prompt, cache_leaves, prompt_keys_values
 
 #: ``RegionEdit``, ``WeightEdit`` (:mod:`cca_tl.edits`) and ``element_masks``, ``PARAMS`` (:mod:`cca_tl.entries`)
 #: are re-exported where they lived before the update loop was split from the entries and the edits.
@@ -77,22 +78,6 @@ class UpdateResult:
                 for n, r in self.regions.items()}
 
 
-def _cache_leaves(computed: list[Tensor]) -> list[Tensor]:
-    """Detached copies of a shared prompt's keys/values for the rows to attend to, taking gradients only
-    where the prompt reached a trainable parameter: elsewhere the backward then stops at the lowest edited
-    layer instead of running down to the embedding (exact: such a leaf's gradient had nowhere to go; on
-    Gemma-3-270M a pivot step at 37 components went from 43 to 30.5 s)."""
-    return [t.detach().requires_grad_(t.requires_grad) for t in computed]
-
-
-def _backward_through_prompt(computed: list[Tensor], leaves: list[Tensor]) -> None:
-    """Send the gradients the rows left on the prompt cache's leaves (:func:`_cache_leaves`) back through the
-    prompt once, where the prompt reached a trainable parameter."""
-    reached = [(t, leaf.grad) for t, leaf in zip(computed, leaves) if leaf.grad is not None and t.requires_grad]
-    if reached:
-        torch.autograd.backward([t for t, _ in reached], grad_tensors=[g for _, g in reached])
-
-
 def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
                            shared_prefix: bool) -> Iterator[Float[Tensor, "batch"]]:
     """Backpropagate ``-sum(logit diff) / len(data)`` mini-batch by mini-batch (yielding each batch's diffs,
@@ -113,12 +98,12 @@ def _backward_over_batches(model: HookedTransformer, data: ContrastSet, batch_si
             (-diff.sum() / len(data)).backward()
             yield diff.detach()
         return
-    leaves = _cache_leaves(computed)
+    leaves = cache_leaves(computed)
     for batch in batches_over_prompt(model, data, batch_size, shared, leaves):
         diff = two_logit_diff(model, batch)
         (-diff.sum() / len(data)).backward()
         yield diff.detach()
-    _backward_through_prompt(computed, leaves)
+    backward_through_prompt(computed, leaves)
 
 
 def _pivot_step(model: HookedTransformer, data: ContrastSet, batch_size: int, shared_prefix: bool) -> float:
@@ -134,13 +119,13 @@ def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) ->
     runs once, like the pivot loss's); returns it."""
     shared = shared_prompt_length(data)
     computed = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
-    leaves = _cache_leaves(computed)
+    leaves = cache_leaves(computed)
     total = 0.0
     for _, losses in answer_losses_over_prompt(model, data, micro_batch, shared, leaves):
         loss = losses.sum() / data.n_tokens
         loss.backward()
         total += loss.item()
-    _backward_through_prompt(computed, leaves)
+    backward_through_prompt(computed, leaves)
     return total
 
 

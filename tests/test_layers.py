@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("architecture", ("cca_tl.families", "cca_tl.convert", "cca_tl.gguf", "cca_tl.testing", "cca_tl.models",
                       "cca_tl.components", "cca_tl.component_mask", "cca_tl.lora", "cca_tl.offsets",
                       "cca_tl.export")),
-    ("data", ("cca_tl.tasks", "cca_tl.tasks.", "cca_tl.generation", "cca_tl.contrast", "cca_tl.answers",
+    ("data", ("cca_tl.tasks", "cca_tl.tasks.", "cca_tl.prompt_cache", "cca_tl.generation", "cca_tl.contrast", "cca_tl.answers",
               "cca_tl.traces", "cca_tl.localize")),
     ("methods", ("cca_tl.interventions", "cca_tl.evaluate", "cca_tl.dcm", "cca_tl.entries", "cca_tl.edits",
                  "cca_tl.update", "cca_tl.analysis", "cca_tl.baselines", "cca_tl.sparse", "cca_tl.sparse.")),
