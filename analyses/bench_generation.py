@@ -27,7 +27,7 @@ import torch
 from cca_tl import load_model
 from cca_tl.generation import generate
 from cca_tl.tasks import ARITHMETIC_EXEMPLARS, arithmetic_problems, few_shot_prompt
-from cca_tl.traces import hf_twin
+from cca_tl.export import hf_copy
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.model)
     start = time.perf_counter()
-    twin = hf_twin(model)
+    twin = hf_copy(model)
     twin_s = time.perf_counter() - start
     question = arithmetic_problems(1, seed=0)[0].question
     tokens = model.to_tokens(few_shot_prompt(question, ARITHMETIC_EXEMPLARS)).repeat(args.batch, 1)

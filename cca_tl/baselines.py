@@ -125,14 +125,14 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
     from tqdm.auto import tqdm
 
     from cca_tl.convert import hooked_from_hf
-    from cca_tl.traces import hf_twin
+    from cca_tl.export import hf_copy
 
     if not examples:
         raise ValueError("No training examples for fine-tuning.")
     if method not in ("lora", "full"):
         raise ValueError(f"method must be 'lora' or 'full', not {method!r}")
     torch.manual_seed(seed)
-    twin = hf_twin(model)
+    twin = hf_copy(model)
     total = sum(p.numel() for p in twin.parameters())
     trained = _with_adapters(twin, r, alpha, dropout, targets) if method == "lora" else twin
     params = [p for p in trained.parameters() if p.requires_grad]

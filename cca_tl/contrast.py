@@ -322,9 +322,9 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
 def two_logit_diff(model: HookedTransformer, batch: Batch,
                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
     """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
-    from cca_tl.fast_paths import grouped_attention_without_copies, rotate_new_keys_only
+    from cca_tl.fast_paths import tl_fast_paths
 
-    with grouped_attention_without_copies(), rotate_new_keys_only():  # (the second: for PrefixKV's buffers)
+    with tl_fast_paths(rotated_cache=True):  # rotated: PrefixKV's buffers hold rotated keys
         if batch.past_kv is not None:
             resid = model.run_with_hooks(batch.tokens, stop_at_layer=model.cfg.n_layers,
                                          fwd_hooks=list(fwd_hooks), past_kv_cache=batch.past_kv,

@@ -261,3 +261,26 @@ def max_logit_diff(model: HookedTransformer, hf_dir: str | Path, texts: Sequence
     hf_logits = hf_model(ids.cpu()).logits.float()
     tl_logits = model(ids).float().cpu()
     return float((hf_logits - tl_logits).abs().max())
+
+
+def hf_copy(model: HookedTransformer) -> Any:
+    """A transformers model holding exactly ``model``'s current weights (fp32), in memory: the reference the
+    tests compare TransformerLens against, and what ``peft`` wraps (:mod:`cca_tl.baselines`)."""
+    from transformers import AutoModelForCausalLM
+
+    state_dict, tied = hf_state_dict(model)
+    config = hf_config_for(model)
+    config.tie_word_embeddings = tied
+    state_dict = fit_to_hf_layout(state_dict, config, tied)  # names as the installed transformers has them
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        twin = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = twin.load_state_dict(state_dict, strict=False)
+    if unexpected or [k for k in missing if not (tied and k in ("lm_head.weight", "embed_out.weight"))]:
+        raise RuntimeError(f"HF copy does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if tied:
+        twin.tie_weights()
+    return twin.eval()

@@ -2,43 +2,26 @@
 
 Generation runs on the HookedTransformer itself (:func:`cca_tl.generation.generate`: shared-prompt
 key/value cache, last-position unembedding, finished rows leave the batch), so traces always come from
-the model's current weights with no copy to keep in sync. :func:`hf_twin` builds a ``transformers``
-model holding the same weights, for tools that need one (``peft`` in :mod:`cca_tl.baselines`).
+the model's current weights with no copy to keep in sync. (A ``transformers`` copy of the weights,
+for tools that need one, is :func:`cca_tl.export.hf_copy`.)
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
-import torch
 from transformer_lens import HookedTransformer
 
+from cca_tl.export import hf_copy
 from cca_tl.generation import DEFAULT_STOPS, Generation, generate, sample_rows  # noqa: F401  (re-exported)
 from cca_tl.tasks import Problem, extract_answer, is_correct
 
 
 def hf_twin(model: HookedTransformer) -> Any:
-    """A transformers model holding exactly ``model``'s current weights (fp32), e.g. for ``peft``."""
-    from transformers import AutoModelForCausalLM
-
-    from cca_tl.export import fit_to_hf_layout, hf_config_for, hf_state_dict
-
-    state_dict, tied = hf_state_dict(model)
-    config = hf_config_for(model)
-    config.tie_word_embeddings = tied
-    state_dict = fit_to_hf_layout(state_dict, config, tied)  # names as the installed transformers has them
-    try:
-        from transformers.initialization import no_init_weights  # transformers >= 5
-    except ImportError:  # pragma: no cover - older transformers
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        twin = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = twin.load_state_dict(state_dict, strict=False)
-    if unexpected or [k for k in missing if not (tied and k in ("lm_head.weight", "embed_out.weight"))]:
-        raise RuntimeError(f"HF twin does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if tied:
-        twin.tie_weights()
-    return twin.eval()
+    """Deprecated: :func:`cca_tl.export.hf_copy` (the same function; it has nothing to do with traces)."""
+    warnings.warn("cca_tl.traces.hf_twin is deprecated; use cca_tl.export.hf_copy.", DeprecationWarning, stacklevel=2)
+    return hf_copy(model)
 
 
 def grade(text: str, problem: Problem) -> tuple[float, bool]:

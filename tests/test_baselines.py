@@ -9,7 +9,7 @@ from cca_tl.baselines import answer_loss, collate_answers, finetune, same_weight
 from cca_tl.lora import params_per_rank
 from cca_tl.models import load_model
 from cca_tl.tasks import Problem, arithmetic_problems
-from cca_tl.traces import hf_twin
+from cca_tl.export import hf_copy
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def examples(tiny):
 
 
 def test_answer_loss_matches_transformers_labels(tiny, examples):
-    twin = hf_twin(tiny)
+    twin = hf_copy(tiny)
     ids, attn, predict = collate_answers(examples[:3], pad_id=0)
     labels = torch.full_like(ids, -100)
     rows, cols = predict.nonzero(as_tuple=True)
@@ -48,7 +48,7 @@ def test_lora_and_full_finetuning_lower_the_answer_loss(tiny, examples):
     def loss_of(model):
         ids, attn, predict = collate_answers(examples, pad_id=0)
         with torch.no_grad():
-            return float(answer_loss(hf_twin(model), ids, attn, predict))
+            return float(answer_loss(hf_copy(model), ids, attn, predict))
 
     before = loss_of(tiny)
     lora = finetune(tiny, examples, method="lora", lr=1e-2, epochs=3, dropout=0.0, progress=False)

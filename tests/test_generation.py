@@ -10,7 +10,7 @@ from cca_tl.generation import balanced_chunks as _balanced_chunks
 from cca_tl.generation import generate
 from cca_tl.models import load_model
 from cca_tl.testing import TINY_ARCHITECTURES
-from cca_tl.traces import hf_twin
+from cca_tl.export import hf_copy
 
 SHARED = "Q: 1 + 2 = 3. The answer is 3.\n"
 QUESTIONS = ("Q: 3 + 4", "Q: 12 + 40 =", "Q: x", "Q: 99 - 1 = ?", "hello there")
@@ -25,7 +25,7 @@ def test_batched_generation_equals_one_row_at_a_time_and_hf(arch):
     batched = generate(model, prompts, max_new_tokens=12, batch_size=4, stops=("e",))
     alone = [generate(model, [p], max_new_tokens=12, stops=("e",))[0] for p in prompts]
     assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
-    twin = hf_twin(model)
+    twin = hf_copy(model)
     for prompt, ours in zip(prompts, generate(model, prompts, max_new_tokens=12, batch_size=8, stops=())):
         ids = torch.tensor([prompt])
         reference = twin.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,

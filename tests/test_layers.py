@@ -127,18 +127,6 @@ def test_the_architecture_layer_imports_nothing_of_cca_tl_but_its_errors():
     assert {m: d for m, d in outside.items() if d} == {}
 
 
-def test_the_old_family_module_still_imports_and_says_where_it_went():
-    import importlib
-    import sys
-
-    sys.modules.pop("cca_tl.families", None)
-    with pytest.warns(DeprecationWarning, match="cca_tl.arch"):
-        old = importlib.import_module("cca_tl.families")
-    from cca_tl.arch import FAMILIES, tl_config_dict
-
-    assert old.FAMILIES is FAMILIES and old.tl_config_dict is tl_config_dict
-
-
 def test_the_layers_in_the_docs_are_these():
     doc = (ROOT.parent / "docs" / "architecture.md").read_text()
     for name, prefixes in LAYERS:

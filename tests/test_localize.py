@@ -7,14 +7,14 @@ import torch
 
 from cca_tl import load_model
 from cca_tl.localize import branching_records, first_difference, prefix_records
-from cca_tl.traces import hf_twin
+from cca_tl.export import hf_copy
 
 
 class Completer:
     """Greedy completions from a tiny model's HF twin, counting calls."""
 
     def __init__(self, arch="tiny-llama"):
-        self.twin = hf_twin(load_model(arch, seed=2))
+        self.twin = hf_copy(load_model(arch, seed=2))
         self.calls = 0
 
     def __call__(self, prefixes, budgets):

@@ -14,10 +14,10 @@ from cca_tl.lora import LORA_TARGETS, LoRAParams, from_linear, lora_targets, par
 def test_merged_lora_equals_peft_lora_on_the_hf_twin(arch):
     from peft import LoraConfig, get_peft_model
 
-    from cca_tl.traces import hf_twin
+    from cca_tl.export import hf_copy
 
     model = load_model(arch)
-    twin = hf_twin(model)  # the unedited weights
+    twin = hf_copy(model)  # the unedited weights
     lora = LoRAParams(model, rank=3, seed=1)
     g = torch.Generator().manual_seed(2)
     for name in lora.B:

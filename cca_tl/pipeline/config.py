@@ -282,9 +282,18 @@ class RunConfig(_Section):
         return {key: (nested[key] if "." not in key else nested[key.split(".")[0]][key.split(".")[1]])
                 for key in self.keys()}
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that determine results (every flat key but the execution settings)."""
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that determine results (every flat key but the execution settings): what a run
+        directory must agree with to be resumed."""
         return {k: v for k, v in self.flat().items() if k not in EXECUTION_KEYS}
+
+    def identity(self) -> dict[str, Any]:
+        """Deprecated: :meth:`result_fields` ("identity" is :class:`cca_tl.components.ModelIdentity`)."""
+        import warnings
+
+        warnings.warn("RunConfig.identity() is deprecated; use RunConfig.result_fields().", DeprecationWarning,
+                      stacklevel=2)
+        return self.result_fields()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":

@@ -57,8 +57,8 @@ class Run:
         if not existing.exists():
             return
         # Keys added to RunConfig after the run started take their defaults; execution settings may differ.
-        previous = RunConfig.from_dict(read_json(existing, CONFIG_REPAIR)).identity()
-        now = self.config.identity()
+        previous = RunConfig.from_dict(read_json(existing, CONFIG_REPAIR)).result_fields()
+        now = self.config.result_fields()
         if previous != now:
             diff = {k: (previous.get(k), v) for k, v in now.items() if previous.get(k) != v}
             raise RunConfigMismatch(

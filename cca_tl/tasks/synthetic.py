@@ -1,5 +1,5 @@
-"""Synthetic arithmetic families: the easy multi-step word problems and the terse two-step task (the
-band the base model half-solves), and a test set whose arithmetic facts never occur in training."""
+"""Synthetic arithmetic families: the arithmetic task (short multi-step word problems), the terse two-step
+task (the band the base model half-solves), and test sets whose arithmetic facts never occur in training."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def arithmetic_problems(n_per_template: int = 50, *, seed: int = 0, max_value: i
     return _instantiate("arithmetic", ARITHMETIC_TEMPLATES, n_per_template, seed, max_value, templates)
 
 
-#: Four worked examples of the easy task (fixed; not drawn from any split).
+#: Four worked examples of the arithmetic task (fixed; not drawn from any split).
 ARITHMETIC_EXEMPLARS: tuple[tuple[str, str], ...] = (
     ("Sam has 4 pears. Sam gets 5 more pears and then gives away 3. How many pears does Sam have now?",
      "Sam starts with 4 pears. 4 + 5 = 9. 9 - 3 = 6. The final answer is 6."),
@@ -143,7 +143,7 @@ def two_step_problems(n_per_template: int = 50, *, seed: int = 0, max_value: int
     two equations and "The final answer is N.", about 20 tokens, so a trace has two steps where it can slip.
 
     Chosen from the candidates in ``analyses/task_screen.md`` because Gemma-3-270M half-solves it (greedy
-    accuracy in the 35-70 % band the paper's models start from) with traces half as long as the easy task's.
+    accuracy in the 35-70 % band the paper's models start from) with traces half as long as the arithmetic task's.
     """
     return _instantiate("two-step", TWO_STEP_TEMPLATES, n_per_template, seed, max_value, templates)
 

@@ -1,0 +1,33 @@
+"""Names that moved or were renamed keep working for one version, each with a DeprecationWarning that
+names its replacement."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_the_old_family_module_still_imports_and_says_where_it_went():
+    import importlib
+    import sys
+
+    sys.modules.pop("cca_tl.families", None)
+    with pytest.warns(DeprecationWarning, match="cca_tl.arch"):
+        old = importlib.import_module("cca_tl.families")
+    from cca_tl.arch import FAMILIES, tl_config_dict
+
+    assert old.FAMILIES is FAMILIES and old.tl_config_dict is tl_config_dict
+
+
+def test_renamed_names_still_work_and_say_their_new_name():
+    from cca_tl.export import hf_copy
+    from cca_tl.models import load_model
+    from cca_tl.pipeline import RunConfig
+    from cca_tl.traces import hf_twin
+
+    config = RunConfig()
+    with pytest.warns(DeprecationWarning, match="result_fields"):
+        assert config.identity() == config.result_fields()
+    model = load_model("tiny-gpt2")
+    with pytest.warns(DeprecationWarning, match="cca_tl.export.hf_copy"):
+        old = hf_twin(model)
+    assert old.state_dict().keys() == hf_copy(model).state_dict().keys()
