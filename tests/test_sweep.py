@@ -248,3 +248,24 @@ def test_a_broken_sweep_file_is_named_with_what_to_do(tmp_path):
     (tmp_path / "s" / "sweep.json").write_text("{")
     with pytest.raises(CorruptFileError, match="sweep.json is not valid JSON"):
         Sweep.open(tmp_path / "s")
+
+
+def test_the_committed_budget_summary_follows_from_its_cells():
+    """rows.csv, comparisons.csv and comparisons_per_seed.csv of analyses/results/budget are what the summary
+    code derives from the committed cell files (a cell committed without rewriting the summary fails here)."""
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cca_tl.sweep.summary import COLUMNS, comparisons
+
+    out = Path(__file__).resolve().parents[1] / "analyses" / "results" / "budget"
+    sweep = Sweep.open(out, progress=False)
+    rows = sweep.rows()
+    rows = rows.reindex(columns=[c for c in COLUMNS if c in rows] + [c for c in rows if c not in COLUMNS])
+    committed = pd.read_csv(out / "rows.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(rows.to_csv(index=False))), committed)
+    table, per_seed = comparisons(sweep, committed)
+    for derived, name in ((table, "comparisons.csv"), (per_seed, "comparisons_per_seed.csv")):
+        pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(derived.to_csv(index=False))), pd.read_csv(out / name))
