@@ -20,7 +20,7 @@ ROOT = Path(cca_tl.__file__).parent
 #: Bottom to top; a module may import modules of its own layer or of a layer below. The first matching
 #: prefix decides (a module name, or a package followed by a dot). Kept equal to docs/architecture.md.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("cca_tl.errors", "cca_tl._io", "cca_tl.stats", "cca_tl.provenance", "cca_tl.devices",
+    ("foundation", ("cca_tl.errors", "cca_tl._io", "cca_tl.validated", "cca_tl.stats", "cca_tl.provenance", "cca_tl.devices",
                     "cca_tl.params", "cca_tl.fast_paths")),
     ("arch", ("cca_tl.arch", "cca_tl.arch.")),
     ("architecture", ("cca_tl.families", "cca_tl.convert", "cca_tl.gguf", "cca_tl.testing", "cca_tl.models",

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
+
+from cca_tl.validated import Validated, bounded, positive
 
 CONTROL_VARIANTS = ("random", "all")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -34,35 +34,6 @@ Control = Literal["random", "all"]
 KindName = Literal["q", "k", "v", "z", "neuron"]
 
 
-def _positive(default: int) -> Any:
-    return field(default=default, metadata={"min": 1})
-
-
-def _bounded(default: Any, **bounds: float) -> Any:
-    """A field with range bounds: ``min`` / ``max`` (inclusive), ``above`` (exclusive); on a list, each item."""
-    return field(default=default, metadata=bounds)
-
-
-def _out_of_range(name: str, value: Any, bounds: dict) -> str | None:
-    """Why ``value`` (or an item of it) is out of ``bounds``, or None when it is in range."""
-    items = value if isinstance(value, list) else [value]
-    words = []
-    if "min" in bounds:
-        words.append(f"at least {bounds['min']}")
-    if "above" in bounds:
-        words.append(f"above {bounds['above']}")
-    if "max" in bounds:
-        words.append(f"at most {bounds['max']}")
-    for item in items:
-        if item is None:
-            continue
-        if (("min" in bounds and item < bounds["min"]) or ("above" in bounds and item <= bounds["above"])
-                or ("max" in bounds and item > bounds["max"])):
-            each = "each item of " if isinstance(value, list) else ""
-            return f"{each}{name} must be {' and '.join(words)}, not {value!r}"
-    return None
-
-
 #: Devices a run accepts: "auto" (CUDA when present), "cpu", "mps", "cuda" or "cuda:<index>".
 def _device_ok(device: str) -> bool:
     if device in ("auto", "cpu", "mps", "cuda"):
@@ -70,77 +41,22 @@ def _device_ok(device: str) -> bool:
     return device.startswith("cuda:") and device[5:].isdigit()
 
 
-class _Section:
-    """Validation shared by every section: each field against its annotation (and ``metadata["min"]``)."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                if not isinstance(value, hints[f.name]):
-                    raise ValueError(f"{f.name} must be a {hints[f.name].__name__}, not {value!r}")
-                continue  # a section validated itself
-            if not _fits(value, hints[f.name]):
-                raise ValueError(_mismatch(f.name, value, hints[f.name]))
-            problem = _out_of_range(f.name, value, f.metadata)
-            if problem:
-                raise ValueError(problem)
-
-
-def _fits(value: Any, annotation: Any) -> bool:
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Literal:
-        return value in args
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if origin is list:
-        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
-def _mismatch(name: str, value: Any, annotation: Any) -> str:
-    literals = _literal_choices(annotation)
-    if typing.get_origin(annotation) is list or list in map(typing.get_origin, typing.get_args(annotation)):
-        return f"{name} must be a list of {literals or 'values of ' + _type_name(annotation)}, not {value!r}"
-    if literals:
-        return f"{name} must be one of {literals}, not {value!r}"
-    return f"{name} must be {_type_name(annotation)}, not {value!r}"
-
-
-def _literal_choices(annotation: Any) -> list:
-    """The choices of every ``Literal`` inside ``annotation`` (through ``list[...]`` and ``| None``)."""
-    if typing.get_origin(annotation) is Literal:
-        return list(typing.get_args(annotation))
-    return [c for a in typing.get_args(annotation) for c in _literal_choices(a)]
-
-
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
 @dataclass
-class DataConfig(_Section):
+class DataConfig(Validated):
     """Which problems (stage ``problems``): the task, its templates, the prompt and the split sizes."""
 
     task: Literal["two-step", "arithmetic", "gsm-symbolic"] = "two-step"
-    n_per_template: int = _positive(100)  # instances generated per template before the split
+    n_per_template: int = positive(100)  # instances generated per template before the split
     split: list[float] = field(default_factory=lambda: [0.52, 0.08, 0.40])  # train / val / test shares (the paper's)
-    max_value: int = _positive(3)         # largest operand of the two-step / arithmetic tasks
+    max_value: int = positive(3)         # largest operand of the two-step / arithmetic tasks
     templates: list[str] | None = None    # None: all templates of the task
-    n_templates: int | None = _bounded(None, min=1)  # keep only the first N template ids (sorted), to size a run
+    n_templates: int | None = bounded(None, min=1)  # keep only the first N template ids (sorted), to size a run
     max_clauses: int | None = field(default=None, metadata={"min": 1})  # gsm-symbolic: at most this many reasoning clauses
     prompt: Literal["few-shot", "chat"] = "few-shot"
-    shots: int | None = _bounded(None, min=0)  # few-shot exemplars (None: all)
-    train_per_template: int | None = _bounded(12, min=1)  # questions per template traced for training (None: whole split)
-    val_per_template: int | None = _bounded(8, min=1)
-    test_per_template: int | None = _bounded(24, min=1)
+    shots: int | None = bounded(None, min=0)  # few-shot exemplars (None: all)
+    train_per_template: int | None = bounded(12, min=1)  # questions per template traced for training (None: whole split)
+    val_per_template: int | None = bounded(8, min=1)
+    test_per_template: int | None = bounded(24, min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,47 +68,47 @@ class DataConfig(_Section):
 
 
 @dataclass
-class TracesConfig(_Section):
+class TracesConfig(Validated):
     """Traces and localization (stages ``traces``, ``localize``)."""
 
     # reference: pivots where wrong greedy answers leave the reference solution (no sampling; the two-step
     # task's right answers are its reference text). prefix / branching: the paper's, from sampled traces.
     localization: Literal["reference", "prefix", "branching"] = "reference"
-    weak_threshold: float = _bounded(0.8, min=0, max=1)  # train only on templates with greedy train accuracy below this
-    n_samples: int = _bounded(0, min=0)  # sampled traces per question at most (paper: 10; reference needs none)
-    max_new_tokens: int = _positive(32)
+    weak_threshold: float = bounded(0.8, min=0, max=1)  # train only on templates with greedy train accuracy below this
+    n_samples: int = bounded(0, min=0)  # sampled traces per question at most (paper: 10; reference needs none)
+    max_new_tokens: int = positive(32)
     # Rows decoded together. Throughput is flat from 32 to 128 rows on 2 CPU cores (compute-bound), and the
     # key/value buffer grows with the rows: 32 halves it against 64 at no cost in time.
-    gen_batch_size: int = _positive(32)
+    gen_batch_size: int = positive(32)
 
 
 @dataclass
-class DCMConfig(_Section):
+class DCMConfig(Validated):
     """The DCM mask (stage ``dcm``; docs/method.md §A3)."""
 
     kinds: list[KindName] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
     form: Literal["paper", "authors"] = "paper"
-    lam: float = _bounded(1e-2, min=0)  # the sparsity weight; 0: no penalty
-    lr: float = _bounded(0.1, above=0)
-    epochs: int = _positive(10)
-    batch_size: int = _positive(8)
+    lam: float = bounded(1e-2, min=0)  # the sparsity weight; 0: no penalty
+    lr: float = bounded(0.1, above=0)
+    epochs: int = positive(10)
+    batch_size: int = positive(8)
 
 
 @dataclass
-class UpdateConfig(_Section):
+class UpdateConfig(Validated):
     """The targeted update (stage ``update``)."""
 
     weight_set: Literal["authors", "extended"] = "authors"
-    lr: float = _bounded(1e-4, above=0)  # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
+    lr: float = bounded(1e-4, above=0)  # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
     # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
     # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
     # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
-    steps: int = _positive(4)
-    eval_steps: list[int] | None = _bounded(None, min=1)  # None: 2, 4, 6, 8, 10, then every 5
+    steps: int = positive(4)
+    eval_steps: list[int] | None = bounded(None, min=1)  # None: 2, 4, 6, 8, 10, then every 5
     # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
     # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
     # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
-    batch_size: int = _positive(4)
+    batch_size: int = positive(4)
     # Picks the update's best step. logit_diff: mean pivot logit difference on the held-out val records —
     # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each;
     # reference: the share of val questions whose reference solution is the greedy path (teacher-forced,
@@ -201,22 +117,22 @@ class UpdateConfig(_Section):
 
 
 @dataclass
-class EvaluateConfig(_Section):
+class EvaluateConfig(Validated):
     """Evaluation (stage ``evaluate``): the controls beside CCA, and retention."""
 
     controls: list[Control] = field(default_factory=lambda: ["random"])
     # Retention: KL to the base model and NLL over this many 128-token general texts (CPython's pydoc topics;
     # 8 texts = 1,024 positions). Each text costs an edited variant two full-vocabulary forward passes.
-    retention_texts: int = _positive(8)
+    retention_texts: int = positive(8)
 
 
 @dataclass
-class AnalysisConfig(_Section):
+class AnalysisConfig(Validated):
     """Ablation checks, the faithfulness curve and attention views (stage ``analysis``)."""
 
-    ablation_random_sets: int = _positive(3)
-    faithfulness_points: int = _positive(8)
-    attention_heads: int = _positive(4)
+    ablation_random_sets: int = positive(3)
+    faithfulness_points: int = positive(8)
+    attention_heads: int = positive(4)
 
 
 SECTIONS: dict[str, type] = dict(data=DataConfig, traces=TracesConfig, dcm=DCMConfig, update=UpdateConfig,
@@ -224,13 +140,13 @@ SECTIONS: dict[str, type] = dict(data=DataConfig, traces=TracesConfig, dcm=DCMCo
 
 
 @dataclass
-class RunConfig(_Section):
+class RunConfig(Validated):
     """Everything that determines a run's results. Defaults: the README's main job (2 CPU cores)."""
 
     model: str = "gemma-3-270m"
     device: str = "auto"                  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    n_devices: int = _positive(1)         # TransformerLens' layer split over this many GPUs (big models)
+    n_devices: int = positive(1)         # TransformerLens' layer split over this many GPUs (big models)
     seed: int = 0
     start_from: str | None = None         # multi-round CCA: a finished run dir whose edit is this run's base
     data: DataConfig = field(default_factory=DataConfig)

@@ -45,6 +45,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cca_tl._io import atomic_directory, atomic_write_bytes
 from cca_tl.interventions import keep_top_k
+from cca_tl.validated import Validated, bounded, positive
 
 TOKENIZER_SPECIALS = ("<pad>", "<bos>", "<eos>")
 
@@ -235,29 +236,34 @@ def normalise_grad_rms_(params: Iterable[Tensor], target: float = 1.0) -> float:
 # ----------------------------------------------------------------------------------------------------
 
 @dataclass
-class SparseTrainConfig:
-    """Everything that determines a trained model (saved with it)."""
+class SparseTrainConfig(Validated):
+    """Everything that determines a trained model (saved with it); every field checked when made."""
 
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 8
-    d_head: int = 16
-    d_mlp: int = 512
-    n_ctx: int = 128
-    vocab_size: int = 2048
-    weight_l0: float | None = 1 / 16      # kept fraction of every matrix at the end; None: dense
-    activation_keep: float | None = 0.25  # AbsTopK fraction; None: no activation sparsity
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 4e-3
-    weight_decay: float = 0.01
-    adam_eps: float = 0.1
-    anneal_start: float = 0.01
-    anneal_end: float = 0.5
-    warmup: float = 0.01
+    n_layers: int = positive(2)
+    d_model: int = positive(128)
+    n_heads: int = positive(8)
+    d_head: int = positive(16)
+    d_mlp: int = positive(512)
+    n_ctx: int = positive(128)
+    vocab_size: int = positive(2048)
+    weight_l0: float | None = bounded(1 / 16, above=0, max=1)  # kept share of every matrix at the end; None: dense
+    activation_keep: float | None = bounded(0.25, above=0, max=1)  # AbsTopK share; None: no activation sparsity
+    steps: int = positive(1500)
+    batch_size: int = positive(16)
+    lr: float = bounded(4e-3, above=0)
+    weight_decay: float = bounded(0.01, min=0)
+    adam_eps: float = bounded(0.1, above=0)
+    anneal_start: float = bounded(0.01, min=0, max=1)  # shares of the steps
+    anneal_end: float = bounded(0.5, min=0, max=1)
+    warmup: float = bounded(0.01, min=0, max=1)
     seed: int = 0
-    checkpoint_every: int = 250
+    checkpoint_every: int = positive(250)
     name: str = "pystdlib-sparse"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.anneal_end < self.anneal_start:
+            raise ValueError(f"anneal_end ({self.anneal_end}) must not come before anneal_start ({self.anneal_start})")
 
     @property
     def is_sparse(self) -> bool:

@@ -140,3 +140,30 @@ def test_nan_loss_stops_training_and_keeps_the_checkpoint(tokenizer, windows, tm
         train_sparse(SparseTrainConfig(**TINY_SPARSE), tmp_path, tokenizer=tokenizer, train_windows=windows,
                      progress=False, on_step=poison)
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def _sparse_fields():
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(SparseTrainConfig)
+    return [(f.name, f, hints[f.name]) for f in dataclasses.fields(SparseTrainConfig)]
+
+
+@pytest.mark.parametrize("name, field, annotation", _sparse_fields(), ids=[n for n, _, _ in _sparse_fields()])
+def test_the_sparse_config_refuses_a_wrong_type_and_an_out_of_range_value_naming_the_field(name, field, annotation):
+    """Every field, walked from the dataclass (a field added later is covered): the weight-sparse system's
+    config is validated like the run config (issue 28, item 4)."""
+    with pytest.raises(ValueError, match=name):
+        SparseTrainConfig(**{name: {"not": 1}})
+    bounds = field.metadata
+    if not bounds:
+        return
+    bad = bounds["min"] - 1 if "min" in bounds else bounds["above"] - 1 if "above" in bounds else bounds["max"] + 1
+    with pytest.raises(ValueError, match=name):
+        SparseTrainConfig(**{name: bad})
+
+
+def test_the_sparse_config_refuses_an_anneal_that_ends_before_it_starts():
+    with pytest.raises(ValueError, match="anneal_end"):
+        SparseTrainConfig(anneal_start=0.6, anneal_end=0.5)
