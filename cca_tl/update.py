@@ -33,12 +33,13 @@ from cca_tl.edits import RegionEdit, WeightEdit
 from cca_tl.entries import PARAMS, Optimizer, Params, element_masks, trainable_entries
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.params import trainable
+from cca_tl.validated import Validated, bounded, positive
 from cca_tl.prompt_cache import backward_through_prompt, cache_leaves, prompt_keys_values
 
 #: ``RegionEdit``, ``WeightEdit`` (:mod:`cca_tl.edits`) and ``element_masks``, ``PARAMS`` (:mod:`cca_tl.entries`)
 #: are re-exported where they lived before the update loop was split from the entries and the edits.
 __all__ = ["OBJECTIVES", "PARAMS", "VARIANTS", "RegionEdit", "UpdateResult", "WeightEdit", "default_eval_steps",
-           "element_masks", "targeted_update", "train_update"]
+           "element_masks", "targeted_update", "train_update", "UpdateConfig"]
 
 Objective = Literal["pivot", "answer"]
 OBJECTIVES: tuple[Objective, ...] = ("pivot", "answer")
@@ -56,6 +57,37 @@ Variant = Literal["cca", "all", "random"]  # the pipeline's names for CCA and it
 def default_eval_steps(steps: int) -> list[int]:
     """2, 4, 6, 8, 10, then every 5 (the paper validates every 10)."""
     return [s for s in [2, 4, 6, 8, 10, *range(15, steps + 1, 5)] if s <= steps]
+
+
+@dataclass
+class UpdateConfig(Validated):
+    """The targeted update's settings: the run's ``update`` section and the defaults of :func:`train_update`
+    and :func:`targeted_update`, in one place."""
+
+    weight_set: Literal["authors", "extended"] = "authors"
+    lr: float = bounded(1e-4, above=0)  # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
+    # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
+    # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
+    # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
+    steps: int = positive(4)
+    eval_steps: list[int] | None = bounded(None, min=1)  # None: 2, 4, 6, 8, 10, then every 5
+    # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
+    # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
+    # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
+    batch_size: int = positive(4)
+    # Picks the update's best step (in a run; the functions take a callable). logit_diff: mean pivot logit
+    # difference on the held-out val records — forward passes only; accuracy (the paper's): greedy accuracy
+    # on the val questions, one generation each; reference: the share of val questions whose reference
+    # solution is the greedy path (teacher-forced, forward passes only; cca_tl.answers.reference_path_scores).
+    val_metric: Literal["accuracy", "logit_diff", "reference"] = "logit_diff"
+
+    def train_kwargs(self) -> dict:
+        """The fields :func:`targeted_update` and :func:`train_update` take, as keyword arguments."""
+        return dict(weight_set=self.weight_set, lr=self.lr, steps=self.steps, batch_size=self.batch_size,
+                    eval_steps=None if self.eval_steps is None else list(self.eval_steps))
+
+
+_DEFAULTS = UpdateConfig()
 
 
 @dataclass
@@ -137,10 +169,10 @@ def train_update(
     objective: Objective = "pivot",
     params: Params = "mask",
     optimizer: Optimizer = "sgd",
-    weight_set: WeightSet = "authors",
-    lr: float = 1e-3,
-    steps: int = 50,
-    batch_size: int = 8,
+    weight_set: WeightSet = _DEFAULTS.weight_set,
+    lr: float = _DEFAULTS.lr,
+    steps: int = _DEFAULTS.steps,
+    batch_size: int = _DEFAULTS.batch_size,
     lora_rank: int | None = None,
     heads: dict[int, list[int]] | None = None,
     val_metric: Callable[[HookedTransformer], float] | None = None,
@@ -254,10 +286,10 @@ def targeted_update(
     mask: ComponentMask | None = None,
     *,
     variant: Variant = "cca",
-    weight_set: WeightSet = "authors",
-    lr: float = 1e-3,
-    steps: int = 50,
-    batch_size: int = 8,
+    weight_set: WeightSet = _DEFAULTS.weight_set,
+    lr: float = _DEFAULTS.lr,
+    steps: int = _DEFAULTS.steps,
+    batch_size: int = _DEFAULTS.batch_size,
     val_metric: Callable[[HookedTransformer], float] | None = None,
     val_data: ContrastSet | None = None,
     eval_steps: Sequence[int] | None = None,

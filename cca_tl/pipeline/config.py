@@ -5,7 +5,9 @@
 (traces and localization), :class:`DCMConfig`, :class:`UpdateConfig`, :class:`EvaluateConfig` and
 :class:`AnalysisConfig`. Every field is checked against its type annotation (``Literal`` choices, ``int``,
 ``float``, ``list[...]``, ``None`` where optional) plus the bounds in its metadata, so a typo or a wrong
-type is an error when the config is made, not a crash an hour into a run.
+type is an error when the config is made, not a crash an hour into a run. A section whose stage is one
+library function lives beside it and gives that function its defaults (``DCMConfig`` in :mod:`cca_tl.dcm`,
+``UpdateConfig`` in :mod:`cca_tl.update`), so a notebook call and a run without overrides agree.
 
 Two kinds of fields: those that determine a run's results (locked: a run directory refuses a config that
 differs in any of them), and *execution* settings — ``device``, ``n_devices`` — that say where it runs and
@@ -24,6 +26,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from cca_tl.dcm import DCMConfig
+from cca_tl.update import UpdateConfig
 from cca_tl.validated import Validated, bounded, positive
 
 CONTROL_VARIANTS = ("random", "all")
@@ -31,7 +35,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 EXECUTION_KEYS = ("device", "n_devices")  # where a run executes; not part of its identity
 
 Control = Literal["random", "all"]
-KindName = Literal["q", "k", "v", "z", "neuron"]
 
 
 #: Devices a run accepts: "auto" (CUDA when present), "cpu", "mps", "cuda" or "cuda:<index>".
@@ -80,40 +83,6 @@ class TracesConfig(Validated):
     # Rows decoded together. Throughput is flat from 32 to 128 rows on 2 CPU cores (compute-bound), and the
     # key/value buffer grows with the rows: 32 halves it against 64 at no cost in time.
     gen_batch_size: int = positive(32)
-
-
-@dataclass
-class DCMConfig(Validated):
-    """The DCM mask (stage ``dcm``; docs/method.md §A3)."""
-
-    kinds: list[KindName] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
-    form: Literal["paper", "authors"] = "paper"
-    lam: float = bounded(1e-2, min=0)  # the sparsity weight; 0: no penalty
-    lr: float = bounded(0.1, above=0)
-    epochs: int = positive(10)
-    batch_size: int = positive(8)
-
-
-@dataclass
-class UpdateConfig(Validated):
-    """The targeted update (stage ``update``)."""
-
-    weight_set: Literal["authors", "extended"] = "authors"
-    lr: float = bounded(1e-4, above=0)  # 5e-4 raised Gemma's train logit diff by ~4 per step and broke generation
-    # With val_metric="logit_diff" the held-out pivot logit difference rose at every one of 8 steps at lr 1e-4
-    # (so the last step is always chosen) while CCA's test accuracy fell from 0.31 to 0.14: the step count
-    # is the edit's size. 4 steps: a smaller edit, and half the update's time (analyses/bench_main_job.md).
-    steps: int = positive(4)
-    eval_steps: list[int] | None = bounded(None, min=1)  # None: 2, 4, 6, 8, 10, then every 5
-    # The gradient is accumulated over the whole train set whatever this is; it trades time for memory.
-    # Gemma-3-270M, 30 two-step pivots, one step (2 CPU cores; analyses/bench_update_memory.md): batch 4 ->
-    # 23 s, 3.42 GB peak; 8 -> 20 s, 3.90 GB; 16 -> 20 s, 4.76 GB.
-    batch_size: int = positive(4)
-    # Picks the update's best step. logit_diff: mean pivot logit difference on the held-out val records —
-    # forward passes only; accuracy (the paper's): greedy accuracy on the val questions, one generation each;
-    # reference: the share of val questions whose reference solution is the greedy path (teacher-forced,
-    # forward passes only; the power experiment's rule, cca_tl.answers.reference_path_scores).
-    val_metric: Literal["accuracy", "logit_diff", "reference"] = "logit_diff"
 
 
 @dataclass

@@ -127,3 +127,26 @@ def test_config_sections_are_typed_and_keys_resolve():
         with pytest.raises(ValueError, match=message):
             RunConfig().with_overrides([bad])
     assert preset("tiny", lam=0.5, update_lr=0.1).dcm.lam == 0.5 and preset("tiny", update_lr=0.1).update.lr == 0.1
+
+
+def test_the_library_functions_default_to_their_config_section():
+    """Defaults once (issue 28): ``train_dcm``, ``train_update`` and ``targeted_update`` default to their
+    section's values, so a notebook call and a run without overrides train the same thing; the stages pass
+    the section through ``train_kwargs`` (every key a parameter of the function)."""
+    import inspect
+
+    from cca_tl.components import Kind
+    from cca_tl.dcm import DCMConfig, train_dcm
+    from cca_tl.update import UpdateConfig, targeted_update, train_update
+
+    dcm = inspect.signature(train_dcm).parameters
+    for key, value in DCMConfig().train_kwargs().items():
+        default = [Kind(k).value for k in dcm[key].default] if key == "kinds" else dcm[key].default
+        assert default == value, key
+    for function in (train_update, targeted_update):
+        parameters = inspect.signature(function).parameters
+        for key, value in UpdateConfig().train_kwargs().items():
+            assert parameters[key].default == value, (function.__name__, key)
+    paper = DCMConfig.paper()
+    assert (paper.lam, paper.lr, paper.epochs, paper.batch_size) == (1e-3, 5e-3, 50, 8)  # docs/method.md §A3
+    assert RunConfig().dcm == DCMConfig() and RunConfig().update == UpdateConfig()

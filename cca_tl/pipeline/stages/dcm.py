@@ -11,8 +11,7 @@ def run(run) -> dict:
     from cca_tl.dcm import train_dcm
 
     cfg = run.config
-    result = train_dcm(run.session.restore(), run.contrast("train"), lam=cfg.dcm.lam, kinds=cfg.dcm.kinds, form=cfg.dcm.form,
-                       lr=cfg.dcm.lr, batch_size=cfg.dcm.batch_size, max_epochs=cfg.dcm.epochs, seed=cfg.seed,
+    result = train_dcm(run.session.restore(), run.contrast("train"), **cfg.dcm.train_kwargs(), seed=cfg.seed,
                        progress=run.progress)
     with atomic_directory(run.dir / "dcm", overwrite=True) as staging:
         result.save(staging)

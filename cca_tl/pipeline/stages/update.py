@@ -21,10 +21,9 @@ def update_variant(run, variant: str):
     cfg = run.config
     train = run.contrast("train")
     model = run.session.restore()
-    return targeted_update(model, train, run.dcm().mask, variant=variant, weight_set=cfg.update.weight_set,
-                           lr=cfg.update.lr, steps=cfg.update.steps, batch_size=cfg.update.batch_size,
-                           val_metric=val_metric(run), eval_steps=cfg.update.eval_steps, seed=cfg.seed,
-                           progress=run.progress, protect=run.session.protect)
+    return targeted_update(model, train, run.dcm().mask, variant=variant, **cfg.update.train_kwargs(),
+                           val_metric=val_metric(run), seed=cfg.seed, progress=run.progress,
+                           protect=run.session.protect)
 
 
 def selection_metric(run) -> str:
