@@ -16,6 +16,11 @@ Seed 0 also gets a λ sweep and an update-lr sweep (selected by validation accur
 selected setting) and multi-round CCA (round k+1 regenerates traces on round k's model, localizes, learns a
 new mask and updates again; mask overlap between rounds).
 
+The LoRA and full fine-tuning baselines were trained through the peft path (``cca_tl.baselines``), which is
+deprecated: ``cca_tl.update.train_update(objective="answer", params="lora" | "all", optimizer="adamw")`` covers
+it (without LoRA dropout; the power experiment and the budget sweep use it). Their committed JSON files are
+read as they are; this script is the path's last user and moves to ``train_update`` when the module goes.
+
 Everything is resumable (each piece writes its JSON atomically and is skipped when present). Writes
 ``analyses/results/controls/`` — ``table1.md`` (accuracy), ``table2.md`` (retention), ``sweep.md``,
 ``rounds.md``, ``verdict.md`` and the raw ``rows.csv``.

@@ -1,4 +1,10 @@
-"""Baselines for CCA through the same API: LoRA (``peft``) and full fine-tuning, supervised on reference answers.
+"""Deprecated: the peft path. :func:`cca_tl.update.train_update` covers it on the TransformerLens model —
+``objective="answer"`` with ``params="lora"`` (rank-r factors in the HF layout, equal to peft's merged LoRA on the
+HF copy: ``tests/test_lora.py``) or ``params="all"``, ``optimizer="adamw"`` — without LoRA dropout, and
+with the same validation selection as every other update. This module stays for one version; its one user
+in the repository is ``analyses/controls.py``, whose committed baselines it trained.
+
+Baselines for CCA through the same API: LoRA (``peft``) and full fine-tuning, supervised on reference answers.
 
 The authors' baselines (docs/method.md §A5): LoRA r 16, α 32, dropout 0.1 on q, k, v, o, gate, up, down; learning rate
 1e-5, 2 epochs; full fine-tuning at lr 1e-5 — supervised on the reference solutions of the training
@@ -14,6 +20,7 @@ metric over the epochs, the unedited model (epoch 0) included.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
@@ -26,6 +33,9 @@ from cca_tl.lora import LORA_TARGETS
 from cca_tl.params import WeightSnapshot
 from cca_tl.tasks import Problem
 
+DEPRECATED = ("cca_tl.baselines (the peft path) is deprecated and goes in the next version; use "
+              "cca_tl.train_update(model, AnswerSet.from_problems(...), objective='answer', params='lora' or 'all', "
+              "optimizer='adamw').")
 
 
 @dataclass
@@ -40,6 +50,7 @@ def sft_examples(model: HookedTransformer, problems: Sequence[Problem], prompt_f
                  answer_suffix: str = "\n\n") -> list[SFTExample]:
     """Each problem's prompt followed by its reference solution (``" " + solution + answer_suffix``; for chat
     prompts pass the end-of-turn text as ``answer_suffix``)."""
+    warnings.warn(DEPRECATED, DeprecationWarning, stacklevel=2)
     if not problems:
         raise ValueError("No training problems for fine-tuning.")
     missing = [p for p in problems if not p.solution]
@@ -122,6 +133,7 @@ def finetune(model: HookedTransformer, examples: Sequence[SFTExample], *, method
     model and after every epoch; the best epoch is kept (without it: the last). ``model`` itself is untouched;
     the result holds a new HookedTransformer.
     """
+    warnings.warn(DEPRECATED, DeprecationWarning, stacklevel=2)
     from tqdm.auto import tqdm
 
     from cca_tl.convert import hooked_from_hf

@@ -23,8 +23,8 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
     """Greedy accuracy: (macro over templates, per-template table, per-problem records).
 
     ``stops``: strings that end an answer (default: a new "Q:" or a blank line, for few-shot prompts; pass
-    ``()`` for chat prompts, which end at the end-of-turn token). ``hf_model``: generate with this
-    ``transformers`` model instead (e.g. a ``peft`` model during fine-tuning); ``model`` then only tokenises.
+    ``()`` for chat prompts, which end at the end-of-turn token). ``hf_model`` (deprecated with the peft path,
+    :mod:`cca_tl.baselines`): generate with this ``transformers`` model instead; ``model`` then only tokenises.
     """
     from cca_tl.generation import DEFAULT_STOPS, generate, generate_hf
     from cca_tl.traces import grade
@@ -38,6 +38,10 @@ def accuracy(model: HookedTransformer, problems: Sequence[Problem], prompt_fn: C
                          f"model's context of {model.cfg.n_ctx}.")
     stops = DEFAULT_STOPS if stops is None else stops
     if hf_model is not None:
+        import warnings
+
+        warnings.warn("accuracy(hf_model=...) is deprecated with the peft path (cca_tl.baselines); evaluate the "
+                      "HookedTransformer itself.", DeprecationWarning, stacklevel=2)
         outs = generate_hf(hf_model, model.tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, stops=stops, progress=progress)
     else:

@@ -353,9 +353,15 @@ def generate_hf(hf_model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]],
 
     ``temperature`` may be one value per prompt (0 = greedy for that prompt). Batches are balanced in size.
     Outputs are cut at the first stop string (default: a new "Q:" or a blank line) or special token.
+    Deprecated with the peft path (:mod:`cca_tl.baselines`), its one user.
     """
+    import warnings
+
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    warnings.warn("generate_hf is deprecated with the peft path (cca_tl.baselines); use generate on the "
+                  "HookedTransformer.", DeprecationWarning, stacklevel=2)
 
     temps = _temperatures(temperature, len(prompts))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -56,3 +56,21 @@ def test_bad_answer_sets_are_refused():
         AnswerSet([[1, 2]], [])
     with pytest.raises(ValueError, match="at least one answer token"):
         AnswerSet([[1, 2]], [[]])
+
+
+def test_the_answer_objective_is_transformers_labels_loss_on_the_hf_copy():
+    """The reference for the answer objective (what the retired peft path trained on): the mean
+    cross-entropy of the answer tokens is what ``transformers`` computes with the prompt's labels at -100."""
+    from cca_tl.export import hf_copy
+
+    model = load_model("tiny-qwen2")
+    data = answers_behind_a_prompt(n=5, seed=3)
+    ours = torch.cat([losses.detach() for losses in answer_token_losses(model, data, batch_size=2)]).sum() / data.n_tokens
+    twin, total = hf_copy(model), 0.0
+    with torch.no_grad():
+        for prompt, answer in zip(data.prompt_ids, data.answer_ids):
+            ids = torch.tensor([prompt + answer])
+            labels = torch.tensor([[-100] * len(prompt) + answer])
+            total += float(twin(input_ids=ids, labels=labels).loss) * len(answer)
+    assert abs(float(ours) - total / data.n_tokens) < 1e-4
+    assert float(ours) > 1.0  # a random tiny model: far from a trivial zero

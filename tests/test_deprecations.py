@@ -31,3 +31,22 @@ def test_renamed_names_still_work_and_say_their_new_name():
     with pytest.warns(DeprecationWarning, match="cca_tl.export.hf_copy"):
         old = hf_twin(model)
     assert old.state_dict().keys() == hf_copy(model).state_dict().keys()
+
+
+def test_the_peft_path_still_works_and_names_its_replacement():
+    from cca_tl.baselines import finetune, sft_examples
+    from cca_tl.evaluate import accuracy
+    from cca_tl.export import hf_copy
+    from cca_tl.models import load_model
+    from cca_tl.tasks import arithmetic_problems
+
+    model = load_model("tiny-qwen2")
+    problems = arithmetic_problems(3, max_value=3)[:2]
+    prompt = lambda q: f"Q: {q[:20]}\nA:"  # noqa: E731
+    with pytest.warns(DeprecationWarning, match="train_update"):
+        examples = sft_examples(model, problems, prompt)
+    with pytest.warns(DeprecationWarning, match="train_update"):
+        assert finetune(model, examples, epochs=0, progress=False).best_epoch == 0
+    with pytest.warns(DeprecationWarning, match="HookedTransformer"):
+        macro, _, _ = accuracy(model, problems, prompt, max_new_tokens=2, hf_model=hf_copy(model), progress=False)
+    assert macro == accuracy(model, problems, prompt, max_new_tokens=2, progress=False)[0]
