@@ -14,7 +14,8 @@ means the pads never influence the positions read, so no attention mask is neede
 Gain conventions (``form``):
 
 * ``"paper"`` (default): ``h ← m·2h + (1−m)·h`` = ``(1+m)·h``; m=0 leaves h unchanged, m=1 doubles it.
-* ``"authors"``: the authors' code, ``h ← 2m·h``; m=0.5 unchanged, m=1 doubled, m=0 ablated.
+* ``"code"``: the form in the authors' code, ``h ← 2m·h``; m=0.5 unchanged, m=1 doubled, m=0 ablated. (It
+  was called ``"authors"``, which also names a weight set; that spelling is read for one version.)
 """
 
 from __future__ import annotations
@@ -41,12 +42,25 @@ from cca_tl.params import trainable
 from cca_tl.validated import Validated, bounded, positive
 from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
 
-Form = Literal["paper", "authors"]
+Form = Literal["paper", "code"]
 
 
 # ----------------------------------------------------------------------------------------------------
 # The mask as hooks
 # ----------------------------------------------------------------------------------------------------
+
+
+def gain_form(form: str) -> Form:
+    """``form`` checked, the old spelling ``"authors"`` read as ``"code"`` with a warning."""
+    if form == "authors":
+        import warnings
+
+        warnings.warn("DCM's gain form 'authors' is now called 'code' ('authors' also names a weight set).",
+                      DeprecationWarning, stacklevel=3)
+        return "code"
+    if form not in ("paper", "code"):
+        raise ValueError(f"form must be 'paper' or 'code', not {form!r}")
+    return form
 
 
 class DCMMask(nn.Module):
@@ -55,8 +69,7 @@ class DCMMask(nn.Module):
     def __init__(self, model: HookedTransformer, kinds: Iterable[Kind | str] = DEFAULT_KINDS, *,
                  form: Form = "paper", positions: Positions | str = "last", init: float | None = None):
         super().__init__()
-        if form not in ("paper", "authors"):
-            raise ValueError(f"form must be 'paper' or 'authors', not {form!r}")
+        form = gain_form(form)
         if positions not in ("last", "all"):
             raise ValueError(f"positions must be 'last' or 'all', not {positions!r}")
         self.registry = registry_of(model)
@@ -159,7 +172,7 @@ class DCMConfig(Validated):
     """
 
     kinds: list[KindName] = field(default_factory=lambda: ["q", "k", "v", "neuron"])
-    form: Literal["paper", "authors"] = "paper"
+    form: Literal["paper", "code"] = "paper"
     lam: float = bounded(1e-2, min=0)  # the sparsity weight; 0: no penalty
     lr: float = bounded(0.1, above=0)
     epochs: int = positive(10)  # at most; training stops early once the selected count settles

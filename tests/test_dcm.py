@@ -22,7 +22,7 @@ def test_zero_mask_is_bit_identical(model, batch):
 
 
 def test_authors_form_half_is_bit_identical(model, batch):
-    dcm = DCMMask(model, [*Kind], form="authors", init=0.5)
+    dcm = DCMMask(model, [*Kind], form="code", init=0.5)
     assert torch.equal(model.run_with_hooks(batch.tokens, fwd_hooks=dcm.hooks(batch.last_pos)), model(batch.tokens))
 
 

@@ -50,3 +50,12 @@ def test_the_peft_path_still_works_and_names_its_replacement():
     with pytest.warns(DeprecationWarning, match="HookedTransformer"):
         macro, _, _ = accuracy(model, problems, prompt, max_new_tokens=2, hf_model=hf_copy(model), progress=False)
     assert macro == accuracy(model, problems, prompt, max_new_tokens=2, progress=False)[0]
+
+
+def test_the_old_gain_form_name_is_read_as_code():
+    from cca_tl.dcm import DCMMask
+    from cca_tl.models import load_model
+
+    model = load_model("tiny-gpt2")
+    with pytest.warns(DeprecationWarning, match="'code'"):
+        assert DCMMask(model, form="authors").form == "code"
