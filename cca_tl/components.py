@@ -108,7 +108,7 @@ KIND_SPECS: dict[Kind, KindSpec] = {
 }
 
 def hf_biases(model: HookedTransformer) -> frozenset[str]:
-    """The bias families (``qkv``, ``o``, ``mlp``) that really exist in the model (from the family table)."""
+    """The bias groups (``qkv``, ``o``, ``mlp``) that really exist in the model (from the family table)."""
 
     arch = model.cfg.original_architecture
     if arch not in FAMILIES:  # a pure TL model, or one loaded elsewhere: every TL bias takes part
@@ -323,7 +323,7 @@ class ComponentRegistry:
             )
 
 
-_BIAS_FAMILY = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V": "qkv", "b_O": "o",
+_BIAS_GROUP = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V": "qkv", "b_O": "o",
                 "b_in": "mlp", "b_out": "mlp", "b_U": "unembed"}
 
 
@@ -333,8 +333,8 @@ def real_parameter_names(model: HookedTransformer) -> list[str]:
     biases = hf_biases(model)
     names = []
     for name, _ in model.named_parameters():
-        family = _BIAS_FAMILY.get(name.rsplit(".", 1)[-1])
-        if has_hf and family is not None and family not in biases:
+        group = _BIAS_GROUP.get(name.rsplit(".", 1)[-1])
+        if has_hf and group is not None and group not in biases:
             continue
         names.append(name)
     return names

@@ -9,3 +9,4 @@ from cca_tl.arch import *  # noqa: F401,F403  (the old public names: the star ta
 
 warnings.warn("cca_tl.families is deprecated; import from cca_tl.arch (the same names).", DeprecationWarning,
               stacklevel=2)
+from cca_tl.arch import BiasGroup as BiasFamily  # noqa: E402,F401  (renamed: a bias group, not an HF family)

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from cca_tl.arch import gpt2, llama, neox
-from cca_tl.arch.common import MAX_DEFAULT_CTX, BiasFamily, Family, Layout, TLParams, tl_derived
+from cca_tl.arch.common import MAX_DEFAULT_CTX, BiasGroup, Family, Layout, TLParams, tl_derived
 from cca_tl.arch.gpt2 import gpt2_tl_config
 from cca_tl.arch.llama import (convert_olmo2, gemma2_tl_config, gemma3_tl_config, llama_biases, olmo2_tl_config,
                                qwen3_tl_config)
@@ -92,6 +92,6 @@ def hf_slices(architecture: str | None, kind: str, weight_set: str = "authors") 
     return module.LAYER_PREFIX + text
 
 
-__all__ = ["FAMILIES", "LAYOUTS", "MAX_DEFAULT_CTX", "BiasFamily", "Family", "Layout", "TLParams", "family",
+__all__ = ["FAMILIES", "LAYOUTS", "MAX_DEFAULT_CTX", "BiasGroup", "Family", "Layout", "TLParams", "family",
            "hf_slices", "layout", "load_hf_config", "published_config_names", "tl_config_dict", "convert_olmo2",
            "gemma2_tl_config", "gemma3_tl_config", "gpt2_tl_config", "olmo2_tl_config"]

@@ -18,7 +18,7 @@ from cca_tl.errors import ExportError, ModelLoadError
 MAX_DEFAULT_CTX = 8192
 
 Layout = Literal["llama", "gpt2", "neox"]
-BiasFamily = Literal["qkv", "o", "mlp"]
+BiasGroup = Literal["qkv", "o", "mlp"]
 
 
 @dataclass(frozen=True)
