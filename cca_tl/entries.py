@@ -21,9 +21,22 @@ from cca_tl.components import WeightSet, real_parameter_names, registry_of
 from cca_tl.lora import LoRAParams
 from cca_tl.offsets import HeadOffsets
 
-Params = Literal["mask", "random", "all", "lora", "offsets"]
+#: Which parameters an update trains (its ``params=``): the DCM mask's slices, a random mask's, every real
+#: parameter, LoRA factors, head offsets.
+ParamSet = Literal["mask", "random", "all", "lora", "offsets"]
 Optimizer = Literal["sgd", "adamw"]
-PARAMS: tuple[Params, ...] = ("mask", "random", "all", "lora", "offsets")
+PARAM_SETS: tuple[ParamSet, ...] = ("mask", "random", "all", "lora", "offsets")
+_RENAMED = {"Params": "ParamSet", "PARAMS": "PARAM_SETS"}
+
+
+def __getattr__(name: str):
+    """The old names ``Params`` and ``PARAMS`` (``params`` also names a module) for one version."""
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"cca_tl.entries.{name} is now {_RENAMED[name]}.", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def element_masks(model: HookedTransformer, mask: ComponentMask,
@@ -84,7 +97,7 @@ def compact_gradients(params: dict[str, Tensor], where: dict[str, Index]) -> Ite
             p.grad = None
 
 
-def update_selection(model: HookedTransformer, mask: ComponentMask | None, params: Params, weight_set: WeightSet,
+def update_selection(model: HookedTransformer, mask: ComponentMask | None, params: ParamSet, weight_set: WeightSet,
                      seed: int) -> tuple[ComponentMask | None, dict[str, Tensor | None], float]:
     """Which entries a masked update changes: the mask used (None for ``"all"``), per touched parameter its
     element mask (None: every entry), and the fraction of components selected."""
@@ -96,7 +109,7 @@ def update_selection(model: HookedTransformer, mask: ComponentMask | None, param
         return used, dict(element_masks(model, used, weight_set)), used.fraction_components()
     if params == "all":
         return None, {name: None for name in real_parameter_names(model)}, 1.0
-    raise ValueError(f"params must be one of {list(PARAMS)} for a masked update, not {params!r}")
+    raise ValueError(f"params must be one of {list(PARAM_SETS)} for a masked update, not {params!r}")
 
 
 class SelectedEntries:
@@ -191,7 +204,7 @@ class LoRAEntries:
         self.lora.write()
 
 
-def trainable_entries(model: HookedTransformer, mask: ComponentMask | None, params: Params, weight_set: WeightSet,
+def trainable_entries(model: HookedTransformer, mask: ComponentMask | None, params: ParamSet, weight_set: WeightSet,
                        optimizer: Optimizer, lr: float, seed: int, lora_rank: int | None,
                        heads: dict[int, list[int]] | None):
     """What an update trains, behind the loop's interface: (entries, the mask used or None, the fraction of

@@ -30,15 +30,15 @@ from cca_tl.answers import AnswerSet, answer_losses_over_prompt, reference_path_
 from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, mean_logit_diff, prefix_batches,
                              shared_prompt, two_logit_diff)
 from cca_tl.edits import RegionEdit, WeightEdit
-from cca_tl.entries import PARAMS, Optimizer, Params, element_masks, trainable_entries
+from cca_tl.entries import PARAM_SETS, Optimizer, ParamSet, element_masks, trainable_entries
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.params import trainable
 from cca_tl.validated import Validated, bounded, positive
 from cca_tl.prompt_cache import backward_through_prompt, cache_leaves, prompt_keys_values
 
-#: ``RegionEdit``, ``WeightEdit`` (:mod:`cca_tl.edits`) and ``element_masks``, ``PARAMS`` (:mod:`cca_tl.entries`)
+#: ``RegionEdit``, ``WeightEdit`` (:mod:`cca_tl.edits`) and ``element_masks``, ``PARAM_SETS`` (:mod:`cca_tl.entries`)
 #: are re-exported where they lived before the update loop was split from the entries and the edits.
-__all__ = ["OBJECTIVES", "PARAMS", "VARIANTS", "RegionEdit", "UpdateResult", "WeightEdit", "default_eval_steps",
+__all__ = ["OBJECTIVES", "PARAM_SETS", "VARIANTS", "RegionEdit", "UpdateResult", "WeightEdit", "default_eval_steps",
            "element_masks", "targeted_update", "train_update", "UpdateConfig"]
 
 Objective = Literal["pivot", "answer"]
@@ -46,12 +46,22 @@ OBJECTIVES: tuple[Objective, ...] = ("pivot", "answer")
 
 #: The updates by name: (objective, parameters). The first three are CCA and its controls (the pipeline's
 #: variants); the others complete the objective x parameters table of ``analyses/power.py``.
-VARIANTS: dict[str, tuple[Objective, Params]] = {
+VARIANTS: dict[str, tuple[Objective, ParamSet]] = {
     "cca": ("pivot", "mask"), "random": ("pivot", "random"), "all": ("pivot", "all"), "pivot-lora": ("pivot", "lora"),
     "masked-ft": ("answer", "mask"), "random-ft": ("answer", "random"), "full-ft": ("answer", "all"),
     "lora": ("answer", "lora"),
 }
 Variant = Literal["cca", "all", "random"]  # the pipeline's names for CCA and its controls
+
+
+def __getattr__(name: str):
+    """``PARAMS`` (now ``PARAM_SETS``) for one version."""
+    if name == "PARAMS":
+        import warnings
+
+        warnings.warn("cca_tl.update.PARAMS is now PARAM_SETS.", DeprecationWarning, stacklevel=2)
+        return PARAM_SETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_eval_steps(steps: int) -> list[int]:
@@ -167,7 +177,7 @@ def train_update(
     mask: ComponentMask | None = None,
     *,
     objective: Objective = "pivot",
-    params: Params = "mask",
+    params: ParamSet = "mask",
     optimizer: Optimizer = "sgd",
     weight_set: WeightSet = _DEFAULTS.weight_set,
     lr: float = _DEFAULTS.lr,

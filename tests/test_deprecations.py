@@ -59,3 +59,13 @@ def test_the_old_gain_form_name_is_read_as_code():
     model = load_model("tiny-gpt2")
     with pytest.warns(DeprecationWarning, match="'code'"):
         assert DCMMask(model, form="authors").form == "code"
+
+
+def test_the_parameter_set_type_has_its_own_name():
+    import cca_tl.entries as entries
+    import cca_tl.update as update
+
+    with pytest.warns(DeprecationWarning, match="PARAM_SETS"):
+        assert update.PARAMS == entries.PARAM_SETS
+    with pytest.warns(DeprecationWarning, match="ParamSet"):
+        assert entries.Params is entries.ParamSet
