@@ -28,7 +28,7 @@ import torch
 
 from cca_tl import ComponentMask, load_model
 from cca_tl.contrast import Batch, ContrastSet, PrefixKV, full_logit_diff, two_logit_diff
-from cca_tl.dcm import DCMMask
+from cca_tl.dcm import DCMGains
 from cca_tl.entries import element_masks
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def main() -> None:
     prefixes = [torch.randint(1000, 50000, (n,), generator=g).tolist() for n in lengths]
     data = ContrastSet(prefixes, [1234] * args.batch, [4321] * args.batch)
     batch = Batch.collate(data)
-    dcm = DCMMask(model)
+    dcm = DCMGains(model)
     opt = torch.optim.Adam(dcm.parameters(), lr=5e-3)
 
     def dcm_step(readout, the_batch=batch):

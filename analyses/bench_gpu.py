@@ -77,7 +77,7 @@ def timed(fn, device: torch.device, reps: int = 3) -> tuple[float, float]:
 def bench(name: str, args) -> list[dict]:
     from cca_tl.component_mask import ComponentMask
     from cca_tl.contrast import ContrastSet, PrefixKV, two_logit_diff
-    from cca_tl.dcm import DCMMask
+    from cca_tl.dcm import DCMGains
     from cca_tl.generation import generate
     from cca_tl.update import targeted_update
 
@@ -90,7 +90,7 @@ def bench(name: str, args) -> list[dict]:
     data = ContrastSet(prefixes, [11 + i for i in range(8)], [12 + i for i in range(8)])
     rows = []
 
-    dcm = DCMMask(model)
+    dcm = DCMGains(model)
     cache = PrefixKV(model, data, batch_size=8)
 
     def dcm_step():

@@ -20,14 +20,14 @@ fine-tuning and on LoRA factors, for comparisons at a matched budget):
 from cca_tl.components import ALL_KINDS, DEFAULT_KINDS, Component, ComponentRegistry, Kind, ModelIdentity, ParamSlice
 from cca_tl.component_mask import ComponentMask, component_table
 from cca_tl.contrast import ContrastSet, two_logit_diff
-from cca_tl.dcm import DCMMask, DCMResult, lambda_sweep, train_dcm
+from cca_tl.dcm import DCMConfig, DCMGains, DCMResult, lambda_sweep, train_dcm
 from cca_tl.errors import CCAError, ExportError, MaskMismatchError, ModelLoadError, NonFiniteLossError
 from cca_tl.export import ExportReport, export_hf, hf_state_dict, max_logit_diff
 from cca_tl.models import DEFAULT_MODEL, known_models, load_model
 from cca_tl.provenance import provenance
 from cca_tl.testing import tiny_model
 from cca_tl.answers import AnswerSet
-from cca_tl.update import VARIANTS, UpdateResult, targeted_update, train_update
+from cca_tl.update import VARIANTS, UpdateConfig, UpdateResult, targeted_update, train_update
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,15 @@ __all__ = [
     "ComponentRegistry", "ExportError", "ExportReport", "Kind", "MaskMismatchError", "ModelIdentity",
     "ModelLoadError", "ParamSlice", "component_table", "export_hf", "hf_state_dict", "known_models",
     "load_model", "max_logit_diff", "provenance", "tiny_model",
-    "ContrastSet", "DCMMask", "DCMResult", "NonFiniteLossError", "lambda_sweep", "train_dcm", "two_logit_diff",
-    "AnswerSet", "UpdateResult", "VARIANTS", "targeted_update", "train_update",
+    "ContrastSet", "DCMConfig", "DCMGains", "DCMResult", "NonFiniteLossError", "lambda_sweep", "train_dcm", "two_logit_diff",
+    "AnswerSet", "UpdateConfig", "UpdateResult", "VARIANTS", "targeted_update", "train_update",
 ]
+
+
+def __getattr__(name: str):
+    """``cca_tl.DCMMask`` (now ``DCMGains``) for one version."""
+    if name == "DCMMask":
+        from cca_tl import dcm
+
+        return dcm.DCMMask  # warns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,6 +50,16 @@ Form = Literal["paper", "code"]
 # ----------------------------------------------------------------------------------------------------
 
 
+def __getattr__(name: str):
+    """``DCMMask`` (now ``DCMGains``: "mask" is the binary ComponentMask) for one version."""
+    if name == "DCMMask":
+        import warnings
+
+        warnings.warn("cca_tl.dcm.DCMMask is now DCMGains.", DeprecationWarning, stacklevel=2)
+        return DCMGains
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def gain_form(form: str) -> Form:
     """``form`` checked, the old spelling ``"authors"`` read as ``"code"`` with a warning."""
     if form == "authors":
@@ -63,8 +73,9 @@ def gain_form(form: str) -> Form:
     return form
 
 
-class DCMMask(nn.Module):
-    """Continuous gains, one per component of the chosen kinds, applied through TL hooks."""
+class DCMGains(nn.Module):
+    """Continuous gains, one per component of the chosen kinds, applied through TL hooks; :meth:`binarize`
+    rounds them into the :class:`ComponentMask` (the mask is the binary selection, these are its gains)."""
 
     def __init__(self, model: HookedTransformer, kinds: Iterable[Kind | str] = DEFAULT_KINDS, *,
                  form: Form = "paper", positions: Positions | str = "last", init: float | None = None):
@@ -83,7 +94,7 @@ class DCMMask(nn.Module):
         })
 
     @classmethod
-    def from_values(cls, model: HookedTransformer, values: dict[Kind | str, Tensor], **kwargs) -> "DCMMask":
+    def from_values(cls, model: HookedTransformer, values: dict[Kind | str, Tensor], **kwargs) -> "DCMGains":
         mask = cls(model, kinds=list(values), **kwargs)
         with torch.no_grad():
             for k, v in values.items():
@@ -192,7 +203,7 @@ class DCMConfig(Validated):
 _DEFAULTS = DCMConfig()
 
 
-def _dcm_step(model: HookedTransformer, dcm: DCMMask, batch, optimizer: torch.optim.Optimizer, lam: float,
+def _dcm_step(model: HookedTransformer, dcm: DCMGains, batch, optimizer: torch.optim.Optimizer, lam: float,
               step: int, where: str, history: list[dict]) -> tuple[Tensor, Tensor]:
     """One Adam step on ``−mean logit diff + λ·Σ gains``, gains clamped to [0, 1]; (loss, per-row diffs).
     A non-finite loss raises with the gains from before the step."""
@@ -200,7 +211,7 @@ def _dcm_step(model: HookedTransformer, dcm: DCMMask, batch, optimizer: torch.op
     diff = two_logit_diff(model, batch, dcm.hooks(batch.last_pos))
     loss = -diff.mean() + lam * dcm.l1()
     if not torch.isfinite(loss):
-        good_mask = DCMMask.from_values(model, last_good, form=dcm.form, positions=dcm.positions).binarize()
+        good_mask = DCMGains.from_values(model, last_good, form=dcm.form, positions=dcm.positions).binarize()
         raise NonFiniteLossError(
             f"DCM loss is {loss.item()} at step {step} ({where}); the gains before that step are kept in "
             ".last_good.", step,
@@ -247,7 +258,7 @@ def train_dcm(
 
     data.validate(model)
     generator = torch.Generator().manual_seed(seed)
-    dcm = DCMMask(model, kinds, form=form, positions=positions, init=init)
+    dcm = DCMGains(model, kinds, form=form, positions=positions, init=init)
     optimizer = torch.optim.Adam(dcm.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     batches_per_epoch = math.ceil(len(data) / batch_size)

@@ -7,14 +7,14 @@ import torch
 
 from cca_tl import Kind, load_model
 from cca_tl.contrast import Batch, ContrastSet, full_logit_diff, two_logit_diff
-from cca_tl.dcm import DCMMask, train_dcm
+from cca_tl.dcm import DCMGains, train_dcm
 from tests.helpers import contrast, records_behind_a_prompt
 
 
 def assert_prefix_cache_is_exact(model, data, kv, *, seed: int) -> None:
     """Logit differences and DCM-gain gradients over ``kv`` equal those of the full right-padded batch."""
     g = torch.Generator().manual_seed(seed)
-    dcm = DCMMask(model, [*Kind], init=0.0)
+    dcm = DCMGains(model, [*Kind], init=0.0)
     with torch.no_grad():
         for p in dcm.gains.values():
             p.copy_(torch.rand(p.shape, generator=g))
@@ -37,7 +37,7 @@ def test_two_logit_diff_equals_full_logits_with_padding_and_softcap():
     data = contrast(n=6, lengths=(3, 14))
     batch = Batch.collate(data)
     assert (batch.tokens == 0).any(), "the batch must contain padding"
-    dcm = DCMMask(model, init=0.3)
+    dcm = DCMGains(model, init=0.3)
     hooks = dcm.hooks(batch.last_pos)
     torch.testing.assert_close(two_logit_diff(model, batch, hooks), full_logit_diff(model, batch, hooks),
                                atol=1e-5, rtol=0)

@@ -7,7 +7,7 @@ import torch
 
 from cca_tl import Component, ComponentMask, ComponentRegistry, Kind
 from cca_tl.contrast import Batch, two_logit_diff
-from cca_tl.dcm import DCMMask, train_dcm
+from cca_tl.dcm import DCMGains, train_dcm
 from cca_tl.errors import NonFiniteLossError
 from cca_tl.update import targeted_update
 from tests.helpers import contrast
@@ -16,19 +16,19 @@ from tests.helpers import contrast
 def test_zero_mask_is_bit_identical(model, batch):
     plain = model(batch.tokens)
     for positions in ("last", "all"):
-        dcm = DCMMask(model, [*Kind], init=0.0, positions=positions)
+        dcm = DCMGains(model, [*Kind], init=0.0, positions=positions)
         hooked = model.run_with_hooks(batch.tokens, fwd_hooks=dcm.hooks(batch.last_pos))
         assert torch.equal(hooked, plain)
 
 
 def test_authors_form_half_is_bit_identical(model, batch):
-    dcm = DCMMask(model, [*Kind], form="code", init=0.5)
+    dcm = DCMGains(model, [*Kind], form="code", init=0.5)
     assert torch.equal(model.run_with_hooks(batch.tokens, fwd_hooks=dcm.hooks(batch.last_pos)), model(batch.tokens))
 
 
 @pytest.mark.parametrize("kind,layer,unit", [("q", 1, 2), ("k", 0, 3), ("v", 1, 0), ("z", 0, 1), ("neuron", 1, 9)])
 def test_gain_one_doubles_exactly_that_component(model, batch, kind, layer, unit):
-    dcm = DCMMask(model, [*Kind], init=0.0)
+    dcm = DCMGains(model, [*Kind], init=0.0)
     with torch.no_grad():
         dcm.gains[kind][layer, unit] = 1.0
     hook_name = ComponentRegistry.from_model(model).hook_name(kind, layer)
@@ -87,7 +87,7 @@ def test_planted_target_dcm_then_update_raise_the_logit_difference():
     res = train_dcm(model, train, lam=2e-3, lr=5e-2, max_epochs=30, seed=0, progress=False)
     assert planted in res.mask
     assert 0 < res.mask.count() < res.mask.size()
-    binary = DCMMask.from_values(model, {k: m.float() for k, m in res.mask.masks.items()})
+    binary = DCMGains.from_values(model, {k: m.float() for k, m in res.mask.masks.items()})
     masked = two_logit_diff(model, vb, binary.hooks(vb.last_pos)).mean().item()
     assert masked > base + 0.5, (base, masked)
     upd = targeted_update(model, train, res.mask, lr=0.01, steps=10, val_data=val, progress=False)

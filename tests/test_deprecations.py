@@ -53,12 +53,12 @@ def test_the_peft_path_still_works_and_names_its_replacement():
 
 
 def test_the_old_gain_form_name_is_read_as_code():
-    from cca_tl.dcm import DCMMask
+    from cca_tl.dcm import DCMGains
     from cca_tl.models import load_model
 
     model = load_model("tiny-gpt2")
     with pytest.warns(DeprecationWarning, match="'code'"):
-        assert DCMMask(model, form="authors").form == "code"
+        assert DCMGains(model, form="authors").form == "code"
 
 
 def test_the_parameter_set_type_has_its_own_name():
@@ -69,3 +69,14 @@ def test_the_parameter_set_type_has_its_own_name():
         assert update.PARAMS == entries.PARAM_SETS
     with pytest.warns(DeprecationWarning, match="ParamSet"):
         assert entries.Params is entries.ParamSet
+
+
+def test_the_dcm_gains_module_has_its_own_name():
+    import cca_tl.dcm as dcm
+
+    with pytest.warns(DeprecationWarning, match="DCMGains"):
+        assert dcm.DCMMask is dcm.DCMGains
+    import cca_tl
+
+    with pytest.warns(DeprecationWarning, match="DCMGains"):
+        assert cca_tl.DCMMask is dcm.DCMGains

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from cca_tl import Component, ComponentMask, ComponentRegistry, Kind, ModelLoadError, export_hf, load_model
 from cca_tl.contrast import Batch, ContrastSet
-from cca_tl.dcm import DCMMask
+from cca_tl.dcm import DCMGains
 from cca_tl.arch import FAMILIES, hf_slices, load_hf_config, published_config_names, tl_config_dict
 from cca_tl.testing import TINY_ARCHITECTURES, char_tokenizer, tiny_hf_model
 from cca_tl.entries import element_masks
@@ -60,7 +60,7 @@ def test_zero_mask_is_bit_identical(name):
     model = load_model(name)
     batch = Batch.collate(contrast(n=3))
     plain = model(batch.tokens)
-    dcm = DCMMask(model, [*Kind], init=0.0)
+    dcm = DCMGains(model, [*Kind], init=0.0)
     assert torch.equal(model.run_with_hooks(batch.tokens, fwd_hooks=dcm.hooks(batch.last_pos)), plain)
 
 

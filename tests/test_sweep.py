@@ -176,7 +176,7 @@ def test_gain_attribution_over_the_prefix_cache_equals_the_full_pass():
     """The budgets' tie-break reads ∂(mean logit diff)/∂gain over DCM's prefix cache; the same as the plain pass."""
     from cca_tl import load_model
     from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
-    from cca_tl.dcm import DCMMask
+    from cca_tl.dcm import DCMGains
     from cca_tl.params import trainable
     from cca_tl.sweep.budgets import gain_attribution
 
@@ -188,7 +188,7 @@ def test_gain_attribution_over_the_prefix_cache_equals_the_full_pass():
     gains = {"q": torch.rand(model.cfg.n_layers, model.cfg.n_heads, generator=g),
              "neuron": torch.rand(model.cfg.n_layers, model.cfg.d_mlp, generator=g)}
     fast = gain_attribution(model, data, gains, batch_size=4)
-    dcm = DCMMask.from_values(model, gains, form="paper", positions="last")
+    dcm = DCMGains.from_values(model, gains, form="paper", positions="last")
     with trainable(model):
         for batch in data.batches(4, pad_id=pad_token_id(model)):
             (two_logit_diff(model, batch, dcm.hooks(batch.last_pos)).sum() / len(data)).backward()

@@ -25,10 +25,10 @@ def gain_attribution(model: HookedTransformer, data, gains: dict[str, Tensor], *
     """∂ mean logit difference / ∂ gain at the stored ``gains`` (per kind, the gains' shapes), over the
     training pivots ``data`` (a :class:`cca_tl.contrast.ContrastSet`); the model is only read."""
     from cca_tl.contrast import PrefixKV, pad_token_id, two_logit_diff
-    from cca_tl.dcm import DCMMask
+    from cca_tl.dcm import DCMGains
     from cca_tl.params import trainable
 
-    dcm = DCMMask.from_values(model, {k: v.to(model.cfg.device) for k, v in gains.items()}, form=form, positions="last")
+    dcm = DCMGains.from_values(model, {k: v.to(model.cfg.device) for k, v in gains.items()}, form=form, positions="last")
     pad = pad_token_id(model)
     # The gains act at the last position only, so nothing before it depends on them: DCM's own prefix cache
     # makes this a last-token pass (on the budget sweep's seed 0, the full-prefix pass took ~10 min of CPU).
