@@ -269,3 +269,21 @@ def test_the_committed_budget_summary_follows_from_its_cells():
     table, per_seed = comparisons(sweep, committed)
     for derived, name in ((table, "comparisons.csv"), (per_seed, "comparisons_per_seed.csv")):
         pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(derived.to_csv(index=False))), pd.read_csv(out / name))
+
+
+def test_gaps_name_the_cells_that_never_reached_a_kl_target():
+    import pandas as pd
+
+    from cca_tl.sweep.summary import gaps
+
+    cell = dict(seed=2, variant="random", budget_share=0.001, draw=0)
+    rows = pd.DataFrame([
+        {**cell, "reading": "selected", "kl_target": None, "edit_scale": 1.0, "kl_to_base": 1.5e-7},
+        {**cell, "reading": "kl=0.0005", "kl_target": 5e-4, "edit_scale": 57.2, "kl_to_base": 4.8e-4},
+        {**cell, "reading": "kl=0.001", "kl_target": 1e-3, "edit_scale": None, "kl_to_base": None},
+        {**cell, "variant": "cca", "reading": "kl=0.001", "kl_target": 1e-3, "edit_scale": 3.0, "kl_to_base": 1e-3},
+    ])
+    found = gaps(rows)
+    assert found[["variant", "kl_target"]].values.tolist() == [["random", 1e-3]]
+    assert found["largest_kl_reached"].tolist() == [4.8e-4]
+    assert gaps(rows[rows["variant"] == "cca"]).empty

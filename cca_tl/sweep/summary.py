@@ -172,6 +172,19 @@ def write_summary(sweep, out: Path) -> pd.DataFrame:
     return rows
 
 
+def gaps(rows: pd.DataFrame) -> pd.DataFrame:
+    """Cells whose edit never reached a KL target (scaled up to ``readings.MAX_SCALE``): one row per cell
+    and target, with the largest KL the cell's readings reached. Those cells are missing from every
+    comparison at that reading, which then rests on fewer seeds or draws."""
+    matched = rows[rows["kl_target"].notna()]
+    missing = matched[matched["edit_scale"].isna()]
+    if missing.empty:
+        return pd.DataFrame(columns=["seed", "variant", "budget_share", "draw", "kl_target", "largest_kl_reached"])
+    keys = ["seed", "variant", "budget_share", "draw"]
+    reached = rows.groupby(keys)["kl_to_base"].max().rename("largest_kl_reached")
+    return missing[keys + ["kl_target"]].join(reached, on=keys).reset_index(drop=True)
+
+
 def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
     c = sweep.config
     done = {s: len(sweep.done(s) - {"base"}) for s in c.seeds}
@@ -211,5 +224,14 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
                   "CCA − random on pivots at every reading; all of them are in `comparisons.csv`.", "",
                   brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
+    missing = gaps(rows)
+    if not missing.empty:
+        from cca_tl.sweep.readings import KL_MAX_TRIES, MAX_SCALE
+
+        lines += ["## Gaps", "", f"These edits did not reach a KL target scaled along their own direction (at most "
+                  f"{MAX_SCALE:g}-fold, {KL_MAX_TRIES} tries), so they have no reading there and the comparisons at that reading leave them out (their seed "
+                  "counts show it):", "",
+                  missing.assign(largest_kl_reached=missing["largest_kl_reached"].map(lambda v: f"{v:.2g}"))
+                  .to_markdown(index=False), ""]
     lines += [f"![{p}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
