@@ -27,12 +27,12 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.components import ComponentRegistry, Kind, registry_of
 from cca_tl.component_mask import ComponentMask
 from cca_tl import interventions
-from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, two_logit_diff
+from cca_tl.contrast import ContrastSet, PrefixKV, pad_token_id, prefix_cache_for, two_logit_diff
 from cca_tl.interventions import Baseline, Positions, Replace, task_means
 
 
@@ -151,7 +151,7 @@ def ablation_checks(model: HookedTransformer, data: ContrastSet, mask: Component
     """
     reg = registry_of(model)
     mask.validate(reg)
-    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
+    prefix_kv = prefix_kv if prefix_kv is not None else prefix_cache_for(model, data, batch_size)
     if means is None:
         means = task_means(model, data, mask.kinds, prefix_kv=prefix_kv, batch_size=batch_size)
     clean = ablated_logit_diffs(model, data, None, prefix_kv=prefix_kv, batch_size=batch_size)
@@ -208,7 +208,7 @@ def faithfulness_curve(model: HookedTransformer, data: ContrastSet, scores: Mapp
     full = ComponentMask.full(reg, kinds)
     total = full.count()
     sizes = sorted({0, total, *(sizes if sizes is not None else default_sizes(total))})
-    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
+    prefix_kv = prefix_kv if prefix_kv is not None else prefix_cache_for(model, data, batch_size)
     baseline = _pivot_baseline(baseline)
     if baseline is Baseline.TASK_MEAN and means is None:
         means = task_means(model, data, kinds, prefix_kv=prefix_kv, batch_size=batch_size)

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.contrast import pad_token_id
 from cca_tl.fast_paths import grouped_attention_without_copies, unembed

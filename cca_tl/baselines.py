@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.lora import LORA_TARGETS
 from cca_tl.params import WeightSnapshot

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.components import (ALL_KINDS, DEFAULT_KINDS, Component, ComponentRegistry, Granularity, Kind,
                                ModelIdentity, WeightSet, registry_of, with_total_row)

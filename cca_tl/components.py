@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Literal
 import pandas as pd
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from cca_tl.backend import HookedTransformer, HookedTransformerConfig, is_bridge
 
 from cca_tl.errors import MaskMismatchError
 from cca_tl.arch import FAMILIES, hf_slices, load_hf_config, tl_config_dict
@@ -216,7 +216,10 @@ class ComponentRegistry:
         biases = hf_biases(model)
         self._slice_specs: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
         self._param_shapes = {name: tuple(p.shape) for name, p in params.items()}
-        self.total_model_params = _real_param_count(model, params)
+        # On the bridge the parameters are the HF model's own (each tied weight once), and the slices below
+        # (TransformerLens names) find none of them: what an update may change is not mapped there yet.
+        self.total_model_params = (sum(p.numel() for p in model.parameters()) if is_bridge(model)
+                                   else _real_param_count(model, params))
         for kind, spec in KIND_SPECS.items():
             for weight_set, specs in (("authors", spec.authors), ("extended", spec.authors + spec.extended_extra)):
                 kept = []
@@ -413,10 +416,10 @@ def paper_shares(registry: ComponentRegistry) -> pd.DataFrame:
 def registry_of(obj: HookedTransformer | ComponentRegistry) -> ComponentRegistry:
     if isinstance(obj, ComponentRegistry):
         return obj
-    if isinstance(obj, HookedTransformer):
+    if isinstance(obj, HookedTransformer) or is_bridge(obj):
         cached = getattr(obj, "_cca_registry", None)
         if cached is None or cached.identity != ModelIdentity.of(obj):
             cached = ComponentRegistry(obj)
             obj._cca_registry = cached
         return cached
-    raise TypeError(f"Expected a HookedTransformer or ComponentRegistry, got {type(obj).__name__}")
+    raise TypeError(f"Expected a HookedTransformer, TransformerBridge or ComponentRegistry, got {type(obj).__name__}")

@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
+from cca_tl.errors import BackendError
 
 from cca_tl.prompt_cache import cache_over_prompt, prompt_keys_values, shared_length
 
@@ -139,6 +140,12 @@ class Batch:
         return self.tokens.shape[0]
 
 
+def prefix_cache_for(model: HookedTransformer, data: "ContrastSet", batch_size: int = 8) -> "PrefixKV | None":
+    """A :class:`PrefixKV` of ``data`` for readouts at the last position, or None on a TransformerLens 4 bridge
+    (whose readouts run over the whole prefix: the cache is a HookedTransformer path)."""
+    return None if is_bridge(model) else PrefixKV(model, data, batch_size=batch_size)
+
+
 class PrefixKV:
     """Keys and values of every prefix except its last token, computed once, without gradients.
 
@@ -155,6 +162,9 @@ class PrefixKV:
     """
 
     def __init__(self, model: HookedTransformer, data: ContrastSet, *, batch_size: int = 8, progress: bool = False):
+        if is_bridge(model):
+            raise BackendError("PrefixKV caches TransformerLens 3 keys and values: a HookedTransformer path. On "
+                               "a bridge, train DCM with prefix_cache=False.")
         from tqdm.auto import tqdm
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -321,8 +331,17 @@ def shared_prefix_batch(model: HookedTransformer, data: "ContrastSet", indices: 
 
 def two_logit_diff(model: HookedTransformer, batch: Batch,
                    fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Float[Tensor, "batch"]:
-    """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits."""
+    """logit[desired] − logit[undesired] at each row's last real position, without full-vocab logits (on a
+    TransformerLens 4 bridge: read off the full logits, which the HF model computes anyway)."""
     from cca_tl.fast_paths import tl_fast_paths
+
+    if is_bridge(model):
+        if batch.past_kv is not None:
+            raise BackendError("Cached prefixes are a HookedTransformer path; on the bridge run without them.")
+        logits = model.run_with_hooks(batch.tokens, fwd_hooks=list(fwd_hooks))
+        rows = torch.arange(len(batch), device=logits.device)
+        last = logits[rows, batch.last_pos].float()
+        return last[rows, batch.desired] - last[rows, batch.undesired]
 
     with tl_fast_paths(rotated_cache=True):  # rotated: PrefixKV's buffers hold rotated keys
         if batch.past_kv is not None:

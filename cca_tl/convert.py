@@ -16,8 +16,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.components import Embed
+from cca_tl.backend import TL_MAJOR, HookedTransformer, HookedTransformerConfig
+
+if TL_MAJOR < 4:
+    from transformer_lens.components import Embed
+else:  # TransformerLens 4 has no component tree: conversion to a HookedTransformer is the hooked backend's
+    Embed = torch.nn.Module
 
 from cca_tl.arch import FAMILIES, tl_config_dict
 from cca_tl.provenance import ModelProvenance

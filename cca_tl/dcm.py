@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Literal, Sequence
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
 
 from cca_tl.components import DEFAULT_KINDS, Kind, registry_of
 from cca_tl.component_mask import ComponentMask
@@ -264,8 +264,9 @@ def train_dcm(
     batches_per_epoch = math.ceil(len(data) / batch_size)
     patience = max(1, math.ceil(patience_frac * batches_per_epoch))
     pad = pad_token_id(model)
-    if prefix_cache is None:
-        prefix_cache = positions == "last" and PrefixKV.estimate_bytes(model, data) <= cache_budget_bytes
+    if prefix_cache is None:  # a HookedTransformer path (TransformerLens 3's key/value cache)
+        prefix_cache = (positions == "last" and not is_bridge(model)
+                        and PrefixKV.estimate_bytes(model, data) <= cache_budget_bytes)
     if prefix_cache and positions != "last":
         raise ValueError("prefix_cache needs positions='last' (with 'all' the mask changes every position)")
     prefix_kv = PrefixKV(model, data, batch_size=batch_size, progress=progress) if prefix_cache else None

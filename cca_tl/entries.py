@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Literal
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.component_mask import ComponentMask
 from cca_tl.components import WeightSet, real_parameter_names, registry_of

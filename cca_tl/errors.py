@@ -65,3 +65,7 @@ class NonFiniteLossError(CCAError, FloatingPointError):
         super().__init__(message)
         self.step = step
         self.last_good = last_good
+
+
+class BackendError(CCAError, ValueError):
+    """The requested TransformerLens backend is not installed here, or cannot serve this model or operation."""

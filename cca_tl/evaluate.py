@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.tasks import Problem, macro_accuracy
 

@@ -31,10 +31,10 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
 
 from cca_tl._io import atomic_directory, atomic_write_text
-from cca_tl.errors import ExportError
+from cca_tl.errors import BackendError, ExportError
 from cca_tl.arch import FAMILIES, TLParams, layout
 from cca_tl.convert import embedding_matrix
 
@@ -200,6 +200,9 @@ def export_hf(
     noise between TransformerLens and transformers (measured 6e-5 on Gemma-3-270M, 9e-5 on
     Qwen2.5-0.5B), whereas a wrong mapping shows up at order 1 — hence the 1e-3 default.
     """
+    if is_bridge(model):
+        raise BackendError("Export on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
+                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 

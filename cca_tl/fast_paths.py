@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import TL_MAJOR, HookedTransformer
 
 
 class BufferEntry:
@@ -98,6 +98,9 @@ def rotate_new_keys_only() -> Iterator[None]:
     new positions are rotated by TL's own ``apply_rotary`` with their offset and the same attention mask,
     so each key gets the same elementwise arithmetic as before: the logits are bit-identical (tested).
     """
+    if TL_MAJOR >= 4:  # no TransformerLens attention class under 4.x (the bridge never uses BufferEntry)
+        yield
+        return
     from transformer_lens.components.abstract_attention import AbstractAttention
 
     original = AbstractAttention.apply_rotary
@@ -141,6 +144,9 @@ def grouped_attention_without_copies() -> Iterator[None]:
     (same function: checked against TL's own in the tests; hooks still fire). Used while generating and in
     every two-logit forward (DCM, update): TL's ``repeat_interleave`` also keeps the repeated keys and
     values for the backward pass — on Gemma-3-270M, 247 MB of the 700 MB a batch of 8 few-shot rows saves."""
+    if TL_MAJOR >= 4:  # the bridge runs the HF model's own attention: no TransformerLens class to patch
+        yield
+        return
     from transformer_lens.components.grouped_query_attention import GroupedQueryAttention as GQA
 
     saved = GQA.calculate_attention_scores, GQA.calculate_z_scores

@@ -31,8 +31,9 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
 
+from cca_tl.errors import BackendError
 from cca_tl.fast_paths import BufferEntry, grouped_attention_without_copies, rotate_new_keys_only, unembed
 from cca_tl.prompt_cache import SharedPrompt, common_prefix_length, shared_length
 
@@ -217,6 +218,9 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     a row stops at a special token (end of turn, EOS) or when its text contains a stop string (default: a
     new "Q:" or a blank line), and its output is cut before that token. Sampling is seeded per batch.
     """
+    if is_bridge(model):
+        raise BackendError("Generation on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
+                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
     from tqdm.auto import tqdm
 
     tokenizer = model.tokenizer

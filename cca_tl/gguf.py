@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl._io import cache_dir
-from cca_tl.convert import hf_architecture_of, hooked_from_hf
+from cca_tl.bridge import model_from_hf
+from cca_tl.convert import hf_architecture_of
 from cca_tl.errors import ModelLoadError
 
 QWEN_EXTRA_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -96,16 +97,19 @@ def load_gguf(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     n_ctx: int | None = None,
+    backend: str = "hooked",
 ) -> HookedTransformer:
-    """Load a GGUF file (weights dequantised to ``dtype``) as a HookedTransformer."""
+    """Load a GGUF file (weights dequantised to ``dtype``) as a HookedTransformer (or, ``backend="bridge"``,
+    a TransformerLens 4 bridge over the dequantised HF model)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
     digest = sha256 or sha256_of(path)
     hf_model, tokenizer = _gguf_as_hf(path, digest, dtype)
-    return hooked_from_hf(
+    return model_from_hf(
         hf_model,
         tokenizer,
+        backend=backend,
         name=name or path.stem,
         source=source,
         dtype=dtype,

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping, Sequence, Union
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.components import ComponentRegistry, Kind, registry_of
 
@@ -221,13 +221,13 @@ def task_means(model: HookedTransformer, data, kinds: Iterable[Kind | str], *, p
                batch_size: int = 8) -> dict[Kind, Tensor]:
     """:attr:`Baseline.TASK_MEAN`: every component's mean activation at the last prefix position over a
     contrast set ``data``. Per kind ``[n_layers, units, d_head]`` (heads) or ``[n_layers, units]`` (neurons)."""
-    from cca_tl.contrast import PrefixKV, pad_token_id, two_logit_diff
+    from cca_tl.contrast import pad_token_id, prefix_cache_for, two_logit_diff
 
     reg = registry_of(model)
     kinds = [Kind(k) for k in kinds]
     names = [reg.hook_name(k, layer) for k in kinds for layer in range(reg.n_layers)]
     sums: dict[str, Tensor] = {}
-    prefix_kv = prefix_kv if prefix_kv is not None else PrefixKV(model, data, batch_size=batch_size)
+    prefix_kv = prefix_kv if prefix_kv is not None else prefix_cache_for(model, data, batch_size)
     for batch in data.batches(batch_size, pad_id=pad_token_id(model), device=model.cfg.device, prefix_kv=prefix_kv):
         two_logit_diff(model, batch, sum_at(names, sums, batch.last_pos))
     return {k: torch.stack([sums[reg.hook_name(k, layer)] for layer in range(reg.n_layers)]) / len(data)

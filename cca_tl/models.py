@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from cca_tl.backend import HookedTransformer, HookedTransformerConfig
 
+from cca_tl.backend import require
+from cca_tl.bridge import model_from_hf
 from cca_tl.convert import embedding_matrix, hooked_from_hf, retied, untie_embedding
 from cca_tl.devices import resolve_device, resolve_dtype
-from cca_tl.errors import ModelLoadError
+from cca_tl.errors import BackendError, ModelLoadError
 from cca_tl.gguf import QWEN_EXTRA_SHA256, load_gguf, packaged_gemma_gguf, qwen_extra_gguf
 from cca_tl.provenance import ModelProvenance, provenance
-from cca_tl.testing import TINY_ARCHITECTURES, tiny_hf_model, tiny_model, tiny_tl_model
+from cca_tl.testing import TINY_ARCHITECTURES, tiny_bridge, tiny_hf_model, tiny_model, tiny_tl_model
 
 #: Names re-exported here, where they lived before loading was split by concern (load / convert / GGUF /
 #: device / tiny test models); new code imports them from their own modules.
@@ -63,8 +65,11 @@ def load_model(
     n_ctx: int | None = None,
     seed: int = 0,
     n_devices: int = 1,
+    backend: str = "hooked",
 ) -> HookedTransformer:
-    """Load a model as a HookedTransformer without weight processing (so edits can be exported).
+    """Load a model as a HookedTransformer without weight processing (so edits can be exported), or with
+    ``backend="bridge"`` as a TransformerLens 4 ``TransformerBridge`` over the HF model (:mod:`cca_tl.backend`;
+    needs the environment of ``scripts/setup-tl4.sh``).
 
     ``name``: ``"gemma-3-270m"`` (default, packaged, offline), ``"qwen2.5-coder-0.5b-instruct"``
     (optional extra), a ``.gguf`` file, a local HF model directory, a ``tiny-*`` name of
@@ -79,6 +84,10 @@ def load_model(
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    require(backend)
+    if backend == "bridge" and (n_devices > 1 or isinstance(name, HookedTransformerConfig)):
+        raise BackendError("The bridge backend runs HF models on one device: n_devices > 1 and pure "
+                           "TransformerLens configs need backend='hooked'.")
     if n_devices > 1:
         from cca_tl.errors import DeviceError
 
@@ -94,23 +103,24 @@ def load_model(
         return _placed(model, device, dtype)
     text = str(name)
     key = MODEL_ALIASES.get(text.lower())
+    where = dict(dtype=dtype, device=device, n_ctx=n_ctx, backend=backend)
     if key == "gemma-3-270m":
-        return load_gguf(packaged_gemma_gguf(), name="gemma-3-270m", source="packaged-gguf",
-                         dtype=dtype, device=device, n_ctx=n_ctx)
+        return load_gguf(packaged_gemma_gguf(), name="gemma-3-270m", source="packaged-gguf", **where)
     if key == "qwen2.5-coder-0.5b-instruct":
         return load_gguf(qwen_extra_gguf(), name="qwen2.5-coder-0.5b-instruct", source="qwen-extra",
-                         sha256=QWEN_EXTRA_SHA256, dtype=dtype, device=device, n_ctx=n_ctx)
+                         sha256=QWEN_EXTRA_SHA256, **where)
     if text in TINY_ARCHITECTURES:
-        model = tiny_model(text, seed=seed)
-        return _placed(model, device, dtype)
+        if backend == "bridge":
+            return tiny_bridge(text, seed=seed, dtype=dtype, device=device)
+        return _placed(tiny_model(text, seed=seed), device, dtype)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf(path, dtype=dtype, device=device, n_ctx=n_ctx)
+        return load_gguf(path, **where)
     if path.is_dir():
-        return _load_hf_dir(path, dtype=dtype, device=device, n_ctx=n_ctx)
+        return _load_hf_dir(path, **where)
     if path.suffix == ".gguf" or text.startswith((".", "/", "~")):
         raise ModelLoadError(f"No such model file or directory: {path}")
-    return _load_hub(text, dtype=dtype, device=device, n_ctx=n_ctx)
+    return _load_hub(text, **where)
 
 
 def _placed(model: HookedTransformer, device: torch.device, dtype: torch.dtype) -> HookedTransformer:
@@ -137,18 +147,18 @@ def _load_hf_dir(path: Path, **kwargs: Any) -> HookedTransformer:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception:  # a weights-only directory is still a model; tokenizer-free use is allowed
         tokenizer = None
-    return hooked_from_hf(hf_model, tokenizer, name=str(path), source="hf-dir", release_hf=True, **kwargs)
+    return model_from_hf(hf_model, tokenizer, name=str(path), source="hf-dir", release_hf=True, **kwargs)
 
 
 def _load_hub(name: str, **kwargs: Any) -> HookedTransformer:
     """A hub model (HF repo id, or a TransformerLens alias such as ``gpt2-small``) through transformers and
     the family table: the same conversion as a local directory, so the HF config is kept for export."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
     try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
         repo = get_official_model_name(name)
-    except ValueError:
+    except (ImportError, ValueError):  # not an alias, or TransformerLens 4 (no alias table)
         repo = name
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(repo, dtype=kwargs["dtype"]).eval()
@@ -163,4 +173,4 @@ def _load_hub(name: str, **kwargs: Any) -> HookedTransformer:
         tokenizer = AutoTokenizer.from_pretrained(repo)
     except Exception:  # a model without a tokenizer on the hub still loads
         tokenizer = None
-    return hooked_from_hf(hf_model, tokenizer, name=repo, source="hub", release_hf=True, **kwargs)
+    return model_from_hf(hf_model, tokenizer, name=repo, source="hub", release_hf=True, **kwargs)

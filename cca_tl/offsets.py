@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.params import projected_gradients
 

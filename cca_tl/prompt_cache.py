@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from cca_tl.fast_paths import grouped_attention_without_copies

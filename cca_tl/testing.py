@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from cca_tl.backend import HookedTransformer, HookedTransformerConfig
 
 from cca_tl._io import atomic_directory, cache_dir
-from cca_tl.convert import hooked_from_hf
+from cca_tl.bridge import model_from_hf
 from cca_tl.errors import ModelLoadError
 from cca_tl.arch import FAMILIES
 from cca_tl.provenance import ModelProvenance
@@ -134,7 +134,16 @@ def tiny_model(arch: str = "tiny-gemma3", *, seed: int = 0, **overrides: Any) ->
     256-token vocabulary it carries :func:`char_tokenizer`, so the text pipeline runs on it."""
     hf_model = tiny_hf_model(arch, seed=seed, **overrides)
     tokenizer = char_tokenizer() if hf_model.config.vocab_size == 256 else None
-    return hooked_from_hf(hf_model, tokenizer, name=arch, source="tiny-hf", details={"seed": seed})
+    return model_from_hf(hf_model, tokenizer, name=arch, source="tiny-hf", details={"seed": seed})
+
+
+def tiny_bridge(arch: str = "tiny-gemma3", *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> Any:
+    """The same tiny model as :func:`tiny_model` behind a TransformerLens 4 bridge (``backend="bridge"``)."""
+    hf_model = tiny_hf_model(arch, seed=seed)
+    tokenizer = char_tokenizer() if hf_model.config.vocab_size == 256 else None
+    return model_from_hf(hf_model, tokenizer, backend="bridge", name=arch, source="tiny-hf", dtype=dtype,
+                         device=device, details={"seed": seed})
 
 
 def tiny_tl_model(cfg: HookedTransformerConfig | dict[str, Any], *, seed: int = 0) -> HookedTransformer:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Sequence
 
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.export import hf_copy
 from cca_tl.generation import DEFAULT_STOPS, Generation, generate, sample_rows  # noqa: F401  (re-exported)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
 
 from cca_tl.components import WeightSet, registry_of
 from cca_tl.component_mask import ComponentMask
@@ -31,7 +31,7 @@ from cca_tl.contrast import (ContrastSet, batches_over_prompt, by_tail_length, m
                              shared_prompt, two_logit_diff)
 from cca_tl.edits import RegionEdit, WeightEdit
 from cca_tl.entries import PARAM_SETS, Optimizer, ParamSet, element_masks, trainable_entries
-from cca_tl.errors import NonFiniteLossError
+from cca_tl.errors import BackendError, NonFiniteLossError
 from cca_tl.params import trainable
 from cca_tl.validated import Validated, bounded, positive
 from cca_tl.prompt_cache import backward_through_prompt, cache_leaves, prompt_keys_values
@@ -207,6 +207,9 @@ def train_update(
     ``"adamw"`` (the authors' fine-tuning baselines). Whatever the parameters, every entry outside them keeps
     its bits. ``val_metric(model)``: higher is better (default: the objective on ``data`` itself).
     """
+    if is_bridge(model):
+        raise BackendError("The update on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
+                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
     from tqdm.auto import tqdm
 
     _check_update_inputs(model, data, objective, optimizer)

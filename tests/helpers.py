@@ -4,7 +4,7 @@ contrast sets, records and reference answers behind one shared prompt, a tiny we
 from __future__ import annotations
 
 import torch
-from transformer_lens import HookedTransformerConfig
+from cca_tl.backend import HookedTransformerConfig
 
 from cca_tl.answers import AnswerSet
 from cca_tl.contrast import ContrastSet

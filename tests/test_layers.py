@@ -21,9 +21,9 @@ ROOT = Path(cca_tl.__file__).parent
 #: prefix decides (a module name, or a package followed by a dot). Kept equal to docs/architecture.md.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("cca_tl.errors", "cca_tl._io", "cca_tl.validated", "cca_tl.stats", "cca_tl.provenance", "cca_tl.devices",
-                    "cca_tl.params", "cca_tl.fast_paths")),
+                    "cca_tl.params", "cca_tl.backend", "cca_tl.fast_paths")),
     ("arch", ("cca_tl.arch", "cca_tl.arch.")),
-    ("architecture", ("cca_tl.families", "cca_tl.convert", "cca_tl.gguf", "cca_tl.testing", "cca_tl.models",
+    ("architecture", ("cca_tl.families", "cca_tl.convert", "cca_tl.bridge", "cca_tl.gguf", "cca_tl.testing", "cca_tl.models",
                       "cca_tl.components", "cca_tl.component_mask", "cca_tl.lora", "cca_tl.offsets",
                       "cca_tl.export")),
     ("data", ("cca_tl.tasks", "cca_tl.tasks.", "cca_tl.prompt_cache", "cca_tl.generation", "cca_tl.contrast", "cca_tl.answers",

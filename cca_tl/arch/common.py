@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+if TYPE_CHECKING:  # an annotation only: the arch layer runs under either TransformerLens
+    from transformer_lens import HookedTransformer
 
 from cca_tl.errors import ExportError, ModelLoadError
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pandas as pd
 import torch
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl._io import (WRITE_REFUSED, atomic_write_text, held_lock, read_json, refused_writes_explained,
                         release_freed_memory)

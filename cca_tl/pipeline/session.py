@@ -30,7 +30,7 @@ from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl._io import release_freed_memory
 from cca_tl.errors import CCAError

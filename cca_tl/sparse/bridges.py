@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.contrast import ContrastSet, pad_token_id, two_logit_diff
 from cca_tl.params import trainable

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl import interventions
 from cca_tl.components import Kind, registry_of

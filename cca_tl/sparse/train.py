@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from cca_tl.backend import HookedTransformer, HookedTransformerConfig
 
 from cca_tl._io import atomic_directory, atomic_write_bytes
 from cca_tl.interventions import keep_top_k

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl.components import Kind, registry_of
 from cca_tl.component_mask import ComponentMask, top_k_select

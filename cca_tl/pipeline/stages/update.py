@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from transformer_lens import HookedTransformer
+from cca_tl.backend import HookedTransformer
 
 from cca_tl._io import atomic_directory, atomic_write_text
 from cca_tl.edits import WeightEdit

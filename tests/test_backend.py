@@ -1,0 +1,24 @@
+"""The backend choice where transformer-lens 3.x is installed (the default environment): ``hooked`` is what
+runs; asking for the bridge says how to get it; a typo is refused naming the choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from cca_tl.backend import INSTALLED, TL_MAJOR, backend_of, require
+from cca_tl.errors import BackendError
+from cca_tl.models import load_model
+
+pytestmark = pytest.mark.skipif(TL_MAJOR >= 4, reason="the default environment's view; tests/bridge holds 4.x's")
+
+
+def test_the_default_environment_runs_the_hooked_backend():
+    assert INSTALLED == "hooked" and require("hooked") == "hooked"
+    assert backend_of(load_model("tiny-llama")) == "hooked"
+
+
+def test_the_bridge_is_refused_here_with_how_to_get_it():
+    with pytest.raises(BackendError, match="setup-tl4.sh"):
+        load_model("tiny-llama", backend="bridge")
+    with pytest.raises(BackendError, match="'hooked', 'bridge'"):
+        load_model("tiny-llama", backend="bridgee")
