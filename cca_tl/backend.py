@@ -17,7 +17,7 @@ so an edit written there would not reach its forward: that family is refused on 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from cca_tl.errors import BackendError
 
@@ -82,5 +82,41 @@ def backend_of(model: Any) -> Backend:
     return "bridge" if is_bridge(model) else "hooked"
 
 
-__all__ = ["BACKENDS", "BRIDGE_REFUSED", "Backend", "HookedTransformer", "HookedTransformerConfig", "INSTALLED",
+class HFParameters:
+    """A bridge's weights — the HF model's parameters — under their checkpoint names.
+
+    The bridge wraps each HF submodule in place (the HF module moves to ``._original_component``), so the
+    names ``named_parameters`` reports are not the checkpoint's; the registry, edits and export address the
+    weights by checkpoint name (``model.layers.3.mlp.up_proj.weight``) through this. Tied weights appear once.
+    """
+
+    def __init__(self, bridge: Any):
+        self._params = {name.replace("._original_component", ""): p
+                        for name, p in bridge.original_model.named_parameters()}
+
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._params.items())
+
+    def parameters(self) -> Iterator[Any]:
+        return iter(self._params.values())
+
+    def get_parameter(self, name: str) -> Any:
+        if name not in self._params:
+            raise AttributeError(f"The bridged HF model has no parameter {name!r}")
+        return self._params[name]
+
+
+def parameter_owner(model: Any) -> Any:
+    """What owns ``model``'s weights by the names the component registry uses: the HookedTransformer itself
+    (TransformerLens names), or on the bridge the HF model's parameters (checkpoint names)."""
+    if not is_bridge(model):
+        return model
+    owner = getattr(model, "_cca_hf_parameters", None)
+    if owner is None:
+        owner = HFParameters(model)
+        object.__setattr__(model, "_cca_hf_parameters", owner)  # plain attribute: not a submodule
+    return owner
+
+
+__all__ = ["BACKENDS", "BRIDGE_REFUSED", "Backend", "HFParameters", "parameter_owner", "HookedTransformer", "HookedTransformerConfig", "INSTALLED",
            "TL_MAJOR", "backend_of", "is_bridge", "require"]

@@ -32,10 +32,10 @@ from typing import Any, Iterable, Iterator, Literal
 import pandas as pd
 import torch
 from torch import Tensor
-from cca_tl.backend import HookedTransformer, HookedTransformerConfig, is_bridge
+from cca_tl.backend import HookedTransformer, HookedTransformerConfig, is_bridge, parameter_owner
 
 from cca_tl.errors import MaskMismatchError
-from cca_tl.arch import FAMILIES, hf_slices, load_hf_config, tl_config_dict
+from cca_tl.arch import FAMILIES, hf_slices, hf_units, load_hf_config, tl_config_dict
 from cca_tl.provenance import ModelProvenance
 
 WeightSet = Literal["authors", "extended"]
@@ -70,6 +70,13 @@ class SliceSpec:
     param: str
     axis: int
     bias: Literal["qkv", "o", "mlp", None] = None
+    #: HF slices (the bridge backend): unit ``i`` is ``block`` entries from ``offset + i·block`` along ``axis``;
+    #: ``None`` is TransformerLens' layout, one index of ``axis`` per unit.
+    block: int | None = None
+    offset: int = 0
+
+    def unit(self, layer: int, index: int) -> "ParamSlice":
+        return ParamSlice(self.param.format(layer=layer), self.axis, index, self.offset, self.block)
 
 
 @dataclass(frozen=True)
@@ -165,14 +172,23 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ParamSlice:
-    """One parameter slice: ``model.get_parameter(param).select(axis, index)``."""
+    """One parameter slice: ``model.get_parameter(param).select(axis, index)`` (TransformerLens names), or on
+    the bridge ``block`` rows/columns of an HF parameter from ``offset + index·block``."""
 
     param: str
     axis: int
     index: int
+    offset: int = 0
+    block: int | None = None
+
+    def of(self, tensor: Tensor) -> Tensor:
+        """This slice of ``tensor`` (the parameter, or anything of its shape) as a view."""
+        if self.block is None:
+            return tensor.select(self.axis, self.index)
+        return tensor.narrow(self.axis, self.offset + self.index * self.block, self.block)
 
     def view(self, model: HookedTransformer) -> Tensor:
-        return model.get_parameter(self.param).select(self.axis, self.index)
+        return self.of(parameter_owner(model).get_parameter(self.param))
 
 
 @dataclass(frozen=True)
@@ -212,24 +228,43 @@ class ComponentRegistry:
             Kind.Z: cfg.n_heads,
             Kind.NEURON: 0 if cfg.attn_only else cfg.d_mlp,
         }
-        params = dict(model.named_parameters())
+        params = dict(parameter_owner(model).named_parameters())
         biases = hf_biases(model)
-        self._slice_specs: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
         self._param_shapes = {name: tuple(p.shape) for name, p in params.items()}
-        # On the bridge the parameters are the HF model's own (each tied weight once), and the slices below
-        # (TransformerLens names) find none of them: what an update may change is not mapped there yet.
-        self.total_model_params = (sum(p.numel() for p in model.parameters()) if is_bridge(model)
-                                   else _real_param_count(model, params))
-        for kind, spec in KIND_SPECS.items():
-            for weight_set, specs in (("authors", spec.authors), ("extended", spec.authors + spec.extended_extra)):
-                kept = []
-                for s in specs:
-                    if s.bias is not None and s.bias not in biases:
-                        continue
-                    resolved = _resolve_param(s.param, params)
-                    if resolved is not None:
-                        kept.append(SliceSpec(resolved, s.axis, s.bias))
-                self._slice_specs[(kind, weight_set)] = tuple(kept)
+        #: Why this model's weights cannot be edited through the registry (None: they can).
+        self.not_editable: str | None = None
+        if is_bridge(model):  # the HF model's own parameters, each tied weight once
+            self.total_model_params = sum(p.numel() for p in params.values())
+            self._slice_specs = self._hf_slice_specs(cfg, biases, params)
+        else:
+            self.total_model_params = _real_param_count(model, params)
+            self._slice_specs = _tl_slice_specs(biases, params)
+
+    def _hf_slice_specs(self, cfg: Any, biases: frozenset[str], params: dict[str, Tensor]
+                        ) -> dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]]:
+        """The bridge's slices: the HF parameters a unit owns, from the layout's ``HF_UNITS`` table."""
+        table = hf_units(self.identity.architecture)
+        if table is None:
+            self.not_editable = (f"the {self.identity.architecture} layout has no HF slice table for the bridge "
+                                 "backend (its module's HF_UNITS says why); edit it with backend='hooked'")
+            return {(kind, ws): () for kind in KIND_SPECS for ws in ("authors", "extended")}
+        prefix, units = table
+        block = {"head": cfg.d_head, "unit": 1}
+        out: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
+        for kind in KIND_SPECS:
+            authors, extra = units[kind.value]
+            for weight_set, entries in (("authors", authors), ("extended", authors + extra)):
+                out[(kind, weight_set)] = tuple(
+                    SliceSpec(prefix + u.param, u.axis, u.bias, block[u.block]) for u in entries
+                    if (u.bias is None or u.bias in biases) and (prefix + u.param).format(layer=0) in params)
+        return out
+
+    def check_editable(self) -> None:
+        """Raise :class:`~cca_tl.errors.BackendError` if the registry cannot say which weights a component owns."""
+        if self.not_editable is not None:
+            from cca_tl.errors import BackendError
+
+            raise BackendError(f"{self.identity.name!r} cannot be edited here: {self.not_editable}.")
 
     @classmethod
     def from_model(cls, model: HookedTransformer) -> "ComponentRegistry":
@@ -269,17 +304,17 @@ class ComponentRegistry:
     def slices(self, component: Component, weight_set: WeightSet = "authors") -> list[ParamSlice]:
         """The parameter slices that belong to ``component``."""
         self._check_component(component)
-        return [
-            ParamSlice(s.param.format(layer=component.layer), s.axis, component.index)
-            for s in self.slice_specs(component.kind, weight_set)
-        ]
+        return [s.unit(component.layer, component.index) for s in self.slice_specs(component.kind, weight_set)]
 
     def params_per_unit(self, kind: Kind | str, weight_set: WeightSet = "authors") -> int:
         """Number of scalar parameters one unit of ``kind`` owns."""
         total = 0
         for s in self.slice_specs(kind, weight_set):
             shape = list(self._param_shapes[s.param.format(layer=0)])
-            del shape[s.axis]
+            if s.block is None:
+                del shape[s.axis]
+            else:
+                shape[s.axis] = s.block
             total += int(torch.Size(shape).numel())
         return total
 
@@ -331,7 +366,10 @@ _BIAS_GROUP = {"b_Q": "qkv", "b_K": "qkv", "_b_K": "qkv", "b_V": "qkv", "_b_V": 
 
 
 def real_parameter_names(model: HookedTransformer) -> list[str]:
-    """All parameters except TransformerLens' zero placeholders for biases the HF architecture lacks."""
+    """All parameters except TransformerLens' zero placeholders for biases the HF architecture lacks (on the
+    bridge: the HF model's parameters, which have no placeholders)."""
+    if is_bridge(model):
+        return [name for name, _ in parameter_owner(model).named_parameters()]
     has_hf = model.cfg.original_architecture is not None
     biases = hf_biases(model)
     names = []
@@ -341,6 +379,23 @@ def real_parameter_names(model: HookedTransformer) -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def _tl_slice_specs(biases: frozenset[str], params: dict[str, Tensor]
+                    ) -> dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]]:
+    """The hooked backend's slices: :data:`KIND_SPECS`, less the biases the HF architecture lacks."""
+    out: dict[tuple[Kind, WeightSet], tuple[SliceSpec, ...]] = {}
+    for kind, spec in KIND_SPECS.items():
+        for weight_set, specs in (("authors", spec.authors), ("extended", spec.authors + spec.extended_extra)):
+            kept = []
+            for s in specs:
+                if s.bias is not None and s.bias not in biases:
+                    continue
+                resolved = _resolve_param(s.param, params)
+                if resolved is not None:
+                    kept.append(SliceSpec(resolved, s.axis, s.bias))
+            out[(kind, weight_set)] = tuple(kept)
+    return out
 
 
 def _real_param_count(model: HookedTransformer, params: dict[str, Tensor]) -> int:

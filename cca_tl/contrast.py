@@ -378,9 +378,10 @@ def full_logit_diff(model: HookedTransformer, batch: Batch,
 
 
 def prefix_batches(model: HookedTransformer, data: ContrastSet, batch_size: int, shared_prefix: bool) -> Iterator[Batch]:
-    """Mini-batches in order; with ``shared_prefix`` each runs its rows' common prefix once (exact)."""
+    """Mini-batches in order; with ``shared_prefix`` each runs its rows' common prefix once (exact; on the
+    bridge, whose key/value cache is not TransformerLens 3's, every row runs whole)."""
     pad = pad_token_id(model)
-    if not shared_prefix:
+    if not shared_prefix or is_bridge(model):
         yield from data.batches(batch_size, pad_id=pad, device=model.cfg.device)
         return
     for start in range(0, len(data), batch_size):
@@ -389,8 +390,9 @@ def prefix_batches(model: HookedTransformer, data: ContrastSet, batch_size: int,
 
 def shared_prompt(model: HookedTransformer, data: ContrastSet, min_shared: int = 8) -> tuple[int, list[Tensor]]:
     """The prompt common to *all* records, run once: its length and each layer's keys and values
-    (``[k0, v0, k1, v1, ...]``, batch 1). Length 0 and no tensors when it is shorter than ``min_shared``."""
-    shared = shared_length(data.prefix_ids, min_shared=min_shared, min_rows=1)
+    (``[k0, v0, k1, v1, ...]``, batch 1). Length 0 and no tensors when it is shorter than ``min_shared``, or
+    on the bridge (the cache is TransformerLens 3's)."""
+    shared = 0 if is_bridge(model) else shared_length(data.prefix_ids, min_shared=min_shared, min_rows=1)
     if not shared:
         return 0, []
     return shared, prompt_keys_values(model, data.prefix_ids[0][:shared])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from cca_tl.backend import HookedTransformer
+from cca_tl.backend import HookedTransformer, parameter_owner
 
 from cca_tl._io import atomic_write_bytes
 from cca_tl.component_mask import ComponentMask
@@ -33,7 +33,8 @@ class WeightEdit:
     @classmethod
     def capture(cls, model: HookedTransformer, mask: ComponentMask, weight_set: str) -> "WeightEdit":
         emasks = element_masks(model, mask, weight_set)
-        return cls(mask, weight_set, {n: model.get_parameter(n).detach()[m].clone().cpu() for n, m in emasks.items()})
+        owner = parameter_owner(model)
+        return cls(mask, weight_set, {n: owner.get_parameter(n).detach()[m].clone().cpu() for n, m in emasks.items()})
 
     @torch.no_grad()
     def apply(self, model: HookedTransformer) -> None:
@@ -41,7 +42,7 @@ class WeightEdit:
         if set(emasks) != set(self.values):
             raise MaskMismatchError(f"This edit touches {sorted(self.values)} but the mask maps to {sorted(emasks)}.")
         for name, m in emasks.items():
-            param = model.get_parameter(name)
+            param = parameter_owner(model).get_parameter(name)
             if int(m.sum()) != self.values[name].numel():
                 raise MaskMismatchError(f"Edit for {name} has {self.values[name].numel()} values; "
                                         f"the mask selects {int(m.sum())}.")
@@ -83,9 +84,9 @@ class RegionEdit:
 
     @classmethod
     def capture(cls, model: HookedTransformer, regions: dict[str, Tensor | None]) -> "RegionEdit":
-        return cls(dict(regions), {n: (model.get_parameter(n).detach()[r] if r is not None
-                                       else model.get_parameter(n).detach()).clone()
-                                   for n, r in regions.items()})
+        owner = parameter_owner(model)
+        return cls(dict(regions), {n: (owner.get_parameter(n).detach()[r] if r is not None
+                                       else owner.get_parameter(n).detach()).clone() for n, r in regions.items()})
 
     def touched(self, model: HookedTransformer) -> dict[str, Tensor | None]:
         return self.regions
@@ -93,7 +94,7 @@ class RegionEdit:
     @torch.no_grad()
     def apply(self, model: HookedTransformer) -> None:
         for name, region in self.regions.items():
-            set_entries(model.get_parameter(name), region if region is None else region.nonzero(as_tuple=True),
+            set_entries(parameter_owner(model).get_parameter(name), None if region is None else region.nonzero(as_tuple=True),
                          self.values[name])
 
     def scaled(self, base: "RegionEdit", alpha: float) -> "RegionEdit":

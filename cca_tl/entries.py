@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Literal
 
 import torch
 from torch import Tensor
-from cca_tl.backend import HookedTransformer
+from cca_tl.backend import HookedTransformer, parameter_owner
 
 from cca_tl.component_mask import ComponentMask
 from cca_tl.components import WeightSet, real_parameter_names, registry_of
@@ -44,12 +44,14 @@ def element_masks(model: HookedTransformer, mask: ComponentMask,
     """Per touched parameter, a boolean tensor of its shape marking the selected components' slices."""
     reg = registry_of(model)
     mask.validate(reg)
+    reg.check_editable()
+    owner = parameter_owner(model)
     out: dict[str, Tensor] = {}
     for comp in mask.components():
         for s in reg.slices(comp, weight_set):
             if s.param not in out:
-                out[s.param] = torch.zeros_like(model.get_parameter(s.param), dtype=torch.bool)
-            out[s.param].select(s.axis, s.index).fill_(True)
+                out[s.param] = torch.zeros_like(owner.get_parameter(s.param), dtype=torch.bool)
+            s.of(out[s.param]).fill_(True)
     return out
 
 
@@ -120,7 +122,7 @@ class SelectedEntries:
     AdamW update keeps one for every parameter (its moments are float32 too)."""
 
     def __init__(self, model: HookedTransformer, element_masks: dict[str, Tensor | None], optimizer: Optimizer = "sgd"):
-        self.params = {name: model.get_parameter(name) for name in element_masks}
+        self.params = {name: parameter_owner(model).get_parameter(name) for name in element_masks}
         self.where: dict[str, Index] = {n: (m.nonzero(as_tuple=True) if m is not None else None)
                                         for n, m in element_masks.items()}
         self.regions = dict(element_masks)

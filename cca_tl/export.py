@@ -15,6 +15,9 @@ Gemma's ``W_E`` was scaled by ``sqrt(d_model)`` and every RMSNorm weight shifted
 Tied embeddings stay tied when ``W_E`` and ``W_U`` still agree exactly, and are untied (with
 ``tie_word_embeddings=False``) when an edit made them differ.
 
+On the bridge backend (TransformerLens 4) there is nothing to invert: the bridge runs the HF model's own
+parameters, which are written as they are (:func:`bridge_state_dict`), with the same reload check.
+
 Refused with :class:`~cca_tl.errors.ExportError`: models loaded *with* weight processing (folded norms or
 centred weights cannot be inverted), architectures without an inverse here, and edits to parameters the
 HF architecture does not have (TransformerLens' zero bias placeholders).
@@ -31,10 +34,10 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from cca_tl.backend import HookedTransformer, is_bridge
+from cca_tl.backend import HookedTransformer, is_bridge, parameter_owner
 
 from cca_tl._io import atomic_directory, atomic_write_text
-from cca_tl.errors import BackendError, ExportError
+from cca_tl.errors import ExportError
 from cca_tl.arch import FAMILIES, TLParams, layout
 from cca_tl.convert import embedding_matrix
 
@@ -155,6 +158,21 @@ def hf_state_dict(model: HookedTransformer, *, tie_if_unchanged: bool = True) ->
     return {k: v.contiguous().clone() for k, v in sd.items()}, tied
 
 
+@torch.no_grad()
+def bridge_state_dict(model: Any) -> tuple[dict[str, Tensor], bool]:
+    """A bridge's weights as an HF state dict, and whether embeddings are tied: nothing to convert, the
+    bridge runs the HF model's own parameters (:class:`cca_tl.backend.HFParameters` gives their checkpoint
+    names; a tied head is the embedding tensor itself, so it appears once)."""
+    arch = model.cfg.original_architecture
+    if arch not in EXPORTABLE:
+        raise ExportError(f"Export to HF format supports {', '.join(EXPORTABLE)}; this model's architecture is "
+                          f"{arch!r}.")
+    params = dict(parameter_owner(model).named_parameters())
+    embed_name, head_name = layout(arch).EMBEDDINGS
+    tied = embed_name in params and head_name not in params
+    return {k: v.detach().contiguous().clone() for k, v in params.items()}, tied
+
+
 def fit_to_hf_layout(sd: dict[str, Tensor], config: Any, tied: bool) -> dict[str, Tensor]:
     """Every key and shape of the HF model built from ``config`` must be present (meta init, no memory).
     Returns ``sd`` with the output head under the name the installed transformers uses."""
@@ -200,16 +218,14 @@ def export_hf(
     noise between TransformerLens and transformers (measured 6e-5 on Gemma-3-270M, 9e-5 on
     Qwen2.5-0.5B), whereas a wrong mapping shows up at order 1 — hence the 1e-3 default.
     """
-    if is_bridge(model):
-        raise BackendError("Export on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
-                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     start = time.perf_counter()
-    check_exportable(model)  # first: an unsupported model should hear why, not about a missing config
+    if not is_bridge(model):
+        check_exportable(model)  # first: an unsupported model should hear why, not about a missing config
     config = hf_config_for(model, hf_config)
-    state_dict, tied = hf_state_dict(model)
+    state_dict, tied = bridge_state_dict(model) if is_bridge(model) else hf_state_dict(model)
     config.tie_word_embeddings = tied
     config.dtype = dtype
     state_dict = fit_to_hf_layout(state_dict, config, tied)

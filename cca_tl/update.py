@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from cca_tl.backend import HookedTransformer, is_bridge
+from cca_tl.backend import HookedTransformer, is_bridge, parameter_owner
 
 from cca_tl.components import WeightSet, registry_of
 from cca_tl.component_mask import ComponentMask
@@ -116,7 +116,8 @@ class UpdateResult:
 
     def captured(self, model: HookedTransformer) -> dict[str, Tensor]:
         """The model's current values of :attr:`regions` (whole tensors where a region is None)."""
-        return {n: (model.get_parameter(n).detach()[r] if r is not None else model.get_parameter(n).detach()).clone()
+        owner = parameter_owner(model)
+        return {n: (owner.get_parameter(n).detach()[r] if r is not None else owner.get_parameter(n).detach()).clone()
                 for n, r in self.regions.items()}
 
 
@@ -208,8 +209,7 @@ def train_update(
     its bits. ``val_metric(model)``: higher is better (default: the objective on ``data`` itself).
     """
     if is_bridge(model):
-        raise BackendError("The update on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
-                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
+        shared_prefix = _bridge_update_check(objective, params)
     from tqdm.auto import tqdm
 
     _check_update_inputs(model, data, objective, optimizer)
@@ -222,7 +222,7 @@ def train_update(
     eval_at = set(eval_steps if eval_steps is not None else default_eval_steps(steps))
     order = _answer_order(len(data), batch_size, steps, seed) if objective == "answer" else None
     label = name or f"{objective}/{params}"
-    with trainable(model, names=entries.regions):  # only the touched matrices take gradients
+    with trainable(parameter_owner(model), names=entries.regions):  # only the touched matrices take gradients
         history = [dict(step=0, train_loss=float("nan"), val_metric=val_metric(model))]
         best_step, best_metric, best = 0, history[0]["val_metric"], entries.snapshot()
         for step in tqdm(range(1, steps + 1), desc=f"update[{label}] lr={lr:g}", disable=not progress, leave=False):
@@ -253,6 +253,17 @@ def train_update(
         # HF count; the update then unties them and export writes an untied lm_head.)
         fraction_params=1.0 if params == "all" else entries.count / registry_of(model).total_model_params,
         fraction_components=fraction_components, mask=used, config=config, regions=dict(entries.regions))
+
+
+def _bridge_update_check(objective: Objective, params: ParamSet) -> bool:
+    """What the update does on the bridge so far: the pivot objective on a mask's slices or every parameter,
+    without the shared prompt (its key/value cache is TransformerLens 3's); returns ``shared_prefix`` (off)."""
+    if objective != "pivot" or params not in ("mask", "random", "all"):
+        raise BackendError(f"On the bridge backend the update trains the pivot objective on params 'mask', 'random' "
+                           f"or 'all' so far, not objective={objective!r} with params={params!r}; use "
+                           "backend='hooked' (the answer objective, LoRA and head offsets read TransformerLens 3 "
+                           "weights and caches).")
+    return False
 
 
 def _history_frame(history: list[dict], objective: Objective) -> pd.DataFrame:

@@ -4,6 +4,7 @@ runs; asking for the bridge says how to get it; a typo is refused naming the cho
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cca_tl.backend import INSTALLED, TL_MAJOR, backend_of, require
 from cca_tl.errors import BackendError
@@ -22,3 +23,20 @@ def test_the_bridge_is_refused_here_with_how_to_get_it():
         load_model("tiny-llama", backend="bridge")
     with pytest.raises(BackendError, match="'hooked', 'bridge'"):
         load_model("tiny-llama", backend="bridgee")
+
+
+def test_the_committed_cross_backend_edits_are_what_the_hooked_backend_computes():
+    """The hooked half of the cross-backend test (the bridge tier compares its own update against these
+    files): if this fails after a deliberate change, rewrite them with ``tests.helpers.write_cross_backend``."""
+    from safetensors.torch import load_file
+
+    from tests.helpers import CROSS_BACKEND, cross_backend_edit
+
+    files = sorted(CROSS_BACKEND.glob("*.safetensors"))
+    assert len(files) >= 5
+    for path in files:
+        committed = load_file(str(path))
+        ours = cross_backend_edit(load_model(path.stem))
+        assert set(ours) == set(committed) and ours, path.stem
+        for n, value in ours.items():
+            torch.testing.assert_close(value, committed[n], rtol=0, atol=1e-6, msg=f"{path.stem}: {n}")

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from cca_tl.arch import gpt2, llama, neox
-from cca_tl.arch.common import MAX_DEFAULT_CTX, BiasGroup, Family, Layout, TLParams, tl_derived
+from cca_tl.arch.common import MAX_DEFAULT_CTX, BiasGroup, Family, HFUnit, Layout, TLParams, tl_derived
 from cca_tl.arch.gpt2 import gpt2_tl_config
 from cca_tl.arch.llama import (convert_olmo2, gemma2_tl_config, gemma3_tl_config, llama_biases, olmo2_tl_config,
                                qwen3_tl_config)
@@ -27,7 +27,8 @@ from cca_tl.arch.neox import neox_tl_config
 from cca_tl.arch.published import load_hf_config, published_config_names
 from cca_tl.errors import ModelLoadError
 
-#: The parameter layouts, each a module with ``hf_layers``, ``EMBEDDINGS``, ``HF_SLICES``, ``LAYER_PREFIX``.
+#: The parameter layouts, each a module with ``hf_layers``, ``EMBEDDINGS``, ``HF_SLICES``, ``HF_UNITS``,
+#: ``LAYER_PREFIX``.
 LAYOUTS: dict[str, ModuleType] = {"llama": llama, "gpt2": gpt2, "neox": neox}
 
 
@@ -92,6 +93,15 @@ def hf_slices(architecture: str | None, kind: str, weight_set: str = "authors") 
     return module.LAYER_PREFIX + text
 
 
-__all__ = ["FAMILIES", "LAYOUTS", "MAX_DEFAULT_CTX", "BiasGroup", "Family", "Layout", "TLParams", "family",
+def hf_units(architecture: str | None) -> tuple[str, dict[str, tuple[tuple[HFUnit, ...], tuple[HFUnit, ...]]]] | None:
+    """(layer prefix, per kind the HF slices of one unit) for editing the HF parameters directly (the bridge
+    backend); None where the layout has no such table (:data:`HF_UNITS` of its module says why)."""
+    if architecture not in FAMILIES:
+        return None
+    module = layout(architecture)
+    return None if module.HF_UNITS is None else (module.LAYER_PREFIX.replace("{L}", "{layer}"), module.HF_UNITS)
+
+
+__all__ = ["FAMILIES", "LAYOUTS", "MAX_DEFAULT_CTX", "BiasGroup", "Family", "HFUnit", "hf_units", "Layout", "TLParams", "family",
            "hf_slices", "layout", "load_hf_config", "published_config_names", "tl_config_dict", "convert_olmo2",
            "gemma2_tl_config", "gemma3_tl_config", "gpt2_tl_config", "olmo2_tl_config"]

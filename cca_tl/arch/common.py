@@ -40,6 +40,18 @@ class Family:
     convert: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class HFUnit:
+    """Where one unit of a kind lives in the HF model: ``block`` rows (axis 0) or columns (axis 1) of ``param``
+    (a name under the layer prefix) starting at unit ``i · block``; ``block`` is ``"head"`` (``d_head``) or
+    ``"unit"`` (1). ``bias`` names the bias group that must exist for the slice to be real."""
+
+    param: str
+    axis: int
+    block: Literal["head", "unit"]
+    bias: BiasGroup | None = None
+
+
 def rope_parameters(hf_config: Any, layer_type: str = "full_attention") -> dict[str, Any]:
     """The rope parameters (flat, or nested per layer type as Gemma-3 stores them); only default rope."""
     rope = dict(getattr(hf_config, "rope_parameters", None) or {})

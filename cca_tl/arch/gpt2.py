@@ -30,6 +30,9 @@ HF_SLICES: dict[str, tuple[str, str]] = {
     "neuron": ("mlp.c_fc.weight column n (+ bias)", "mlp.c_proj.weight row n"),
 }
 
+#: No HF slices for the bridge backend: the bridge splits ``c_attn`` into separate q/k/v modules, so a component has no slice of the HF weight its forward reads (analyses/tl4_probe.md).
+HF_UNITS = None
+
 
 def gpt2_tl_config(c: Any) -> dict[str, Any]:
     """GPT-2: LayerNorm with biases, learned positions, Conv1D projections, tied embeddings.

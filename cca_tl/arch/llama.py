@@ -13,7 +13,7 @@ from typing import Any
 import einops
 from torch import Tensor
 
-from cca_tl.arch.common import Family, TLParams, context_length, rope_parameters, tl_derived
+from cca_tl.arch.common import Family, HFUnit, TLParams, context_length, rope_parameters, tl_derived
 from cca_tl.errors import ModelLoadError
 
 LAYER_PREFIX = "model.layers.{L}."
@@ -29,6 +29,17 @@ HF_SLICES: dict[str, tuple[str, str]] = {
     "z": ("self_attn.o_proj.weight columns [h·d, (h+1)·d)", ""),
     "neuron": ("mlp.up_proj.weight row n", "mlp.gate_proj.weight row n, mlp.down_proj.weight column n"),
 }
+
+#: The same as data, for the bridge backend, which edits the HF parameters themselves: per kind, (authors'
+#: slices, what the extended set adds). The sets match the TransformerLens slices of the registry one to one.
+HF_UNITS: dict[str, tuple[tuple[HFUnit, ...], tuple[HFUnit, ...]]] = {
+    kind: ((HFUnit(f"self_attn.{kind}_proj.weight", 0, "head"), HFUnit(f"self_attn.{kind}_proj.bias", 0, "head", "qkv")),
+           ())
+    for kind in ("q", "k", "v")
+}
+HF_UNITS["z"] = ((HFUnit("self_attn.o_proj.weight", 1, "head"),), ())
+HF_UNITS["neuron"] = ((HFUnit("mlp.up_proj.weight", 0, "unit"), HFUnit("mlp.up_proj.bias", 0, "unit", "mlp")),
+                      (HFUnit("mlp.gate_proj.weight", 0, "unit"), HFUnit("mlp.down_proj.weight", 1, "unit")))
 
 
 def _rotary_rms(c: Any, d_head: int) -> dict[str, Any]:

@@ -31,6 +31,9 @@ HF_SLICES: dict[str, tuple[str, str]] = {  # the fused matrix holds per head a b
     "neuron": ("mlp.dense_h_to_4h.weight row n (+ bias)", "mlp.dense_4h_to_h.weight column n"),
 }
 
+#: No HF slices for the bridge backend: the bridge is refused for GPT-NeoX (analyses/tl4_probe.md).
+HF_UNITS = None
+
 
 def neox_tl_config(c: Any) -> dict[str, Any]:
     """GPT-NeoX through TransformerLens' own derivation; refused without attention biases."""

@@ -1,6 +1,7 @@
-"""cca_tl on a TransformerLens 4 bridge (issue 29, first part): every tiny family the bridge serves loads
-with the HF model's logits, the hook points DCM uses are live, a zero DCM mask changes no bit, DCM trains,
-and what is not built yet on the bridge (or cannot be) is refused with the reason."""
+"""cca_tl on a TransformerLens 4 bridge (issue 29): every tiny family the bridge serves loads with the HF
+model's logits, the hook points DCM uses are live, a zero DCM mask changes no bit, DCM trains, and what is
+not built yet on the bridge (or cannot be) is refused with the reason. Edits and export:
+``test_bridge_edits.py``."""
 
 from __future__ import annotations
 
@@ -92,16 +93,10 @@ def test_gpt_neox_is_refused_with_the_reason():
 
 
 def test_what_is_not_built_on_the_bridge_says_so(bridge):
-    from cca_tl.export import export_hf
     from cca_tl.generation import generate
-    from cca_tl.update import targeted_update
 
     with pytest.raises(BackendError, match="not built yet"):
         generate(bridge, [bridge.to_tokens(TEXT)[0].tolist()], max_new_tokens=2)
-    with pytest.raises(BackendError, match="not built yet"):
-        targeted_update(bridge, contrast(n=4), None, variant="all", progress=False)
-    with pytest.raises(BackendError, match="not built yet"):
-        export_hf(bridge, "/tmp/never-written")
 
 
 def test_the_hooked_backend_is_refused_here_with_what_to_do():
