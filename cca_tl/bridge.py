@@ -10,7 +10,8 @@ What the bridge does with each layout was measured first (``analyses/tl4_probe.m
 from __future__ import annotations
 
 import copy
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -65,6 +66,28 @@ def model_from_hf(hf_model: Any, tokenizer: Any = None, *, backend: str = "hooke
     return bridge_from_hf(hf_model, tokenizer, name=name, source=source, dtype=dtype, device=device, details=details)
 
 
+@contextmanager
+def attention_sees_the_cache(bridge: Any) -> Iterator[None]:
+    """Within the block, the bridge's attention modules find transformers' key/value cache.
+
+    transformers 5.25 hands each attention layer its cache as ``cache=``; TransformerLens 4.3's attention
+    bridges look for ``past_key_values`` (or ``layer_past``) only, so a cached decoding step silently
+    ignores every earlier token (measured on tiny-gemma3: the cache stays empty and the second token's
+    logits are off by 0.58). A keyword pre-hook hands the cache over under the old name too."""
+    def also_as_past_key_values(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs = dict(kwargs, past_key_values=kwargs["cache"])
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(also_as_past_key_values, with_kwargs=True)
+               for m in bridge.modules() if hasattr(type(m), "_update_kv_cache")]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def hf_of(model: Any) -> Any:
     """The HF model a bridge runs (its parameters are the model's weights)."""
     hf = getattr(model, "original_model", None)
@@ -73,4 +96,4 @@ def hf_of(model: Any) -> Any:
     return hf
 
 
-__all__ = ["bridge_from_hf", "hf_of", "model_from_hf"]
+__all__ = ["attention_sees_the_cache", "bridge_from_hf", "hf_of", "model_from_hf"]

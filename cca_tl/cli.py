@@ -106,6 +106,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.dtype:
         overrides.append(f"dtype={args.dtype}")
+    if getattr(args, "backend", None):
+        overrides.append(f"backend={args.backend}")
     config = config.with_overrides(overrides)
     out = args.out or f"runs/{args.preset}"
     if args.dry_run:
@@ -271,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (CUDA when present; the default), cpu, cuda, cuda:N")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="model dtype (default float32; float16 on GPUs only)")
+    p.add_argument("--backend", choices=("hooked", "bridge"),
+                   help="hooked = TransformerLens 3 HookedTransformer (default); bridge = TransformerLens 4 "
+                        "TransformerBridge (needs the .venv-tl4 environment: bash scripts/setup-tl4.sh)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--out", help="run directory (default runs/<preset>); an existing one is resumed")
     p.add_argument("--stop-after", choices=STAGE_CHOICES, help="stop after this stage")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
-from cca_tl.backend import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
 
 from cca_tl.tasks import Problem, macro_accuracy
 
@@ -94,6 +94,9 @@ def general_text(n_chunks: int = 16, chars: int = 600) -> list[str]:
 
 def final_residual(model: HookedTransformer, tokens: Int[torch.Tensor, "1 pos"]) -> Float[torch.Tensor, "pos d_model"]:
     """The residual stream after the final norm: what the unembedding reads."""
+    if is_bridge(model):  # the bridge has no stop_at_layer: read the final norm's output hook
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name == "ln_final.hook_out")
+        return cache["ln_final.hook_out"][0]
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     if model.cfg.normalization_type is not None:
         resid = model.ln_final(resid)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from cca_tl.backend import TL_MAJOR, HookedTransformer
+from cca_tl.backend import TL_MAJOR, HookedTransformer, is_bridge
 
 
 class BufferEntry:
@@ -126,8 +126,14 @@ def unembed(model: HookedTransformer, final: Float[Tensor, "rows d_model"]) -> F
     Computed as ``(W_U^T @ h^T)^T``: with the unembedding stored ``[vocab, d_model]`` (cca_tl's loaders
     relayout it), MKL runs this shape 1.7x faster than TL's ``F.linear(h, W_U^T)`` at 16–32 rows and 1.3x at
     128 rows on 2 CPU cores (Gemma-3-270M's 262k vocabulary), equal bit for bit at 12 rows or more in that
-    measurement; below that the two kernels sum in different orders (|Δ| < 1e-4).
+    measurement; below that the two kernels sum in different orders (|Δ| < 1e-4). On the bridge: the HF
+    model's own head and soft cap (equal to the bridge's logits bit for bit on tiny-gemma3).
     """
+    if is_bridge(model):
+        hf = model.original_model
+        logits = hf.lm_head(final).float()
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        return cap * torch.tanh(logits / cap) if cap else logits
     final = final.to(model.W_U.device)
     logits = (model.W_U.T @ final.T).T.float()
     if model.b_U is not None and bool(model.b_U.any()):

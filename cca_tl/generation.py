@@ -24,6 +24,7 @@ unpadded positions (checked against unbatched greedy decoding in the tests).
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -33,7 +34,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from cca_tl.backend import HookedTransformer, is_bridge
 
-from cca_tl.errors import BackendError
 from cca_tl.fast_paths import BufferEntry, grouped_attention_without_copies, rotate_new_keys_only, unembed
 from cca_tl.prompt_cache import SharedPrompt, common_prefix_length, shared_length
 
@@ -196,6 +196,46 @@ class _StopCheck:
         return bool(self.stops) and any(s in self.tokenizer.decode(ids[-self.tail:]) for s in self.stops)
 
 
+class BridgeDecoder:
+    """:class:`Decoder`'s interface on a TransformerLens 4 bridge: the HF model the bridge runs, fed left-padded
+    rows with transformers' own key/value cache (the bridge's hooks fire inside it as in any forward), so that
+    sampling, stops and compaction are :func:`_decode_rows`' on either backend."""
+
+    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], pad_id: int):
+        from transformers import DynamicCache
+
+        from cca_tl.bridge import hf_of
+
+        self.model, self.hf, device = model, hf_of(model), model.cfg.device
+        self.cache = DynamicCache(config=self.hf.config)
+        # transformers 5.25 calls it ``cache`` (``past_key_values`` deprecated); earlier 5.x ``past_key_values``
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+        width = max(len(p) for p in prompts)
+        tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        attention = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            tokens[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+            attention[row, width - len(prompt):] = 1
+        self.seen = torch.zeros(len(prompts), 0, dtype=torch.long, device=device)  # the cache's attention mask
+        self.first_step = (tokens.to(device), attention.to(device))
+
+    def logits(self, tokens: Int[Tensor, "rows pos"], attention: Int[Tensor, "rows pos"]) -> Float[Tensor, "rows vocab"]:
+        """Next-token logits (float32) after feeding ``tokens``."""
+        self.seen = torch.cat([self.seen, attention], dim=1)
+        positions = (self.seen.cumsum(-1) - 1).clamp(min=0)[:, -tokens.shape[1]:]
+        from cca_tl.bridge import attention_sees_the_cache
+
+        with attention_sees_the_cache(self.model):
+            out = self.hf(input_ids=tokens, attention_mask=self.seen, position_ids=positions, use_cache=True,
+                          logits_to_keep=1, **{self.cache_kwarg: self.cache})
+        return out.logits[:, -1].float()
+
+    def keep(self, rows: Tensor) -> None:
+        for layer in self.cache.layers:
+            layer.batch_select_indices(rows)
+        self.seen = self.seen[rows]
+
+
 def _cut_at_stop(ids: list[int], tokenizer: Any, stops: Sequence[str], special: set[int]) -> list[int]:
     """Generated ids up to (not including) the first token that completes a stop string or is special."""
     text = ""
@@ -218,9 +258,6 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     a row stops at a special token (end of turn, EOS) or when its text contains a stop string (default: a
     new "Q:" or a blank line), and its output is cut before that token. Sampling is seeded per batch.
     """
-    if is_bridge(model):
-        raise BackendError("Generation on a TransformerLens 4 bridge is not built yet (issue 29: the bridge serves "
-                           "loading, hooks, ablations and DCM so far); use backend='hooked'.")
     from tqdm.auto import tqdm
 
     tokenizer = model.tokenizer
@@ -237,7 +274,7 @@ def generate(model: HookedTransformer, prompts: Sequence[Sequence[int]], *, max_
     special = set(tokenizer.all_special_ids)
     stop_check = _StopCheck(tokenizer, stops)
     out: list[Generation | None] = [None] * len(prompts)
-    shared = shared_length(prompts, min_shared=1, min_rows=1)  # once per call: any shared token pays
+    shared = 0 if is_bridge(model) else shared_length(prompts, min_shared=1, min_rows=1)  # any shared token pays
     with grouped_attention_without_copies():
         prompt = SharedPrompt.compute(model, prompts[0][:shared]) if shared else None
     for chunk in tqdm(_chunks(model, prompts, batch_size, max_new_tokens), desc="generate", disable=not progress,
@@ -261,7 +298,8 @@ def _chunks(model: HookedTransformer, prompts: Sequence[Sequence[int]], batch_si
     sliding-window layers whose window the rows could outgrow, because TransformerLens counts the window
     in columns, so pads would take real tokens' places in it."""
     cfg = model.cfg
-    windowed = any(t == "local" for t in (cfg.attn_types or [])) and cfg.window_size is not None
+    windowed = (not is_bridge(model)  # transformers counts the window in real tokens (attention mask)
+                and any(t == "local" for t in (cfg.attn_types or [])) and cfg.window_size is not None)
     longest = max((len(p) for p in prompts), default=0)
     if not (windowed and longest + max_new_tokens > cfg.window_size):
         return [list(r) for r in balanced_chunks(len(prompts), batch_size)]
@@ -280,7 +318,8 @@ def _decode_rows(model: HookedTransformer, prompts: list[list[int]], temps: Tens
     doing it for every finished row would cost more than decoding a few idle rows.
     """
     device = model.cfg.device
-    decoder = Decoder(model, prompts, max_new_tokens, pad, prompt=prompt)
+    decoder = BridgeDecoder(model, prompts, pad) if is_bridge(model) else Decoder(model, prompts, max_new_tokens,
+                                                                                  pad, prompt=prompt)
     generated: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))  # the prompt index of each row still in the batch
     done: set[int] = set()

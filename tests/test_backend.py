@@ -40,3 +40,14 @@ def test_the_committed_cross_backend_edits_are_what_the_hooked_backend_computes(
         assert set(ours) == set(committed) and ours, path.stem
         for n, value in ours.items():
             torch.testing.assert_close(value, committed[n], rtol=0, atol=1e-6, msg=f"{path.stem}: {n}")
+
+
+def test_a_run_records_its_backend_and_the_bridge_is_refused_here(tmp_path, capsys):
+    from cca_tl.cli import main
+    from cca_tl.pipeline import RunConfig
+
+    assert RunConfig().backend == "hooked" and RunConfig.from_dict({"model": "tiny-llama"}).backend == "hooked"
+    with pytest.raises(ValueError, match="backend"):
+        RunConfig(backend="bridgee")
+    assert main(["run", "--preset", "tiny", "--backend", "bridge", "--out", str(tmp_path / "run"), "--quiet"]) != 0
+    assert "setup-tl4.sh" in capsys.readouterr().err

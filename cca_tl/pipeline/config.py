@@ -1,6 +1,6 @@
 """The run configuration and its presets: one typed section per stage, validated from the annotations.
 
-``RunConfig`` holds what says *which* model runs and where (``model``, ``device``, ``dtype``, ``n_devices``,
+``RunConfig`` holds what says *which* model runs and where (``model``, ``device``, ``dtype``, ``backend``, ``n_devices``,
 ``seed``, ``start_from``) and one section per stage: :class:`DataConfig` (problems), :class:`TracesConfig`
 (traces and localization), :class:`DCMConfig`, :class:`UpdateConfig`, :class:`EvaluateConfig` and
 :class:`AnalysisConfig`. Every field is checked against its type annotation (``Literal`` choices, ``int``,
@@ -115,6 +115,9 @@ class RunConfig(Validated):
     model: str = "gemma-3-270m"
     device: str = "auto"                  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    #: which TransformerLens runs the model: "hooked" (3.x HookedTransformer) or "bridge" (4.x, over the HF
+    #: model); locked, since the two compute the same numbers only to float tolerance
+    backend: Literal["hooked", "bridge"] = "hooked"
     n_devices: int = positive(1)         # TransformerLens' layer split over this many GPUs (big models)
     seed: int = 0
     start_from: str | None = None         # multi-round CCA: a finished run dir whose edit is this run's base

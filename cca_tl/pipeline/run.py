@@ -44,7 +44,7 @@ class Run:
         self._check_config()
         start_edit = self._start_edit()
         self.session = ModelSession(config.model, device=config.device, dtype=config.dtype,
-                                    n_devices=config.n_devices, seed=config.seed, model=model,
+                                    n_devices=config.n_devices, seed=config.seed, model=model, backend=config.backend,
                                     base_edit=start_edit, log=self.log)
         with refused_writes_explained(self.dir, self.kept):
             self.dir.mkdir(parents=True, exist_ok=True)

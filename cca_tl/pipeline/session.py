@@ -30,7 +30,7 @@ from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor
-from cca_tl.backend import HookedTransformer
+from cca_tl.backend import HookedTransformer, parameter_owner
 
 from cca_tl._io import release_freed_memory
 from cca_tl.errors import CCAError
@@ -43,10 +43,10 @@ class ModelSession:
 
     def __init__(self, name: str, *, device: str = "auto", dtype: str = "float32", n_devices: int = 1,
                  seed: int = 0, model: HookedTransformer | None = None, base_edit=None,
-                 log=lambda text: None):
+                 log=lambda text: None, backend: str = "hooked"):
         from cca_tl.devices import resolve_device, resolve_dtype
 
-        self.name, self.seed, self.n_devices, self._log = name, seed, n_devices, log
+        self.name, self.seed, self.n_devices, self._log, self.backend = name, seed, n_devices, log, backend
         self.device = resolve_device(device) if model is None else torch.device(model.cfg.device)
         self.dtype = resolve_dtype(dtype, self.device) if model is None else model.cfg.dtype
         self._model = model
@@ -65,9 +65,10 @@ class ModelSession:
         if self._model is None:
             from cca_tl.models import load_model
 
-            self._log(f"loading {self.name} on {self.device} as {str(self.dtype).removeprefix('torch.')}")
+            on = "" if self.backend == "hooked" else f" ({self.backend} backend)"
+            self._log(f"loading {self.name} on {self.device} as {str(self.dtype).removeprefix('torch.')}{on}")
             self._model = load_model(self.name, device=self.device, dtype=self.dtype, seed=self.seed,
-                                     n_devices=self.n_devices)
+                                     n_devices=self.n_devices, backend=self.backend)
             if self._base_edit is not None:
                 self._base_edit.apply(self._model)
             self._mark_base()
@@ -86,15 +87,16 @@ class ModelSession:
         return f"{self.device.type} ({torch.get_num_threads()} threads)"
 
     def _params(self) -> dict[str, torch.nn.Parameter]:
-        return dict(self.model.named_parameters())
+        """The weights by the names regions use (TransformerLens names, or the HF checkpoint's on the bridge)."""
+        return dict(parameter_owner(self.model).named_parameters())
 
     def _mark_base(self) -> None:
-        self._versions = {n: p._version for n, p in self._model.named_parameters()}
+        self._versions = {n: p._version for n, p in parameter_owner(self._model).named_parameters()}
 
     def is_base(self) -> bool:
         """True when no parameter was written since the model was loaded or last restored."""
         return self._model is not None and all(p._version == self._versions.get(n)
-                                               for n, p in self._model.named_parameters())
+                                               for n, p in parameter_owner(self._model).named_parameters())
 
     # -- protect / restore -------------------------------------------------------------------------
     @torch.no_grad()

@@ -92,11 +92,23 @@ def test_gpt_neox_is_refused_with_the_reason():
         load_model("tiny-pythia", backend="bridge")
 
 
-def test_what_is_not_built_on_the_bridge_says_so(bridge):
+def test_generation_on_the_bridge_is_transformers_greedy_decoding(bridge):
+    """Rows of different lengths decoded together (left-padded, rows leaving the batch as they finish) give
+    what transformers' own greedy ``generate`` gives each prompt alone, on a fresh copy of the HF model."""
     from cca_tl.generation import generate
 
-    with pytest.raises(BackendError, match="not built yet"):
-        generate(bridge, [bridge.to_tokens(TEXT)[0].tolist()], max_new_tokens=2)
+    hf = tiny_hf_model(bridge.cfg.model_name)
+    hf.config._attn_implementation = "eager"
+    prompts = [bridge.to_tokens(t)[0].tolist() for t in (TEXT, "Q: 2 + 2? A:", TEXT + " 7. Q: and 5 more?")]
+    ours = generate(bridge, prompts, max_new_tokens=6, stops=(), batch_size=3)
+    for prompt, got in zip(prompts, ours):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=0)[0, len(prompt):].tolist()
+        special = set(bridge.tokenizer.all_special_ids)
+        cut = next((i for i, t in enumerate(theirs) if t in special), len(theirs))
+        assert got.token_ids == theirs[:cut]
 
 
 def test_the_hooked_backend_is_refused_here_with_what_to_do():

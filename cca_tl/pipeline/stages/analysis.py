@@ -20,7 +20,7 @@ def run(run) -> dict:
                                  faithfulness_curve, layer_table, plot_faithfulness, plot_mask,
                                  save_html, top_heads)
     from cca_tl.components import ComponentRegistry
-    from cca_tl.contrast import PrefixKV
+    from cca_tl.contrast import prefix_cache_for
     from cca_tl.interventions import task_means
 
     cfg = run.config
@@ -33,7 +33,7 @@ def run(run) -> dict:
         fig = plot_mask(dcm.mask, dcm.gains, title=f"DCM mask, {cfg.model}, λ={cfg.dcm.lam:g}")
         fig.savefig(out / "mask.png", dpi=110)
         # One prefix cache and one set of means for every ablation below (each costs a pass over the data).
-        prefix_kv = PrefixKV(model, data, batch_size=FORWARD_BATCH)
+        prefix_kv = prefix_cache_for(model, data, batch_size=FORWARD_BATCH)
         means = task_means(model, data, list(dcm.gains), prefix_kv=prefix_kv, batch_size=FORWARD_BATCH)
         checks = ablation_checks(model, data, dcm.mask, seed=cfg.seed, n_random=cfg.analysis.ablation_random_sets,
                                  batch_size=FORWARD_BATCH, prefix_kv=prefix_kv, means=means)

@@ -19,5 +19,5 @@ def run(run) -> dict:
                 pairs=int(sum(traces["flipped"])))
 
 
-STAGE = Stage("traces", ("model", "dtype", "start_from", "traces.n_samples", "traces.max_new_tokens",
+STAGE = Stage("traces", ("model", "dtype", "backend", "start_from", "traces.n_samples", "traces.max_new_tokens",
                          "traces.gen_batch_size"), run)
