@@ -24,7 +24,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from cca_tl.backend import HookedTransformer
+from cca_tl.backend import HookedTransformer, is_bridge
+from cca_tl.errors import BackendError
 
 from cca_tl.contrast import pad_token_id
 from cca_tl.fast_paths import grouped_attention_without_copies, unembed
@@ -92,6 +93,10 @@ def _answer_logits(model: HookedTransformer, data: AnswerSet, shared: int,
         cols += list(range(start, len(tail) - 1))
     tokens = tokens.to(cfg.device)
     rows_t, cols_t = torch.tensor(rows, device=cfg.device), torch.tensor(cols, device=cfg.device)
+    if is_bridge(model):  # no TransformerLens 3 cache or stop_at_layer: the whole rows, the HF model's logits
+        if shared:
+            raise BackendError("A shared prompt's cache is a HookedTransformer path; on the bridge use shared=0.")
+        return model(tokens)[rows_t, cols_t].float(), tokens[rows_t, cols_t + 1], rows_t
     with grouped_attention_without_copies():
         if shared:
             cache = cache_over_prompt(model, len(tails), keys_values)
@@ -126,7 +131,7 @@ def answer_batches(model: HookedTransformer, data: AnswerSet,
     """``(indices, logits, targets, rows)`` per mini-batch (rows index into ``indices``); the prompt the
     whole set shares runs once (with gradients when enabled) and every mini-batch attends to it."""
     data.validate(model)
-    shared = shared_prompt_length(data)
+    shared = 0 if is_bridge(model) else shared_prompt_length(data)
     keys_values = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
     for start in range(0, len(data), batch_size):
         indices = list(range(start, min(start + batch_size, len(data))))

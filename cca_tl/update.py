@@ -160,7 +160,7 @@ def _pivot_step(model: HookedTransformer, data: ContrastSet, batch_size: int, sh
 def _answer_step(model: HookedTransformer, data: AnswerSet, micro_batch: int) -> float:
     """Backpropagate the mean cross-entropy over every answer token of ``data`` (the prompt all rows share
     runs once, like the pivot loss's); returns it."""
-    shared = shared_prompt_length(data)
+    shared = 0 if is_bridge(model) else shared_prompt_length(data)
     computed = prompt_keys_values(model, data.prompt_ids[0][:shared]) if shared else []
     leaves = cache_leaves(computed)
     total = 0.0
@@ -256,13 +256,12 @@ def train_update(
 
 
 def _bridge_update_check(objective: Objective, params: ParamSet) -> bool:
-    """What the update does on the bridge so far: the pivot objective on a mask's slices or every parameter,
+    """What the update does on the bridge so far: either objective on a mask's slices or every parameter,
     without the shared prompt (its key/value cache is TransformerLens 3's); returns ``shared_prefix`` (off)."""
-    if objective != "pivot" or params not in ("mask", "random", "all"):
-        raise BackendError(f"On the bridge backend the update trains the pivot objective on params 'mask', 'random' "
-                           f"or 'all' so far, not objective={objective!r} with params={params!r}; use "
-                           "backend='hooked' (the answer objective, LoRA and head offsets read TransformerLens 3 "
-                           "weights and caches).")
+    if params not in ("mask", "random", "all"):
+        raise BackendError(f"On the bridge backend the update trains params 'mask', 'random' or 'all' so far, not "
+                           f"{params!r}; use backend='hooked' (LoRA factors and head offsets are written to "
+                           "TransformerLens 3 weights).")
     return False
 
 

@@ -145,14 +145,50 @@ def test_gpt2_is_read_only_on_the_bridge_with_the_reason():
         targeted_update(gpt2, contrast(n=4), mask, progress=False)
 
 
-def test_what_the_update_does_not_do_on_the_bridge_says_so(bridge):
-    from cca_tl.answers import AnswerSet
+def test_lora_and_head_offsets_are_refused_on_the_bridge_with_the_reason(bridge):
     from cca_tl.update import train_update
 
-    with pytest.raises(BackendError, match="answer objective, LoRA"):
+    with pytest.raises(BackendError, match="LoRA factors and head offsets"):
         train_update(bridge, contrast(n=4), params="lora", lora_rank=2, progress=False)
-    with pytest.raises(BackendError, match="answer objective, LoRA"):
-        train_update(bridge, AnswerSet.__new__(AnswerSet), objective="answer", params="all", progress=False)
+    with pytest.raises(BackendError, match="LoRA factors and head offsets"):
+        train_update(bridge, contrast(n=4), params="offsets", heads={0: [0]}, progress=False)
+
+
+def test_the_answer_objective_on_the_bridge_is_transformers_labels_loss(bridge):
+    """The same reference as the hooked backend's (tests/test_answers.py): the mean cross-entropy of the answer
+    tokens is what transformers computes on a fresh copy of the HF model with the prompt's labels at -100."""
+    from cca_tl.answers import answer_token_losses
+    from cca_tl.testing import tiny_hf_model
+    from tests.helpers import answers_behind_a_prompt
+
+    data = answers_behind_a_prompt(n=5, seed=3)
+    ours = torch.cat([losses.detach() for losses in answer_token_losses(bridge, data, batch_size=2)]).sum() / data.n_tokens
+    twin, total = tiny_hf_model(bridge.cfg.model_name), 0.0
+    twin.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for prompt, answer in zip(data.prompt_ids, data.answer_ids):
+            ids = torch.tensor([prompt + answer])
+            labels = torch.tensor([[-100] * len(prompt) + answer])
+            total += float(twin(input_ids=ids, labels=labels).loss) * len(answer)
+    assert abs(float(ours) - total / data.n_tokens) < 1e-4 and float(ours) > 1.0
+
+
+def test_masked_fine_tuning_on_the_bridge_writes_only_the_mask_and_lowers_the_loss(bridge):
+    """The answer objective (AdamW, the authors' masked fine-tuning) on the DCM-style mask's HF slices."""
+    from cca_tl.entries import element_masks
+    from cca_tl.update import train_update
+    from tests.helpers import answers_behind_a_prompt
+
+    model = load_model(bridge.cfg.model_name, backend="bridge")
+    before, mask = weights(model), small_mask(model)
+    result = train_update(model, answers_behind_a_prompt(n=6, seed=1), mask, objective="answer", params="mask",
+                          optimizer="adamw", lr=1e-2, steps=4, batch_size=3, progress=False)
+    emasks = element_masks(model, mask)
+    for name, value in weights(model).items():
+        m = emasks.get(name)
+        assert torch.equal(value, before[name]) if m is None else torch.equal(value[~m], before[name][~m]), name
+    history = result.history
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[1]
 
 
 def test_the_same_update_gives_the_same_hf_weights_on_both_backends(bridge):
