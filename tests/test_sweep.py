@@ -64,13 +64,15 @@ def test_a_recipe_without_validation_needs_one_learning_rate_per_objective():
 
 
 def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
+    """CCA with the first layer-matched draw, then the uniform draw (it shares almost no weights with the DCM
+    set; a layer-matched one shares most at small budgets), then further layer-matched draws, then the rest."""
     config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "lofit"],
                             "draws": 2, "variant_budgets": {"lofit": [0.01]}})
     groups = config.schedule()
     assert [c.key for c in groups[0] if c.seed == 0] == ["cca_b0.01_d0", "random_b0.01_d0", "cca_b0.05_d0",
                                                          "random_b0.05_d0"]
     assert [c.seed for c in groups[0]] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert [{(c.variant, c.draw) for c in g} for g in groups[1:]] == [{("random", 1)}, {("uniform", 0)}, {("lofit", 0)}]
+    assert [{(c.variant, c.draw) for c in g} for g in groups[1:]] == [{("uniform", 0)}, {("random", 1)}, {("lofit", 0)}]
     assert sorted(c.key + str(c.seed) for g in groups for c in g) == \
         sorted(c.key + str(c.seed) for s in config.seeds for c in config.cells(s))
 

@@ -1,0 +1,59 @@
+"""How much of a layer-matched random draw is the DCM set itself, in the budget sweep (issue 31).
+
+The layer-matched control keeps the DCM set's count per kind *and* layer. Gemma-3-270M has one kv head and
+four query heads per layer, so a layer-matched k or v component is always the DCM set's own, and a q head is
+with probability 1/4; a head owns 163,840 parameters against a neuron's 640. This counts, per seed and
+budget, the components and the parameters the draw shares with the DCM set (exactly as the sweep builds
+both: ``cca_tl.sweep.budgets``), and writes ``analyses/results/budget/overlap.csv``.
+
+    .venv/bin/python analyses/budget_overlap.py [analyses/results/budget]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import load_file
+
+from cca_tl.component_mask import ComponentMask
+from cca_tl.components import registry_of
+from cca_tl.models import load_model
+from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, uniform_like
+from cca_tl.sweep.grid import SweepConfig
+
+
+def overlap_rows(sweep_dir: Path) -> pd.DataFrame:
+    config = SweepConfig.load(sweep_dir / "sweep.json")
+    reg = registry_of(load_model("gemma-3-270m"))
+    rows = []
+    for seed in config.seeds:
+        seed_dir = sweep_dir / "seeds" / f"seed{seed}"
+        if not (seed_dir / "sweep" / "attribution.safetensors").exists():
+            continue
+        scores = ranking_scores(load_file(str(seed_dir / "dcm" / "gains.safetensors")),
+                                load_file(str(seed_dir / "sweep" / "attribution.safetensors")))
+        for budget in config.budgets:
+            top = budget_mask(reg, scores, budget)
+            for draw in range(config.draws):
+                draw_seed = 1_000_003 * seed + 1_009 * draw + round(budget * 1e6)
+                for control, mask in (("layer-matched", layer_matched(top, draw_seed)),
+                                      ("uniform", uniform_like(top, draw_seed + 7))):
+                    if control == "uniform" and draw >= config.uniform_draws:
+                        continue
+                    shared = ComponentMask(reg.identity, {k: top.masks[k] & mask.masks[k] for k in top.kinds})
+                    rows.append(dict(seed=seed, budget_share=budget, control=control, draw=draw,
+                                     n_components=top.count(), shared_components=shared.count(),
+                                     n_params=top.n_params(reg), shared_params=shared.n_params(reg),
+                                     pct_params_shared=round(100 * shared.n_params(reg) / top.n_params(reg), 1),
+                                     heads=sum(int(top.masks[k].sum()) for k in top.kinds if k.value != "neuron")))
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    sweep_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "analyses/results/budget")
+    table = overlap_rows(sweep_dir)
+    table.to_csv(sweep_dir / "overlap.csv", index=False)
+    print(table[table.draw == 0].pivot_table(index="budget_share", columns=["control", "seed"],
+                                              values="pct_params_shared").to_string())
