@@ -208,8 +208,7 @@ def train_update(
     ``"adamw"`` (the authors' fine-tuning baselines). Whatever the parameters, every entry outside them keeps
     its bits. ``val_metric(model)``: higher is better (default: the objective on ``data`` itself).
     """
-    if is_bridge(model):
-        shared_prefix = _bridge_update_check(objective, params)
+    shared_prefix = _bridge_update_check(params) if is_bridge(model) else shared_prefix
     from tqdm.auto import tqdm
 
     _check_update_inputs(model, data, objective, optimizer)
@@ -255,7 +254,7 @@ def train_update(
         fraction_components=fraction_components, mask=used, config=config, regions=dict(entries.regions))
 
 
-def _bridge_update_check(objective: Objective, params: ParamSet) -> bool:
+def _bridge_update_check(params: ParamSet) -> bool:
     """What the update does on the bridge so far: either objective on a mask's slices or every parameter,
     without the shared prompt (its key/value cache is TransformerLens 3's); returns ``shared_prefix`` (off)."""
     if params not in ("mask", "random", "all"):
