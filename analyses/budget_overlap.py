@@ -4,7 +4,8 @@ The layer-matched control keeps the DCM set's count per kind *and* layer. Gemma-
 four query heads per layer, so a layer-matched k or v component is always the DCM set's own, and a q head is
 with probability 1/4; a head owns 163,840 parameters against a neuron's 640. This counts, per seed and
 budget, the components and the parameters the draw shares with the DCM set (exactly as the sweep builds
-both: ``cca_tl.sweep.budgets``), and writes ``analyses/results/budget/overlap.csv``.
+both: ``cca_tl.sweep.budgets``), and writes ``analyses/results/budget/overlap.csv``, which the sweep's
+``summary.md`` shows (rerun ``cca-tl sweep ... --summary`` after this).
 
     .venv/bin/python analyses/budget_overlap.py [analyses/results/budget]
 """
@@ -17,10 +18,9 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import load_file
 
-from cca_tl.component_mask import ComponentMask
 from cca_tl.components import registry_of
 from cca_tl.models import load_model
-from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, uniform_like
+from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, shared_with, uniform_like
 from cca_tl.sweep.grid import SweepConfig
 
 
@@ -42,12 +42,10 @@ def overlap_rows(sweep_dir: Path) -> pd.DataFrame:
                                       ("uniform", uniform_like(top, draw_seed + 7))):
                     if control == "uniform" and draw >= config.uniform_draws:
                         continue
-                    shared = ComponentMask(reg.identity, {k: top.masks[k] & mask.masks[k] for k in top.kinds})
                     rows.append(dict(seed=seed, budget_share=budget, control=control, draw=draw,
-                                     n_components=top.count(), shared_components=shared.count(),
-                                     n_params=top.n_params(reg), shared_params=shared.n_params(reg),
-                                     pct_params_shared=round(100 * shared.n_params(reg) / top.n_params(reg), 1),
-                                     heads=sum(int(top.masks[k].sum()) for k in top.kinds if k.value != "neuron")))
+                                     n_components=top.count(), n_params=top.n_params(reg),
+                                     heads=sum(int(top.masks[k].sum()) for k in top.kinds if k.value != "neuron"),
+                                     **shared_with(top, mask, reg)))
     return pd.DataFrame(rows)
 
 

@@ -289,3 +289,26 @@ def test_gaps_name_the_cells_that_never_reached_a_kl_target():
     assert found[["variant", "kl_target"]].values.tolist() == [["random", 1e-3]]
     assert found["largest_kl_reached"].tolist() == [4.8e-4]
     assert gaps(rows[rows["variant"] == "cca"]).empty
+
+
+def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
+    """A set shares all of itself, a disjoint set nothing; a head's share is its parameters, not its count.
+    The summary shows the table only where an overlap.csv was written."""
+    from cca_tl.component_mask import ComponentMask
+    from cca_tl.components import Component, registry_of
+    from cca_tl.models import load_model
+    from cca_tl.sweep.budgets import shared_with
+    from cca_tl.sweep.summary import overlap_section
+
+    reg = registry_of(load_model("tiny-llama"))
+    top = ComponentMask.from_components(reg, [Component("q", 0, 0), Component("neuron", 0, 1)])
+    assert shared_with(top, top, reg)["pct_params_shared"] == 100.0
+    other = ComponentMask.from_components(reg, [Component("q", 1, 0), Component("neuron", 1, 1)])
+    assert shared_with(top, other, reg) == dict(shared_components=0, shared_params=0, pct_params_shared=0.0)
+    head_only = ComponentMask.from_components(reg, [Component("q", 0, 0), Component("neuron", 1, 1)])
+    share = reg.params_per_unit("q") / (reg.params_per_unit("q") + reg.params_per_unit("neuron"))
+    assert shared_with(top, head_only, reg)["pct_params_shared"] == round(100 * share, 1)
+    assert overlap_section(tmp_path / "overlap.csv") == []
+    pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0)]).to_csv(
+        tmp_path / "overlap.csv", index=False)
+    assert "uniform, seed 0" in "\n".join(overlap_section(tmp_path / "overlap.csv"))

@@ -87,3 +87,14 @@ def uniform_like(mask: ComponentMask, draw_seed: int) -> ComponentMask:
         flat[torch.randperm(flat.numel(), generator=generator)[:int(mask.masks[kind].sum())]] = True
         out[kind] = flat.reshape(mask.masks[kind].shape)
     return ComponentMask(mask.identity, out)
+
+
+def shared_with(top: ComponentMask, control: ComponentMask, model_or_registry) -> dict[str, float]:
+    """What a control set shares with the DCM set: components and parameters (authors' slices), and the
+    parameters' share in percent. A layer-matched draw on a model with few heads per layer keeps most of a
+    small DCM set's heads, and heads hold most of its parameters (``analyses/budget_overlap.py``)."""
+    reg = registry_of(model_or_registry)
+    both = ComponentMask(reg.identity, {k: top.masks[k] & control.masks[k] for k in top.kinds})
+    total = top.n_params(reg)
+    return dict(shared_components=both.count(), shared_params=both.n_params(reg),
+                pct_params_shared=round(100 * both.n_params(reg) / total, 1) if total else 0.0)

@@ -185,6 +185,19 @@ def gaps(rows: pd.DataFrame) -> pd.DataFrame:
     return missing[keys + ["kl_target"]].join(reached, on=keys).reset_index(drop=True)
 
 
+def overlap_section(path: Path) -> list[str]:
+    """Percent of the DCM set's parameters each control shares with it (mean over draws), per budget and seed,
+    from ``overlap.csv`` where one was written (``analyses/budget_overlap.py``); nothing otherwise."""
+    if not path.exists():
+        return []
+    table = pd.read_csv(path).pivot_table(index="budget_share", columns=["control", "seed"], values="pct_params_shared")
+    table.columns = [f"{control}, seed {seed}" for control, seed in table.columns]
+    return ["## What the random sets share with the DCM set", "",
+            "Percent of the DCM set's parameters that are also in the control's (mean over draws; `overlap.csv`). "
+            "A comparison with a control that shares most of them says little about the selection.", "",
+            table.round(1).to_markdown(), ""]
+
+
 def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
     c = sweep.config
     done = {s: len(sweep.done(s) - {"base"}) for s in c.seeds}
@@ -224,6 +237,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
                   "CCA − random on pivots at every reading; all of them are in `comparisons.csv`.", "",
                   brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
+    lines += overlap_section(sweep.dir / "overlap.csv")
     missing = gaps(rows)
     if not missing.empty:
         from cca_tl.sweep.readings import KL_MAX_TRIES, MAX_SCALE
