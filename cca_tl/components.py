@@ -70,13 +70,12 @@ class SliceSpec:
     param: str
     axis: int
     bias: Literal["qkv", "o", "mlp", None] = None
-    #: HF slices (the bridge backend): unit ``i`` is ``block`` entries from ``offset + i·block`` along ``axis``;
+    #: HF slices (the bridge backend): unit ``i`` is ``block`` entries from ``i·block`` along ``axis``;
     #: ``None`` is TransformerLens' layout, one index of ``axis`` per unit.
     block: int | None = None
-    offset: int = 0
 
     def unit(self, layer: int, index: int) -> "ParamSlice":
-        return ParamSlice(self.param.format(layer=layer), self.axis, index, self.offset, self.block)
+        return ParamSlice(self.param.format(layer=layer), self.axis, index, self.block)
 
 
 @dataclass(frozen=True)
@@ -173,19 +172,18 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class ParamSlice:
     """One parameter slice: ``model.get_parameter(param).select(axis, index)`` (TransformerLens names), or on
-    the bridge ``block`` rows/columns of an HF parameter from ``offset + index·block``."""
+    the bridge ``block`` rows/columns of an HF parameter from ``index·block``."""
 
     param: str
     axis: int
     index: int
-    offset: int = 0
     block: int | None = None
 
     def of(self, tensor: Tensor) -> Tensor:
         """This slice of ``tensor`` (the parameter, or anything of its shape) as a view."""
         if self.block is None:
             return tensor.select(self.axis, self.index)
-        return tensor.narrow(self.axis, self.offset + self.index * self.block, self.block)
+        return tensor.narrow(self.axis, self.index * self.block, self.block)
 
     def view(self, model: HookedTransformer) -> Tensor:
         return self.of(parameter_owner(model).get_parameter(self.param))
