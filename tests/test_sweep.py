@@ -65,14 +65,17 @@ def test_a_recipe_without_validation_needs_one_learning_rate_per_objective():
 
 def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
     """CCA with the first layer-matched draw, then the uniform draw (it shares almost no weights with the DCM
-    set; a layer-matched one shares most at small budgets), then further layer-matched draws, then the rest."""
+    set; a layer-matched one shares most at small budgets), then further layer-matched draws, then the rest;
+    each one budget at a time on every seed, the smallest first."""
     config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "lofit"],
                             "draws": 2, "variant_budgets": {"lofit": [0.01]}})
     groups = config.schedule()
-    assert [c.key for c in groups[0] if c.seed == 0] == ["cca_b0.01_d0", "random_b0.01_d0", "cca_b0.05_d0",
-                                                         "random_b0.05_d0"]
-    assert [c.seed for c in groups[0]] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert [{(c.variant, c.draw) for c in g} for g in groups[1:]] == [{("uniform", 0)}, {("random", 1)}, {("lofit", 0)}]
+    assert [(c.key, c.seed) for c in groups[0]] == [("cca_b0.01_d0", 0), ("random_b0.01_d0", 0),
+                                                    ("cca_b0.01_d0", 1), ("random_b0.01_d0", 1)]
+    assert [c.key for c in groups[1] if c.seed == 0] == ["cca_b0.05_d0", "random_b0.05_d0"]
+    assert [({(c.variant, c.draw) for c in g}, {c.budget for c in g}, [c.seed for c in g]) for g in groups[2:]] == [
+        ({("uniform", 0)}, {0.01}, [0, 1]), ({("uniform", 0)}, {0.05}, [0, 1]),
+        ({("random", 1)}, {0.01}, [0, 1]), ({("random", 1)}, {0.05}, [0, 1]), ({("lofit", 0)}, {0.01}, [0, 1])]
     assert sorted(c.key + str(c.seed) for g in groups for c in g) == \
         sorted(c.key + str(c.seed) for s in config.seeds for c in config.cells(s))
 
@@ -166,8 +169,14 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     assert cli(["sweep", str(other), "--out", str(out), "--quiet"]) == 2
     assert "holds another sweep" in capsys.readouterr().err
     wider = tmp_path / "wider.json"  # the grid's extent may grow: finished cells are kept, new ones run
-    wider.write_text(json.dumps({**TINY, "seeds": [0, 1, 2], "variants": ["cca", "random"], "kl_targets": [0.001]}))
-    assert cli(["sweep", str(wider), "--out", str(out), "--quiet", "--seeds", "2"]) == 0
+    wider.write_text(json.dumps({**TINY, "seeds": [0, 1, 2], "budgets": [0.05, 0.1], "variants": ["cca", "random"],
+                                 "kl_targets": [0.001]}))
+    assert cli(["sweep", str(wider), "--out", str(out), "--quiet", "--budgets", "0.3"]) == 2
+    assert "Budget(s) [0.3] are not in this sweep's budgets [0.05, 0.1]" in capsys.readouterr().err
+    assert cli(["sweep", str(wider), "--out", str(out), "--quiet", "--seeds", "2", "--budgets", "0.05"]) == 0
+    assert not list(out.glob("seeds/*/sweep/cells/*_b0.1_*.json"))  # only the cells asked for ran
+    assert cli(["sweep", str(wider), "--out", str(out), "--dry-run", "--budgets", "0.1"]) == 0
+    assert "9 cells to run" in capsys.readouterr().out  # 3 seeds x (cca + 2 random draws) at 0.1
     assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/seed[01]/sweep/cells/*.json")} == \
         {p: t for p, t in stamps.items() if p.parent.parent.parent.name in ("seed0", "seed1")}
     assert set(pd.read_csv(out / "rows.csv")["seed"]) == {0, 1, 2}

@@ -211,10 +211,11 @@ class SweepConfig:
         return out
 
     def schedule(self) -> list[list[Cell]]:
-        """Every cell of every seed in groups that run one after the other (within a group: seed by seed, budgets
-        from the smallest): CCA with the first layer-matched draw, then the uniform draw, then each further
-        layer-matched draw, then the other variants in :data:`PRIORITY` order. A sweep stopped anywhere has the
-        fullest answer its time allowed.
+        """Every cell of every seed in groups that run one after the other. A group is one comparison at one
+        budget on every seed: CCA with the first layer-matched draw, then the uniform draw, then each further
+        layer-matched draw, then the other variants in :data:`PRIORITY` order; within each, budgets from the
+        smallest. A sweep stopped anywhere has the fullest answer its time allowed: a comparison over all seeds
+        (a between-seed interval) at the tight budgets before one seed's reading at every budget.
 
         The uniform draw comes before further layer-matched ones because on Gemma-3-270M (one kv head and four
         query heads per layer) a layer-matched draw shares 43–94 % of the DCM set's parameters at budgets up to
@@ -222,16 +223,16 @@ class SweepConfig:
         time, and a head owns 256 neurons' worth of weights. A uniform draw shares under 1 % there."""
         cells = [c for seed in self.seeds for c in self.cells(seed)]
 
-        def group(c: Cell) -> tuple[int, int]:
+        def group(c: Cell) -> tuple[int, int, float]:
             if c.variant == "cca" or (c.variant == "random" and c.draw == 0):
-                return (0, 0)
+                return (0, 0, c.budget)
             if c.variant == "uniform":
-                return (0, 1)
+                return (0, 1, c.budget)
             if c.variant == "random":
-                return (0, 1 + c.draw)
-            return (1, PRIORITY.index(c.variant))
+                return (0, 1 + c.draw, c.budget)
+            return (1, PRIORITY.index(c.variant), c.budget)
 
-        ordered = sorted(cells, key=lambda c: (group(c), self.seeds.index(c.seed), c.budget, c.draw))
+        ordered = sorted(cells, key=lambda c: (group(c), self.seeds.index(c.seed), c.draw, c.variant))
         groups: list[list[Cell]] = []
         for c in ordered:
             if groups and group(groups[-1][0]) == group(c):

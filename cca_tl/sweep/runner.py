@@ -11,13 +11,14 @@ Layout::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from cca_tl._io import atomic_write_text, read_json
 from cca_tl.errors import CCAError
-from cca_tl.sweep.grid import VARIANTS, SweepConfig
+from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
 
 
 #: Fields that only say which cells exist: a sweep directory may grow (or narrow) along them — more seeds,
@@ -55,23 +56,22 @@ class Sweep:
         return {p.stem for p in cells.glob("*.json")} if cells.exists() else set()
 
     # -- running ----------------------------------------------------------------------------------
-    def execute(self, seeds: list[int] | None = None, *, summarise: bool = True) -> pd.DataFrame:
-        """Run every unfinished cell of ``seeds`` (default: all) in the config's :meth:`~SweepConfig.schedule`
-        (the comparison the plain answer needs first, on every seed), then write the summary. The summary is
-        rewritten after each seed's share of a group, so an interrupted sweep reports what it has."""
+    def execute(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None,
+                summarise: bool = True) -> pd.DataFrame:
+        """Run every unfinished cell of ``seeds`` and ``budgets`` (default: all) in the config's
+        :meth:`~SweepConfig.schedule` (one comparison at one budget on every seed, the smallest budgets
+        first), then write the summary. The summary is rewritten after each seed's share of a group, so an
+        interrupted sweep reports what it has."""
         from tqdm.auto import tqdm
 
         from cca_tl.sweep.cell import SeedSweep
 
-        wanted = self.config.seeds if seeds is None else seeds
-        unknown = sorted(set(wanted) - set(self.config.seeds))
-        if unknown:
-            raise CCAError(f"Seed(s) {unknown} are not in this sweep's seeds {self.config.seeds}.")
+        wanted = self._wanted(seeds, budgets)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))  # the grid as it now is
         for group in self.config.schedule():
-            for seed in [s for s in self.config.seeds if s in wanted]:
-                todo = [c for c in group if c.seed == seed and c.key not in self.done(seed)]
+            for seed in self.config.seeds:
+                todo = [c for c in group if c.seed == seed and wanted(c) and c.key not in self.done(seed)]
                 if not todo:
                     continue
                 state = SeedSweep(self.config, seed, self.seed_dir(seed), progress=self.progress)
@@ -83,23 +83,32 @@ class Sweep:
                     self.summarise()
         return self.summarise() if summarise else self.rows()
 
+    def _wanted(self, seeds: list[int] | None, budgets: list[float] | None) -> Callable[[Cell], bool]:
+        """Which cells a run or plan covers; a seed or budget the sweep does not hold is an error."""
+        for name, asked, held in (("Seed", seeds, self.config.seeds), ("Budget", budgets, self.config.budgets)):
+            unknown = sorted(set(asked or ()) - set(held))
+            if unknown:
+                raise CCAError(f"{name}(s) {unknown} are not in this sweep's {name.lower()}s {held}.")
+        return lambda c: (seeds is None or c.seed in seeds) and (budgets is None or c.budget in budgets)
+
     # -- the plan ---------------------------------------------------------------------------------
-    def plan(self) -> pd.DataFrame:
+    def plan(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None) -> pd.DataFrame:
         """One row per seed: cells to run and their estimated seconds (per-unit costs of the pipeline's plan,
-        measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads; NaN on a GPU)."""
+        measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads; NaN on a GPU), for the
+        cells of ``seeds`` and ``budgets`` (default: all)."""
         from cca_tl.pipeline.plan import plan, sizes, unit_costs
 
-        rows = []
-        for seed in self.config.seeds:
+        wanted, rows = self._wanted(seeds, budgets), []
+        for seed in [s for s in self.config.seeds if seeds is None or s in seeds]:
             run_config = self.config.run_config(seed)
             s, u = sizes(run_config), unit_costs(run_config)
             done = self.done(seed)
             stages = plan(run_config).loc[["problems", "traces", "localize", "dcm"], "seconds"]
             setup = 0.0 if (self.seed_dir(seed) / "stages" / "dcm.json").exists() else float(stages.sum())
-            cells = [c for c in self.config.cells(seed) if c.key not in done]
+            cells = [c for c in self.config.cells(seed) if c.key not in done and wanted(c)]
             seconds = setup + ("base" not in done) * self._greedy_seconds(run_config, s, u)
             seconds += sum(self.cell_seconds(run_config, s, u, VARIANTS[c.variant].objective) for c in cells)
-            rows.append(dict(seed=seed, cells_done=len(self.config.cells(seed)) - len(cells), cells_to_run=len(cells),
+            rows.append(dict(seed=seed, cells_done=sum(c.key in done for c in self.config.cells(seed)), cells_to_run=len(cells),
                              setup="done" if setup == 0 else "to run", seconds=seconds))
         return pd.DataFrame(rows).set_index("seed")
 
