@@ -269,7 +269,7 @@ def test_the_committed_budget_summary_follows_from_its_cells():
 
     import pandas as pd
 
-    from cca_tl.sweep.summary import COLUMNS, comparisons
+    from cca_tl.sweep.summary import COLUMNS, comparisons, plain_answer
 
     out = Path(__file__).resolve().parents[1] / "analyses" / "results" / "budget"
     sweep = Sweep.open(out, progress=False)
@@ -280,6 +280,7 @@ def test_the_committed_budget_summary_follows_from_its_cells():
     table, per_seed = comparisons(sweep, committed)
     for derived, name in ((table, "comparisons.csv"), (per_seed, "comparisons_per_seed.csv")):
         pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(derived.to_csv(index=False))), pd.read_csv(out / name))
+    assert plain_answer(table, sweep.config.greedy_reading) in (out / "summary.md").read_text()
 
 
 def test_gaps_name_the_cells_that_never_reached_a_kl_target():
@@ -321,3 +322,22 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
     pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0)]).to_csv(
         tmp_path / "overlap.csv", index=False)
     assert "uniform, seed 0" in "\n".join(overlap_section(tmp_path / "overlap.csv"))
+
+
+def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_or_more():
+    from cca_tl.sweep.summary import plain_answer
+
+    def row(control, budget, seeds, diff, between_low, verdict="above 0"):
+        return dict(reading="kl=0.001", budget_share=budget, comparison=f"cca − {control}", metric="test",
+                    seeds=seeds, diff=diff, between_low=between_low, verdict=verdict)
+
+    table = pd.DataFrame([row("random", 0.001, 5, 0.01, -0.02), row("random", 0.01, 5, 0.09, 0.02),
+                          row("random", 0.03, 4, 0.20, 0.05, "cannot tell (seeds disagree)"),
+                          row("uniform", 0.001, 1, 0.30, float("nan"))])
+    answer = plain_answer(table, "kl=0.001")
+    assert "Against layer-matched random sets, the DCM-selected components win by ≥ 5 test points" in answer
+    assert "at 1 % of the components (reading `kl=0.001`; seeds per budget: 0.1 %: 5, 1 %: 5, 3 %: 4)" in answer
+    assert "Cannot tell yet against uniform random sets" in answer and "0.1 %: 1" in answer
+    answer = plain_answer(table.iloc[[0, 2]], "kl=0.001")
+    assert answer.startswith("Against layer-matched random sets, the DCM-selected components do not win")
+    assert plain_answer(table, "selected") == "No CCA − random comparison on the test questions is finished yet."

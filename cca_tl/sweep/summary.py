@@ -89,26 +89,39 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(table), pd.DataFrame(per_seed)
 
 
+#: The controls the plain answer speaks to: the layer-matched draws (the same count per kind and layer) and the
+#: uniform draw, which shares almost none of the DCM set's weights where a layer-matched draw shares most of
+#: them (Gemma-3-270M up to 1 %: one kv head per layer; ``analyses/budget_overlap.py``).
+CONTROLS = (("random", "layer-matched random sets"), ("uniform", "uniform random sets"))
+
+
 def plain_answer(table: pd.DataFrame, reading: str = "selected") -> str:
-    """At which budgets the DCM set beats the layer-matched random sets by ≥ 5 test points (greedy, at
-    ``reading``) with a between-seed interval above 0 — or that it does not anywhere in the range measured."""
+    """At which budgets the DCM set beats each control by ≥ 5 test points (greedy, at ``reading``) with a
+    between-seed interval above 0 — or that it does not at any budget measured on two or more seeds."""
     if table.empty:
         return "No comparison is finished yet."
-    part = table[(table["comparison"] == "cca − random") & (table["reading"] == reading) & (table["metric"] == "test")]
+    sentences = [text for control, words in CONTROLS if (text := _answer_against(table, control, words, reading))]
+    return " ".join(sentences) or "No CCA − random comparison on the test questions is finished yet."
+
+
+def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str) -> str | None:
+    part = table[(table["comparison"] == f"cca − {control}") & (table["reading"] == reading)
+                 & (table["metric"] == "test")].sort_values("budget_share")
     if part.empty:
-        return "No CCA − random comparison on the test questions is finished yet."
-    wins = part[(part["diff"] >= PLAIN_MARGIN) & (part["between_low"] > 0) & ~part["verdict"].str.contains("disagree")]
-    budgets = ", ".join(f"{100 * b:g} %" for b in sorted(part["budget_share"]))
-    seeds = int(part["seeds"].min())
-    where = f"reading `{reading}`; budgets measured: {budgets}; at least {seeds} seed(s) per budget"
-    if seeds < 2:
-        return (f"Cannot tell yet: a between-seed interval needs at least two seeds at every budget ({where}).")
+        return None
+    where = (f"reading `{reading}`; seeds per budget: "
+             + ", ".join(f"{100 * b:g} %: {n}" for b, n in zip(part["budget_share"], part["seeds"])))
+    enough = part[part["seeds"] >= 2]
+    if enough.empty:
+        return f"Cannot tell yet against {words}: a between-seed interval needs at least two seeds ({where})."
+    wins = enough[(enough["diff"] >= PLAIN_MARGIN) & (enough["between_low"] > 0)
+                  & ~enough["verdict"].str.contains("disagree")]
     if wins.empty:
-        return (f"The DCM-selected components do not beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test "
-                f"points with a between-seed interval above 0 at any budget measured ({where}).")
-    return (f"The DCM-selected components beat layer-matched random sets by ≥ {100 * PLAIN_MARGIN:g} test points, "
-            f"with a between-seed interval above 0, at {', '.join(f'{100 * b:g} %' for b in wins['budget_share'])} "
-            f"of the components ({where}).")
+        return (f"Against {words}, the DCM-selected components do not win by ≥ {100 * PLAIN_MARGIN:g} test points "
+                f"with a between-seed interval above 0 at any budget measured on two or more seeds ({where}).")
+    return (f"Against {words}, the DCM-selected components win by ≥ {100 * PLAIN_MARGIN:g} test points, with a "
+            f"between-seed interval above 0, at {', '.join(f'{100 * b:g} %' for b in wins['budget_share'])} of the "
+            f"components ({where}).")
 
 
 def _interval_text(d: float, lo: float, hi: float) -> str:
