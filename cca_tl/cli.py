@@ -134,7 +134,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/sweeps/{config.name}")
     sweep = Sweep(config, out, progress=not args.quiet)
     if args.dry_run:
-        table = sweep.plan(args.seeds, budgets=args.budgets)
+        table = sweep.plan(args.seeds, budgets=args.budgets, variants=args.variants)
         with _wide_tables():
             print(table.to_string(float_format=lambda x: f"{x:,.0f}"))
         total = table["seconds"].sum(skipna=False)
@@ -147,7 +147,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         rows = sweep.summarise()
         print(f"{len(rows)} rows; summary: {out / 'summary.md'}")
         return 0
-    rows = sweep.execute(args.seeds, budgets=args.budgets)
+    rows = sweep.execute(args.seeds, budgets=args.budgets, variants=args.variants)
     print(f"{len(rows)} rows in {out / 'rows.csv'}; summary: {out / 'summary.md'}")
     return 0
 
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default runs/sweeps/<name>); an existing one is resumed")
     p.add_argument("--seeds", type=int, nargs="+", help="run only these of the sweep's seeds")
     p.add_argument("--budgets", type=float, nargs="+", help="run only these of the sweep's budgets (e.g. 0.001 0.0025)")
+    p.add_argument("--variants", nargs="+", help="run only these of the sweep's variants (e.g. lofit uniform)")
     p.add_argument("--dry-run", action="store_true", help="print the cells to run and their estimated time; run nothing")
     p.add_argument("--summary", action="store_true", help="only rewrite rows.csv, comparisons, plots and summary.md")
     p.add_argument("--quiet", action="store_true", help="no progress output")

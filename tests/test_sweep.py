@@ -177,6 +177,10 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     assert not list(out.glob("seeds/*/sweep/cells/*_b0.1_*.json"))  # only the cells asked for ran
     assert cli(["sweep", str(wider), "--out", str(out), "--dry-run", "--budgets", "0.1"]) == 0
     assert "9 cells to run" in capsys.readouterr().out  # 3 seeds x (cca + 2 random draws) at 0.1
+    assert cli(["sweep", str(wider), "--out", str(out), "--dry-run", "--budgets", "0.1", "--variants", "cca"]) == 0
+    assert "3 cells to run" in capsys.readouterr().out
+    assert cli(["sweep", str(wider), "--out", str(out), "--dry-run", "--variants", "lofit"]) == 2
+    assert "Variant(s) ['lofit'] are not in this sweep's variants ['cca', 'random']" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/seed[01]/sweep/cells/*.json")} == \
         {p: t for p, t in stamps.items() if p.parent.parent.parent.name in ("seed0", "seed1")}
     assert set(pd.read_csv(out / "rows.csv")["seed"]) == {0, 1, 2}

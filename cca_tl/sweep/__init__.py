@@ -6,7 +6,7 @@ pipeline's own stages and evaluation.
     Sweep(config, "runs/sweeps/budget").execute()      # resumes per cell
     Sweep(config, "runs/sweeps/budget").plan()         # cells to run and estimated seconds per seed
 
-or ``cca-tl sweep CONFIG`` (``--dry-run``, ``--summary``, ``--seeds``, ``--budgets``). Grid: :mod:`cca_tl.sweep.grid`;
+or ``cca-tl sweep CONFIG`` (``--dry-run``, ``--summary``, ``--seeds``, ``--budgets``, ``--variants``). Grid: :mod:`cca_tl.sweep.grid`;
 component sets at a budget: :mod:`cca_tl.sweep.budgets`; one seed's cells: :mod:`cca_tl.sweep.cell`; the
 tidy table, comparisons over seeds and plots: :mod:`cca_tl.sweep.summary`.
 """

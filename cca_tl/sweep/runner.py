@@ -57,8 +57,8 @@ class Sweep:
 
     # -- running ----------------------------------------------------------------------------------
     def execute(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None,
-                summarise: bool = True) -> pd.DataFrame:
-        """Run every unfinished cell of ``seeds`` and ``budgets`` (default: all) in the config's
+                variants: list[str] | None = None, summarise: bool = True) -> pd.DataFrame:
+        """Run every unfinished cell of ``seeds``, ``budgets`` and ``variants`` (default: all) in the config's
         :meth:`~SweepConfig.schedule` (one comparison at one budget on every seed, the smallest budgets
         first), then write the summary. The summary is rewritten after each seed's share of a group, so an
         interrupted sweep reports what it has."""
@@ -66,7 +66,7 @@ class Sweep:
 
         from cca_tl.sweep.cell import SeedSweep
 
-        wanted = self._wanted(seeds, budgets)
+        wanted = self._wanted(seeds, budgets, variants)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "sweep.json", json.dumps(self.config.to_dict(), indent=1))  # the grid as it now is
         for group in self.config.schedule():
@@ -83,22 +83,26 @@ class Sweep:
                     self.summarise()
         return self.summarise() if summarise else self.rows()
 
-    def _wanted(self, seeds: list[int] | None, budgets: list[float] | None) -> Callable[[Cell], bool]:
-        """Which cells a run or plan covers; a seed or budget the sweep does not hold is an error."""
-        for name, asked, held in (("Seed", seeds, self.config.seeds), ("Budget", budgets, self.config.budgets)):
+    def _wanted(self, seeds: list[int] | None, budgets: list[float] | None,
+                variants: list[str] | None = None) -> Callable[[Cell], bool]:
+        """Which cells a run or plan covers; a seed, budget or variant the sweep does not hold is an error."""
+        for name, asked, held in (("Seed", seeds, self.config.seeds), ("Budget", budgets, self.config.budgets),
+                                  ("Variant", variants, self.config.variants)):
             unknown = sorted(set(asked or ()) - set(held))
             if unknown:
                 raise CCAError(f"{name}(s) {unknown} are not in this sweep's {name.lower()}s {held}.")
-        return lambda c: (seeds is None or c.seed in seeds) and (budgets is None or c.budget in budgets)
+        return lambda c: ((seeds is None or c.seed in seeds) and (budgets is None or c.budget in budgets)
+                          and (variants is None or c.variant in variants))
 
     # -- the plan ---------------------------------------------------------------------------------
-    def plan(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None) -> pd.DataFrame:
+    def plan(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None,
+             variants: list[str] | None = None) -> pd.DataFrame:
         """One row per seed: cells to run and their estimated seconds (per-unit costs of the pipeline's plan,
         measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads; NaN on a GPU), for the
-        cells of ``seeds`` and ``budgets`` (default: all)."""
+        cells of ``seeds``, ``budgets`` and ``variants`` (default: all)."""
         from cca_tl.pipeline.plan import plan, sizes, unit_costs
 
-        wanted, rows = self._wanted(seeds, budgets), []
+        wanted, rows = self._wanted(seeds, budgets, variants), []
         for seed in [s for s in self.config.seeds if seeds is None or s in seeds]:
             run_config = self.config.run_config(seed)
             s, u = sizes(run_config), unit_costs(run_config)
