@@ -1,11 +1,12 @@
-"""How much of a layer-matched random draw is the DCM set itself, in the budget sweep (issue 31).
+"""How much of each random control is the DCM set itself, in the budget sweep (issue 31).
 
 The layer-matched control keeps the DCM set's count per kind *and* layer. Gemma-3-270M has one kv head and
 four query heads per layer, so a layer-matched k or v component is always the DCM set's own, and a q head is
 with probability 1/4; a head owns 163,840 parameters against a neuron's 640. This counts, per seed and
-budget, the components and the parameters the draw shares with the DCM set (exactly as the sweep builds
-both: ``cca_tl.sweep.budgets``), and writes ``analyses/results/budget/overlap.csv``, which the sweep's
-``summary.md`` shows (rerun ``cca-tl sweep ... --summary`` after this).
+budget, the components and the parameters each control's draws share with the DCM set, and how many of a
+draw's components sit outside the DCM set's count for their kind and layer (exactly as the sweep builds the
+draws: ``cca_tl.sweep.budgets.control_mask``). It writes ``analyses/results/budget/overlap.csv``, which the
+sweep's ``summary.md`` shows (rerun ``cca-tl sweep ... --summary`` after this).
 
     .venv/bin/python analyses/budget_overlap.py [analyses/results/budget]
 """
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 
 from cca_tl.components import registry_of
 from cca_tl.models import load_model
-from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, shared_with, uniform_like
+from cca_tl.sweep.budgets import budget_mask, control_mask, ranking_scores, shared_with
 from cca_tl.sweep.grid import SweepConfig
 
 
@@ -36,12 +37,11 @@ def overlap_rows(sweep_dir: Path) -> pd.DataFrame:
                                 load_file(str(seed_dir / "sweep" / "attribution.safetensors")))
         for budget in config.budgets:
             top = budget_mask(reg, scores, budget)
-            for draw in range(config.draws):
-                draw_seed = 1_000_003 * seed + 1_009 * draw + round(budget * 1e6)
-                for control, mask in (("layer-matched", layer_matched(top, draw_seed)),
-                                      ("uniform", uniform_like(top, draw_seed + 7))):
-                    if control == "uniform" and draw >= config.uniform_draws:
-                        continue
+            draws = {"layer-matched": config.draws, "uniform": config.uniform_draws,
+                     "disjoint": config.disjoint_draws}
+            for control, n in draws.items():
+                for draw in range(n):
+                    mask = control_mask(top, control, seed=seed, budget=budget, draw=draw)
                     rows.append(dict(seed=seed, budget_share=budget, control=control, draw=draw,
                                      n_components=top.count(), n_params=top.n_params(reg),
                                      heads=sum(int(top.masks[k].sum()) for k in top.kinds if k.value != "neuron"),

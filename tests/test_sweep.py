@@ -11,7 +11,8 @@ import torch
 from cca_tl.cli import main as cli
 from cca_tl.errors import CCAError
 from cca_tl.sweep import Sweep, SweepConfig
-from cca_tl.sweep.budgets import budget_mask, layer_matched, ranking_scores, uniform_like
+from cca_tl.sweep.budgets import (budget_mask, control_mask, disjoint_matched, layer_matched, ranking_scores,
+                                  uniform_like)
 from cca_tl.tasks import new_fact_problems, two_step_problems
 
 TINY = dict(name="tiny-check", preset="tiny", seeds=[0, 1], budgets=[0.05],
@@ -65,9 +66,11 @@ def test_a_recipe_without_validation_needs_one_learning_rate_per_objective():
 
 def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
     """CCA with the first layer-matched draw, then the uniform draw (it shares almost no weights with the DCM
-    set; a layer-matched one shares most at small budgets), then further layer-matched draws, then the rest;
+    set; a layer-matched one shares most at small budgets), then the disjoint draw (shares nothing), then
+    further layer-matched draws, then the rest;
     each one budget at a time on every seed, the smallest first."""
-    config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "uniform", "lofit"],
+    config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05],
+                            "variants": ["cca", "random", "uniform", "disjoint", "lofit"],
                             "draws": 2, "variant_budgets": {"lofit": [0.01]}})
     groups = config.schedule()
     assert [(c.key, c.seed) for c in groups[0]] == [("cca_b0.01_d0", 0), ("random_b0.01_d0", 0),
@@ -75,6 +78,7 @@ def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
     assert [c.key for c in groups[1] if c.seed == 0] == ["cca_b0.05_d0", "random_b0.05_d0"]
     assert [({(c.variant, c.draw) for c in g}, {c.budget for c in g}, [c.seed for c in g]) for g in groups[2:]] == [
         ({("uniform", 0)}, {0.01}, [0, 1]), ({("uniform", 0)}, {0.05}, [0, 1]),
+        ({("disjoint", 0)}, {0.01}, [0, 1]), ({("disjoint", 0)}, {0.05}, [0, 1]),
         ({("random", 1)}, {0.01}, [0, 1]), ({("random", 1)}, {0.05}, [0, 1]), ({("lofit", 0)}, {0.01}, [0, 1])]
     assert sorted(c.key + str(c.seed) for g in groups for c in g) == \
         sorted(c.key + str(c.seed) for s in config.seeds for c in config.cells(s))
@@ -106,6 +110,34 @@ def test_budget_sets_have_their_size_and_their_controls_keep_the_counts(model):
     assert matched != other and matched != top
     uniform = uniform_like(top, 1)
     assert uniform.counts_by_kind() == top.counts_by_kind() and uniform != top
+    disjoint = disjoint_matched(top, 1)
+    assert disjoint.counts_by_kind() == top.counts_by_kind() and (disjoint & top).count() == 0
+    for kind in top.kinds:  # 10 % of each layer's units: every layer has room for its own count
+        assert torch.equal(disjoint.masks[kind].flatten(1).sum(1), top.masks[kind].flatten(1).sum(1))
+    assert control_mask(top, "disjoint", seed=0, budget=0.1, draw=0) == \
+        disjoint_matched(top, 1_000_003 * 0 + 1_009 * 0 + round(0.1 * 1e6) + 13)
+
+
+def test_a_disjoint_draw_takes_what_a_layer_cannot_hold_from_the_nearest_layers():
+    """One kv head per layer (Gemma-3): a DCM set holding layer 2's k head gets layer 1's or layer 3's; a kind
+    with fewer free units than selected ones shares the fewest it can."""
+    from cca_tl.component_mask import ComponentMask
+    from cca_tl.components import Kind, ModelIdentity
+
+    def k_heads(*layers: int) -> ComponentMask:
+        own = torch.zeros(6, 1, dtype=torch.bool)
+        own[list(layers)] = True
+        return ComponentMask(ModelIdentity("synthetic", None, 6, 4, 1, 8, 32, 64), {Kind("k"): own})
+
+    def drawn(top: ComponentMask, seed: int) -> list[int]:
+        return disjoint_matched(top, seed).masks[Kind("k")].flatten().nonzero().flatten().tolist()
+
+    assert {tuple(drawn(k_heads(2), seed)) for seed in range(20)} == {(1,), (3,)}
+    # layers 1-3 taken: layer 1's head goes to 0, layer 2's (0 now taken) to 4, layer 3's to 5
+    assert drawn(k_heads(1, 2, 3), 0) == [0, 4, 5]
+    # four of six taken, two free: both free ones and two of the set's own (the fewest a draw of four can share)
+    four = disjoint_matched(k_heads(0, 1, 2, 3), 0).masks[Kind("k")].flatten()
+    assert four[4:].all() and int(four.sum()) == 4
 
 
 def test_new_fact_questions_share_no_arithmetic_with_the_task():
@@ -318,14 +350,20 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
     top = ComponentMask.from_components(reg, [Component("q", 0, 0), Component("neuron", 0, 1)])
     assert shared_with(top, top, reg)["pct_params_shared"] == 100.0
     other = ComponentMask.from_components(reg, [Component("q", 1, 0), Component("neuron", 1, 1)])
-    assert shared_with(top, other, reg) == dict(shared_components=0, shared_params=0, pct_params_shared=0.0)
+    assert shared_with(top, other, reg) == dict(shared_components=0, shared_params=0, pct_params_shared=0.0,
+                                                components_off_layer=2)
     head_only = ComponentMask.from_components(reg, [Component("q", 0, 0), Component("neuron", 1, 1)])
     share = reg.params_per_unit("q") / (reg.params_per_unit("q") + reg.params_per_unit("neuron"))
     assert shared_with(top, head_only, reg)["pct_params_shared"] == round(100 * share, 1)
+    assert shared_with(top, head_only, reg)["components_off_layer"] == 1
+    same_layers = ComponentMask.from_components(reg, [Component("q", 0, 1), Component("neuron", 0, 2)])
+    assert shared_with(top, same_layers, reg)["components_off_layer"] == 0
     assert overlap_section(tmp_path / "overlap.csv") == []
-    pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0)]).to_csv(
+    pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0,
+                       components_off_layer=5)]).to_csv(
         tmp_path / "overlap.csv", index=False)
-    assert "uniform, seed 0" in "\n".join(overlap_section(tmp_path / "overlap.csv"))
+    section = "\n".join(overlap_section(tmp_path / "overlap.csv"))
+    assert "seed 0" in section and "('uniform', 0.01) |        3" in section and "uniform 5." in section
 
 
 def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_or_more():

@@ -1,5 +1,5 @@
 """Component sets at a budget: the top-k of a DCM run's stored gains, and the random sets they are
-compared with (layer-matched, or uniform over layers).
+compared with (layer-matched, uniform over layers, or disjoint: the layer profile without the set's own units).
 
 Why the gains need a tie-break: at the default λ the DCM gains saturate. On the power experiment's seed 0
 (Gemma-3-270M, 36,972 maskable components) 1,066 gains sit at exactly 1.0, so "the top 90" by gain alone
@@ -89,12 +89,82 @@ def uniform_like(mask: ComponentMask, draw_seed: int) -> ComponentMask:
     return ComponentMask(mask.identity, out)
 
 
+def disjoint_matched(mask: ComponentMask, draw_seed: int) -> ComponentMask:
+    """A seeded random set with ``mask``'s count per kind that shares none of its units: each layer's count is
+    drawn from that layer's other units, and what a layer cannot hold goes to the nearest layers that can
+    (the nearer first, the two sides of a tie in random order). A kind with fewer free units than selected
+    ones (10 of Gemma-3-270M's 18 v heads at the 8 % budget) takes every free unit and the rest at random
+    from the set's own: it shares as few as that kind allows.
+
+    The control the layer-matched draw cannot be on a model with few heads per layer: Gemma-3-270M has one
+    kv head per layer, so a layer-matched draw keeps every k/v head of the DCM set, and at budgets up to 1 %
+    the budget sweep's draws share 42–94 % of its parameters (``analyses/results/budget/overlap.csv``). This
+    one keeps the kinds and, as far as free units allow, the layers, and shares nothing there."""
+    generator = torch.Generator().manual_seed(draw_seed)
+    out = {}
+    for kind in mask.kinds:
+        own = mask.masks[kind].flatten(1)                      # [layers, units]
+        taken = torch.zeros_like(own)
+        short = [n - _draw_free(own, taken, layer, n, generator) for layer, n in enumerate(own.sum(1).tolist())]
+        left = 0
+        for layer, n in enumerate(short):
+            for near in _nearest_layers(layer, own.shape[0], generator) if n else []:
+                n -= _draw_free(own, taken, near, n, generator)
+                if n == 0:
+                    break
+            left += n
+        if left:  # every free unit is taken: the rest from the set's own
+            kept = own.nonzero()
+            kept = kept[torch.randperm(len(kept), generator=generator)[:left]]
+            taken[kept[:, 0], kept[:, 1]] = True
+        out[kind] = taken.reshape(mask.masks[kind].shape)
+    return ComponentMask(mask.identity, out)
+
+
+def _draw_free(own: Tensor, taken: Tensor, layer: int, n: int, generator: torch.Generator) -> int:
+    """Take up to ``n`` random units of ``layer`` that are neither ``own`` nor ``taken`` (marked in ``taken``
+    in place); how many it took."""
+    free = (~own[layer] & ~taken[layer]).nonzero().flatten()
+    pick = free[torch.randperm(len(free), generator=generator)[:n]]
+    taken[layer, pick] = True
+    return len(pick)
+
+
+def _nearest_layers(layer: int, n_layers: int, generator: torch.Generator) -> list[int]:
+    """The other layers by distance from ``layer``; the two at one distance in random order."""
+    out = []
+    for distance in range(1, n_layers):
+        pair = [near for near in (layer - distance, layer + distance) if 0 <= near < n_layers]
+        out += [pair[i] for i in torch.randperm(len(pair), generator=generator).tolist()]
+    return out
+
+
+#: The random sets a DCM set is compared with, by the sweep's selection name.
+CONTROLS = {"layer-matched": layer_matched, "uniform": uniform_like, "disjoint": disjoint_matched}
+#: Added to a draw's seed per control, so that two controls of one draw are different draws (the sweep's
+#: committed cells were drawn with these).
+_SEED_OFFSET = {"layer-matched": 0, "uniform": 7, "disjoint": 13}
+
+
+def control_mask(top: ComponentMask, selection: str, *, seed: int, budget: float, draw: int) -> ComponentMask:
+    """The random set a sweep cell (run ``seed``, ``budget``, random draw ``draw``) compares ``top`` with.
+    Every place that rebuilds a cell's set (the cell itself, ``analyses/budget_overlap.py``) comes here, so
+    they draw the same one."""
+    draw_seed = 1_000_003 * seed + 1_009 * draw + round(budget * 1e6) + _SEED_OFFSET[selection]
+    return CONTROLS[selection](top, draw_seed)
+
+
 def shared_with(top: ComponentMask, control: ComponentMask, model_or_registry) -> dict[str, float]:
-    """What a control set shares with the DCM set: components and parameters (authors' slices), and the
-    parameters' share in percent. A layer-matched draw on a model with few heads per layer keeps most of a
-    small DCM set's heads, and heads hold most of its parameters (``analyses/budget_overlap.py``)."""
+    """What a control set shares with the DCM set: components and parameters (authors' slices), the
+    parameters' share in percent, and how many of its components sit outside the DCM set's count for their
+    kind and layer (0 for a layer-matched draw). A layer-matched draw on a model with few heads per layer
+    keeps most of a small DCM set's heads, and heads hold most of its parameters
+    (``analyses/budget_overlap.py``)."""
     reg = registry_of(model_or_registry)
     both = ComponentMask(reg.identity, {k: top.masks[k] & control.masks[k] for k in top.kinds})
     total = top.n_params(reg)
+    off_layer = sum(int((control.masks[k].flatten(1).sum(1) - top.masks[k].flatten(1).sum(1)).clamp(min=0).sum())
+                    for k in top.kinds)
     return dict(shared_components=both.count(), shared_params=both.n_params(reg),
-                pct_params_shared=round(100 * both.n_params(reg) / total, 1) if total else 0.0)
+                pct_params_shared=round(100 * both.n_params(reg) / total, 1) if total else 0.0,
+                components_off_layer=off_layer)

@@ -29,7 +29,7 @@ import torch
 from cca_tl._io import atomic_write_bytes, atomic_write_text, held_lock, release_freed_memory
 from cca_tl.errors import LockedError
 from cca_tl.offsets import heads_for_budget, top_heads
-from cca_tl.sweep.budgets import budget_mask, gain_attribution, layer_matched, ranking_scores, uniform_like
+from cca_tl.sweep.budgets import budget_mask, control_mask, gain_attribution, ranking_scores
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
 from cca_tl.sweep.readings import forward_readings, greedy_readings, scale_to_kl
 
@@ -93,9 +93,8 @@ class SeedSweep:
         if selection == "lora":
             rank = rank_for_budget(model, top.n_params(model, weight_set))
             return ParameterSet(None, rank, rank * params_per_rank(model), "lora", lora_rank=rank)
-        draw_seed = 1_000_003 * self.seed + 1_009 * cell.draw + round(cell.budget * 1e6)
-        mask = {"dcm": top, "layer-matched": layer_matched(top, draw_seed),
-                "uniform": uniform_like(top, draw_seed + 7)}[selection]
+        mask = top if selection == "dcm" else control_mask(top, selection, seed=self.seed, budget=cell.budget,
+                                                            draw=cell.draw)
         return ParameterSet(mask, mask.count(), mask.n_params(model, weight_set), "mask")
 
     def _head_scores(self) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Literal
 from cca_tl.errors import CCAError
 
 Objective = Literal["pivot", "answer"]
-Selection = Literal["dcm", "layer-matched", "uniform", "heads", "all", "lora"]
+Selection = Literal["dcm", "layer-matched", "uniform", "disjoint", "heads", "all", "lora"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class VariantSpec:
     """An update in the sweep: its objective and where its components come from. ``dcm``: the top-k
     components of the stored DCM gains; ``layer-matched``: a seeded random set with the DCM set's count per
     kind and layer; ``uniform``: a seeded random set with its count per kind, uniform over layers;
+    ``disjoint``: a seeded random set with its count per kind and, as far as free units allow, per layer, that
+    shares none of its components (:func:`cca_tl.sweep.budgets.disjoint_matched`);
     ``heads``: LoFiT-style output offsets (:mod:`cca_tl.offsets`) on as many heads as the DCM set's
     parameter count pays for, the heads with the largest attribution of a per-head output scale; ``all``:
     every parameter (the budget does not apply); ``lora``: LoRA factors on every projection at the rank whose
@@ -41,6 +43,8 @@ VARIANTS: dict[str, VariantSpec] = {
     "cca": VariantSpec("pivot", "dcm", "CCA: the pivot objective on the top-k DCM components"),
     "random": VariantSpec("pivot", "layer-matched", "the pivot objective on a layer-matched random set"),
     "uniform": VariantSpec("pivot", "uniform", "the pivot objective on a random set uniform over layers"),
+    "disjoint": VariantSpec("pivot", "disjoint", "the pivot objective on a random set of the DCM set's kinds and "
+                                                 "layers that shares none of its components"),
     "masked-ft": VariantSpec("answer", "dcm", "reference-answer fine-tuning of the top-k DCM components"),
     "random-ft": VariantSpec("answer", "layer-matched", "reference-answer fine-tuning of a layer-matched random set"),
     "lofit": VariantSpec("pivot", "heads", "the pivot objective on LoFiT-style head output offsets (AdamW)"),
@@ -80,6 +84,7 @@ class SweepConfig:
     variants: list[str] = field(default_factory=lambda: ["cca", "random", "uniform"])
     draws: int = 3                              # layer-matched random draws per seed and budget
     uniform_draws: int = 1                      # uniform random draws per seed and budget
+    disjoint_draws: int = 1                     # disjoint random draws per seed and budget
     # Variants run only at some budgets, e.g. {"masked-ft" = [0.001, 0.08]}; a variant not named: every budget.
     variant_budgets: dict[str, list[float]] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=lambda: [1e-4, 5e-4])  # the pivot objective's (SGD)
@@ -117,7 +122,7 @@ class SweepConfig:
              f"budgets must be a non-empty list of shares in (0, 1] of the components, not {self.budgets!r}")
         need(_list_of(self.variants, str) and len(self.variants) > 0 and set(self.variants) <= set(VARIANTS),
              f"variants must be a non-empty list from {list(VARIANTS)}, not {self.variants!r}")
-        for name in ("draws", "uniform_draws", "pivot_steps", "answer_epochs", "answer_batch"):
+        for name in ("draws", "uniform_draws", "disjoint_draws", "pivot_steps", "answer_epochs", "answer_batch"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                  f"{name} must be an integer ≥ 1, not {value!r}")
@@ -205,22 +210,24 @@ class SweepConfig:
                 spec = VARIANTS[variant]
                 if budget not in self.variant_budgets.get(variant, [budget]):
                     continue
-                draws = self.uniform_draws if spec.selection == "uniform" else \
-                    self.draws if spec.selection == "layer-matched" else 1
+                draws = {"layer-matched": self.draws, "uniform": self.uniform_draws,
+                         "disjoint": self.disjoint_draws}.get(spec.selection, 1)
                 out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
         return out
 
     def schedule(self) -> list[list[Cell]]:
         """Every cell of every seed in groups that run one after the other. A group is one comparison at one
-        budget on every seed: CCA with the first layer-matched draw, then the uniform draw, then each further
-        layer-matched draw, then the other variants in :data:`PRIORITY` order; within each, budgets from the
-        smallest. A sweep stopped anywhere has the fullest answer its time allowed: a comparison over all seeds
-        (a between-seed interval) at the tight budgets before one seed's reading at every budget.
+        budget on every seed: CCA with the first layer-matched draw, then the uniform draw, then the disjoint
+        draw, then each further layer-matched draw, then the other variants in :data:`PRIORITY` order; within
+        each, budgets from the smallest. A sweep stopped anywhere has the fullest answer its time allowed: a
+        comparison over all seeds (a between-seed interval) at the tight budgets before one seed's reading at
+        every budget.
 
         The uniform draw comes before further layer-matched ones because on Gemma-3-270M (one kv head and four
         query heads per layer) a layer-matched draw shares 43–94 % of the DCM set's parameters at budgets up to
         1 % (``analyses/budget_overlap.py``): every k/v head is the DCM set's own, a q head a quarter of the
-        time, and a head owns 256 neurons' worth of weights. A uniform draw shares under 1 % there."""
+        time, and a head owns 256 neurons' worth of weights. A uniform draw shares under 1 % there, and a
+        disjoint draw nothing, by construction, while keeping the layers."""
         cells = [c for seed in self.seeds for c in self.cells(seed)]
 
         def group(c: Cell) -> tuple[int, int, float]:
@@ -228,8 +235,10 @@ class SweepConfig:
                 return (0, 0, c.budget)
             if c.variant == "uniform":
                 return (0, 1, c.budget)
+            if c.variant == "disjoint":
+                return (0, 2, c.budget)
             if c.variant == "random":
-                return (0, 1 + c.draw, c.budget)
+                return (0, 2 + c.draw, c.budget)
             return (1, PRIORITY.index(c.variant), c.budget)
 
         ordered = sorted(cells, key=lambda c: (group(c), self.seeds.index(c.seed), c.draw, c.variant))
@@ -243,9 +252,10 @@ class SweepConfig:
 
 
 #: The order cells run in across seeds (:meth:`SweepConfig.schedule`): the comparison the plain answer needs
-#: first — CCA and one layer-matched draw on every seed — then the uniform draw, the other layer-matched
-#: draws, then the other controls.
-PRIORITY = ("cca", "random", "uniform", "lofit", "masked-ft", "random-ft", "all", "pivot-lora", "full-ft", "lora")
+#: first — CCA and one layer-matched draw on every seed — then the uniform draw, the disjoint draw, the other
+#: layer-matched draws, then the other controls.
+PRIORITY = ("cca", "random", "uniform", "disjoint", "lofit", "masked-ft", "random-ft", "all", "pivot-lora", "full-ft",
+            "lora")
 
 
 def _list_of(value, kind) -> bool:

@@ -24,7 +24,7 @@ from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
 #: Fields that only say which cells exist: a sweep directory may grow (or narrow) along them — more seeds,
 #: budgets, variants or draws — and keeps every finished cell. Every other field changes what a cell computes
 #: and is locked.
-EXTENT = ("seeds", "budgets", "variants", "draws", "uniform_draws", "variant_budgets")
+EXTENT = ("seeds", "budgets", "variants", "draws", "uniform_draws", "disjoint_draws", "variant_budgets")
 
 
 class Sweep:

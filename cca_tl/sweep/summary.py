@@ -17,9 +17,9 @@ from cca_tl._io import atomic_write_text
 from cca_tl.stats import MARGINS, compare_over_seeds
 
 #: (DCM variant, control variant) pairs the summary compares.
-PAIRS = (("cca", "random"), ("cca", "uniform"), ("masked-ft", "random-ft"), ("cca", "lofit"), ("cca", "base"),
-         ("cca", "all"), ("cca", "pivot-lora"), ("cca", "masked-ft"), ("pivot-lora", "lora"), ("masked-ft", "lora"),
-         ("lora", "cca"))
+PAIRS = (("cca", "random"), ("cca", "uniform"), ("cca", "disjoint"), ("masked-ft", "random-ft"), ("cca", "lofit"),
+         ("cca", "base"), ("cca", "all"), ("cca", "pivot-lora"), ("cca", "masked-ft"), ("pivot-lora", "lora"),
+         ("masked-ft", "lora"), ("lora", "cca"))
 #: Item sets a reading may hold: greedy accuracy (where the reading generated), reference-path accuracy (where
 #: the config asks for it) and held-out pivots (always); a comparison is made where both cells have the set.
 SETS = ("test", "newfacts", "pivot", "test_ref", "newfacts_ref")
@@ -89,10 +89,12 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(table), pd.DataFrame(per_seed)
 
 
-#: The controls the plain answer speaks to: the layer-matched draws (the same count per kind and layer) and the
+#: The controls the plain answer speaks to: the layer-matched draws (the same count per kind and layer), the
 #: uniform draw, which shares almost none of the DCM set's weights where a layer-matched draw shares most of
-#: them (Gemma-3-270M up to 1 %: one kv head per layer; ``analyses/budget_overlap.py``).
-CONTROLS = (("random", "layer-matched random sets"), ("uniform", "uniform random sets"))
+#: them (Gemma-3-270M up to 1 %: one kv head per layer; ``analyses/budget_overlap.py``), and the disjoint draw
+#: (the kinds and layers without the DCM set's own components).
+CONTROLS = (("random", "layer-matched random sets"), ("uniform", "uniform random sets"),
+            ("disjoint", "disjoint random sets of the same kinds and layers"))
 
 
 def plain_answer(table: pd.DataFrame, reading: str = "selected") -> str:
@@ -200,15 +202,23 @@ def gaps(rows: pd.DataFrame) -> pd.DataFrame:
 
 def overlap_section(path: Path) -> list[str]:
     """Percent of the DCM set's parameters each control shares with it (mean over draws), per budget and seed,
-    from ``overlap.csv`` where one was written (``analyses/budget_overlap.py``); nothing otherwise."""
+    and how far each control strays from its layers, from ``overlap.csv`` where one was written
+    (``analyses/budget_overlap.py``); nothing otherwise."""
     if not path.exists():
         return []
-    table = pd.read_csv(path).pivot_table(index="budget_share", columns=["control", "seed"], values="pct_params_shared")
-    table.columns = [f"{control}, seed {seed}" for control, seed in table.columns]
+    rows = pd.read_csv(path)
+    table = rows.pivot_table(index=["control", "budget_share"], columns="seed", values="pct_params_shared")
+    table.columns = [f"seed {seed}" for seed in table.columns]
+    strays = []
+    if "components_off_layer" in rows:
+        most = rows.groupby("control")["components_off_layer"].max()
+        strays = ["Components a control places beyond the DCM set's count for their kind and layer, at most (any "
+                  "seed, budget and draw; `components_off_layer`): "
+                  + ", ".join(f"{control} {int(n)}" for control, n in most.items()) + ".", ""]
     return ["## What the random sets share with the DCM set", "",
             "Percent of the DCM set's parameters that are also in the control's (mean over draws; `overlap.csv`). "
             "A comparison with a control that shares most of them says little about the selection.", "",
-            table.round(1).to_markdown(), ""]
+            table.round(1).to_markdown(), "", *strays]
 
 
 def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
