@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from cca_tl.components import registry_of
 from cca_tl.models import load_model
-from cca_tl.sweep.budgets import budget_mask, control_mask, ranking_scores, shared_with
+from cca_tl.sweep.budgets import RANDOM_SETS, budget_mask, control_mask, ranking_scores, shared_with
 from cca_tl.sweep.grid import SweepConfig
 
 
@@ -37,10 +37,8 @@ def overlap_rows(sweep_dir: Path) -> pd.DataFrame:
                                 load_file(str(seed_dir / "sweep" / "attribution.safetensors")))
         for budget in config.budgets:
             top = budget_mask(reg, scores, budget)
-            draws = {"layer-matched": config.draws, "uniform": config.uniform_draws,
-                     "disjoint": config.disjoint_draws}
-            for control, n in draws.items():
-                for draw in range(n):
+            for control in RANDOM_SETS:
+                for draw in range(config.draws_for(control)):
                     mask = control_mask(top, control, seed=seed, budget=budget, draw=draw)
                     rows.append(dict(seed=seed, budget_share=budget, control=control, draw=draw,
                                      n_components=top.count(), n_params=top.n_params(reg),

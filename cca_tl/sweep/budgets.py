@@ -140,7 +140,7 @@ def _nearest_layers(layer: int, n_layers: int, generator: torch.Generator) -> li
 
 
 #: The random sets a DCM set is compared with, by the sweep's selection name.
-CONTROLS = {"layer-matched": layer_matched, "uniform": uniform_like, "disjoint": disjoint_matched}
+RANDOM_SETS = {"layer-matched": layer_matched, "uniform": uniform_like, "disjoint": disjoint_matched}
 #: Added to a draw's seed per control, so that two controls of one draw are different draws (the sweep's
 #: committed cells were drawn with these).
 _SEED_OFFSET = {"layer-matched": 0, "uniform": 7, "disjoint": 13}
@@ -151,7 +151,7 @@ def control_mask(top: ComponentMask, selection: str, *, seed: int, budget: float
     Every place that rebuilds a cell's set (the cell itself, ``analyses/budget_overlap.py``) comes here, so
     they draw the same one."""
     draw_seed = 1_000_003 * seed + 1_009 * draw + round(budget * 1e6) + _SEED_OFFSET[selection]
-    return CONTROLS[selection](top, draw_seed)
+    return RANDOM_SETS[selection](top, draw_seed)
 
 
 def shared_with(top: ComponentMask, control: ComponentMask, model_or_registry) -> dict[str, float]:

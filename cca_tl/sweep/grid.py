@@ -210,10 +210,13 @@ class SweepConfig:
                 spec = VARIANTS[variant]
                 if budget not in self.variant_budgets.get(variant, [budget]):
                     continue
-                draws = {"layer-matched": self.draws, "uniform": self.uniform_draws,
-                         "disjoint": self.disjoint_draws}.get(spec.selection, 1)
-                out += [Cell(seed, variant, float(budget), draw) for draw in range(draws)]
+                out += [Cell(seed, variant, float(budget), draw) for draw in range(self.draws_for(spec.selection))]
         return out
+
+    def draws_for(self, selection: str) -> int:
+        """Random draws per seed and budget of a selection (1 where it is not random)."""
+        return {"layer-matched": self.draws, "uniform": self.uniform_draws,
+                "disjoint": self.disjoint_draws}.get(selection, 1)
 
     def schedule(self) -> list[list[Cell]]:
         """Every cell of every seed in groups that run one after the other. A group is one comparison at one
