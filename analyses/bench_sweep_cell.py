@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     s, u = sizes(run_config), unit_costs(run_config)
     estimate = {v: sweep.cell_seconds(run_config, s, u, VARIANTS[v].objective) for v in cells["variant"].unique()}
     table = (cells.groupby("variant")[["seconds", "train", "per_lr", "selected", "matched"]].mean().round(0)
-             .assign(cells=cells.groupby("variant").size(), estimate=pd.Series(estimate).round(0)))
+             .assign(median=cells.groupby("variant")["seconds"].median().round(0),
+                     fastest=cells.groupby("variant")["seconds"].min().round(0),
+                     cells=cells.groupby("variant").size(), estimate=pd.Series(estimate).round(0)))
     cells.to_csv(args.out.with_suffix(".csv"), index=False)
     command = f".venv/bin/python analyses/bench_sweep_cell.py {args.sweep}" + (" --note '…'" if args.note else "")
     text = "\n".join([
@@ -76,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`. Sweep `{sweep.config.name}` ({sweep.config.preset} preset, "
         f"{len(sweep.config.learning_rates('cca'))} learning rates, {sweep.config.pivot_steps} pivot steps, "
         f"{len(sweep.config.kl_targets)} KL targets); cells measured where the sweep ran "
-        f"({', '.join(sorted(set(setup['device'].dropna())))}). Seconds, mean per variant:", "",
+        f"({', '.join(sorted(set(setup['device'].dropna())))}). Seconds, mean per variant (`median` and `fastest`: of the whole cell; the cells ran on machines of different speed, some beside other work, so the mean is not what one cell costs):", "",
         table.to_markdown(), "",
         "`train`: every learning rate (with validation at half and end when the sweep validates); `per_lr`: one "
         "of them; `selected`: the readings of the edit as trained or selected (greedy accuracy there only when "
         "`greedy_at` is null); `matched`: the KL search and the readings at each KL target (greedy accuracy at "
-        f"`greedy_at` = {sweep.config.greedy_at}); `estimate`: the dry run's per-unit estimate.", "",
+        f"`greedy_at` = {sweep.config.greedy_at}); `median`, `fastest`: the whole cell; `estimate`: the dry run's per-unit estimate.", "",
         *([f"Note: {args.note}", ""] if args.note else []),
         "## Setup per seed (stage markers)", "", setup.to_markdown(index=False), ""])
     args.out.with_suffix(".md").write_text(text)
