@@ -192,7 +192,7 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     assert {"cca − random", "cca − base", "masked-ft − random-ft", "cca − lofit", "cca − masked-ft"} \
         >= set(table["comparison"]) >= {"cca − random", "cca − lofit", "cca − masked-ft"}
     summary = (out / "summary.md").read_text()
-    assert "The plain answer" in summary and "budget.png" in summary
+    assert "The plain answer" in summary and "budget.png" in summary and "differences.png" in summary
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")}
     assert cli(["sweep", str(path), "--out", str(out), "--quiet"]) == 0  # resume: nothing runs again
     assert {p: p.stat().st_mtime_ns for p in out.glob("seeds/*/sweep/cells/*.json")} == stamps
@@ -335,6 +335,30 @@ def test_gaps_name_the_cells_that_never_reached_a_kl_target():
     assert found[["variant", "kl_target"]].values.tolist() == [["random", 1e-3]]
     assert found["largest_kl_reached"].tolist() == [4.8e-4]
     assert gaps(rows[rows["variant"] == "cca"]).empty
+
+
+def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
+    """Greedy accuracy is read at one reading: budget.png draws it there and held-out pivots at every reading,
+    with no empty panel; differences.png draws CCA minus each control (and nothing without a comparison)."""
+    import pandas as pd
+
+    from cca_tl.sweep.summary import _panels, plot
+
+    rows = pd.DataFrame([dict(seed=s, variant=v, budget_share=b, draw=0, reading=r, pivot_accuracy=0.5,
+                              test_accuracy=0.6 if r == "kl=0.001" else None)
+                         for s in (0, 1) for v in ("cca", "random") for b in (0.001, 0.01)
+                         for r in ("selected", "kl=0.001", "kl=0.002")])
+    assert _panels(rows, "kl=0.001") == [("kl=0.001", "test_accuracy"), ("kl=0.001", "pivot_accuracy"),
+                                         ("selected", "pivot_accuracy"), ("kl=0.002", "pivot_accuracy")]
+    table = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − random", metric="test",
+                               diff=0.02, between_low=-0.01 if b < 0.01 else float("nan"),
+                               between_high=0.05 if b < 0.01 else float("nan")) for b in (0.001, 0.01)])
+    per_seed = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − random", metric="test",
+                                  seed=s, diff=0.02) for b in (0.001, 0.01) for s in (0, 1)])
+    assert plot(rows, table, per_seed, tmp_path, "kl=0.001") == ["budget.png", "differences.png"]
+    (tmp_path / "none").mkdir()
+    assert plot(rows, table.iloc[:0], per_seed.iloc[:0], tmp_path / "none", "kl=0.001") == ["budget.png"]
+    assert plot(rows.iloc[:0], table.iloc[:0], per_seed.iloc[:0], tmp_path, "kl=0.001") == []
 
 
 def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
