@@ -407,3 +407,21 @@ def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_o
     answer = plain_answer(table.iloc[[0, 2]], "kl=0.001")
     assert answer.startswith("Against layer-matched random sets, the DCM-selected components do not win")
     assert plain_answer(table, "selected") == "No CCA − random comparison on the test questions is finished yet."
+
+
+def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
+    """LoFiT's offsets on every head are all it has (capped at the smallest budget), so CCA at each larger
+    budget is compared with LoFiT at its cap; other controls only ever at CCA's own budget."""
+    from cca_tl.sweep.summary import control_budget, plain_answer
+
+    config = SweepConfig.from_dict({**TINY, "budgets": [0.001, 0.01, 0.05], "variants": ["cca", "random", "lofit"],
+                                    "variant_budgets": {"lofit": [0.001], "random": [0.01]}})
+    assert [control_budget(config, "lofit", b) for b in (0.001, 0.01, 0.05)] == [0.001, 0.001, 0.001]
+    assert [control_budget(config, "random", b) for b in (0.001, 0.01, 0.05)] == [0.001, 0.01, 0.05]
+    table = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − lofit", metric="test",
+                               control_budget=0.001, seeds=5, diff=d, between_low=lo, between_high=hi, verdict=v)
+                          for b, d, lo, hi, v in ((0.001, -0.104, -0.177, -0.03, "effect (worse)"),
+                                                  (0.05, -0.009, -0.094, 0.076, "cannot tell (seeds disagree)"))])
+    answer = plain_answer(table, "kl=0.001")
+    assert "Against the LoFiT anchor (its cells at 0.1 %)" in answer
+    assert "0.1 % -10.4 [-17.7, -3.0], effect (worse); 5 % -0.9 [-9.4, +7.6], cannot tell (seeds disagree)" in answer

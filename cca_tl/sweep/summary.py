@@ -34,15 +34,35 @@ COLUMNS = ["seed", "variant", "objective", "budget_share", "n_components", "n_pa
            "general_nll", "n_test", "n_newfacts", "n_pivots_test", "seconds"]
 
 
-def paired_groups(sweep, a: str, b: str, budget: float, reading: str, item_set: str) -> list[tuple[int, tuple]]:
-    """Per seed where both exist: (seed, (a's outcomes, mean of b's draws' outcomes)) on ``item_set``."""
+#: Anchors whose largest edit is smaller than the larger budgets: LoFiT's offsets on every head are all the
+#: parameters it has (72 heads x 256 = 18,432 on Gemma-3-270M, under the 0.1 % budget's ~187k), so the sweep
+#: caps it (``variant_budgets``) and CCA at each larger budget is compared with the anchor at its cap — does a
+#: larger circuit catch up with the anchor?
+ANCHORS = {"lofit": "LoFiT"}
+
+
+def control_budget(config, control: str, budget: float) -> float:
+    """The budget whose cells of ``control`` stand against ``budget``: the same, except for an anchor capped
+    below it, which stands at its largest budget."""
+    capped = config.variant_budgets.get(control)
+    if control not in ANCHORS or not capped or budget in capped:
+        return budget
+    below = [b for b in capped if b <= budget]
+    return max(below) if below else budget
+
+
+def paired_groups(sweep, a: str, b: str, budget: float, reading: str, item_set: str,
+                  budget_b: float | None = None) -> list[tuple[int, tuple]]:
+    """Per seed where both exist: (seed, (a's outcomes, mean of b's draws' outcomes)) on ``item_set``; b's
+    cells at ``budget_b`` (default: the same budget)."""
     suffix = "" if reading == "selected" else f"@{reading}"
+    budget_b = budget if budget_b is None else budget_b
     out = []
     for seed in sweep.config.seeds:
         done = sweep.done(seed)
         keys_a = sorted(k for k in done if k.startswith(f"{a}_b{budget:g}_d"))
         keys_b = (["base"] if b == "base" and "base" in done
-                  else sorted(k for k in done if k.startswith(f"{b}_b{budget:g}_d")))
+                  else sorted(k for k in done if k.startswith(f"{b}_b{budget_b:g}_d")))
         if not keys_a or not keys_b:
             continue
         name_b = item_set if b == "base" else item_set + suffix  # the base is unedited at every reading
@@ -69,8 +89,9 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for reading in readings:
         for budget in sorted(sweep.config.budgets):
             for a, b in PAIRS:
+                against = control_budget(sweep.config, b, budget)
                 for item_set in SETS:
-                    found = paired_groups(sweep, a, b, budget, reading, item_set)
+                    found = paired_groups(sweep, a, b, budget, reading, item_set, against)
                     if not found:
                         continue
                     groups = [g for _, g in found]
@@ -79,7 +100,7 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     between = result.between or (np.nan, np.nan, np.nan)
                     spread = result.heterogeneity
                     table.append(dict(reading=reading, budget_share=budget, comparison=f"{a} − {b}", metric=item_set,
-                                      seeds=len(groups), diff=result.pooled[0], low=result.pooled[1],
+                                      control_budget=against, seeds=len(groups), diff=result.pooled[0], low=result.pooled[1],
                                       high=result.pooled[2], between_low=between[1], between_high=between[2],
                                       q=spread.q if spread else np.nan, i2=spread.i2 if spread else np.nan,
                                       verdict=result.verdict))
@@ -99,11 +120,27 @@ CONTROLS = (("random", "layer-matched random sets"), ("uniform", "uniform random
 
 def plain_answer(table: pd.DataFrame, reading: str = "selected") -> str:
     """At which budgets the DCM set beats each control by ≥ 5 test points (greedy, at ``reading``) with a
-    between-seed interval above 0 — or that it does not at any budget measured on two or more seeds."""
+    between-seed interval above 0 — or that it does not at any budget measured on two or more seeds; then
+    how CCA fares against each anchor at its cap."""
     if table.empty:
         return "No comparison is finished yet."
     sentences = [text for control, words in CONTROLS if (text := _answer_against(table, control, words, reading))]
+    sentences += [text for anchor, name in ANCHORS.items() if (text := _answer_to_anchor(table, anchor, name, reading))]
     return " ".join(sentences) or "No CCA − random comparison on the test questions is finished yet."
+
+
+def _answer_to_anchor(table: pd.DataFrame, anchor: str, name: str, reading: str) -> str | None:
+    """CCA at each budget against the anchor at its cap, in the verdicts' words, budget by budget."""
+    part = table[(table["comparison"] == f"cca − {anchor}") & (table["reading"] == reading)
+                 & (table["metric"] == "test") & (table["seeds"] >= 2)].sort_values("budget_share")
+    if part.empty:
+        return None
+    caps = sorted(part["control_budget"].unique()) if "control_budget" in part else []
+    at = f" (its cells at {', '.join(f'{100 * b:g} %' for b in caps)})" if caps else ""
+    said = "; ".join(f"{100 * r.budget_share:g} % {_interval_text(r.diff, r.between_low, r.between_high)}, "
+                     f"{r.verdict}" for r in part.itertuples())
+    return (f"Against the {name} anchor{at}, CCA − {name} in test points with between-seed intervals, by "
+            f"CCA's budget: {said} (reading `{reading}`).")
 
 
 def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str) -> str | None:
@@ -251,8 +288,11 @@ def plot_differences(table: pd.DataFrame, per_seed: pd.DataFrame, path: Path, gr
             means = dots.groupby("budget_share")["diff"].mean().reindex(mine["budget_share"]).to_numpy()
             low = np.where(np.isnan(mine["between_low"]), means, mine["between_low"])
             high = np.where(np.isnan(mine["between_high"]), means, mine["between_high"])
+            caps = ({cb for cb, b in zip(mine["control_budget"], mine["budget_share"]) if cb != b}
+                    if "control_budget" in mine else set())
+            label = comparison + "".join(f" (at {100 * b:g} %)" for b in sorted(caps))
             ax.errorbar(x, 100 * means, yerr=100 * np.vstack([means - low, high - means]), marker="o", ms=5,
-                        capsize=3, color=colour, label=comparison)
+                        capsize=3, color=colour, label=label)
             dot_x = _jitter(100 * dots["budget_share"].to_numpy(float), i, len(comparisons))
             ax.scatter(dot_x, 100 * dots["diff"], s=10, color=colour, alpha=0.4, lw=0)
         _budget_axis(ax, budgets)
@@ -333,6 +373,9 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
     lines += [(100 * means[metrics]).round(1).assign(kl_to_base=means["kl_to_base"].round(4)).to_markdown(), ""]
     if not table.empty:
         shown = table.copy()
+        if "control_budget" in shown:
+            shown["comparison"] = [c if cb == b else f"{c} (at {100 * cb:g} %)" for c, b, cb in
+                                   zip(shown["comparison"], shown["budget_share"], shown["control_budget"])]
         shown["per seed"] = [
             "; ".join(f"{int(r.seed)}: {_interval_text(r.diff, r.low, r.high)}" for r in
                       per_seed[(per_seed["reading"] == x.reading) & (per_seed["budget_share"] == x.budget_share)
