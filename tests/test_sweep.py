@@ -342,13 +342,13 @@ def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
     with no empty panel; differences.png draws CCA minus each control (and nothing without a comparison)."""
     import pandas as pd
 
-    from cca_tl.sweep.summary import _panels, plot
+    from cca_tl.sweep.plots import plot, plot_panels
 
     rows = pd.DataFrame([dict(seed=s, variant=v, budget_share=b, draw=0, reading=r, pivot_accuracy=0.5,
                               test_accuracy=0.6 if r == "kl=0.001" else None)
                          for s in (0, 1) for v in ("cca", "random") for b in (0.001, 0.01)
                          for r in ("selected", "kl=0.001", "kl=0.002")])
-    assert _panels(rows, "kl=0.001") == [("kl=0.001", "test_accuracy"), ("kl=0.001", "pivot_accuracy"),
+    assert plot_panels(rows, "kl=0.001") == [("kl=0.001", "test_accuracy"), ("kl=0.001", "pivot_accuracy"),
                                          ("selected", "pivot_accuracy"), ("kl=0.002", "pivot_accuracy")]
     table = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − random", metric="test",
                                diff=0.02, between_low=-0.01 if b < 0.01 else float("nan"),

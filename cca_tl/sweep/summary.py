@@ -15,6 +15,7 @@ import pandas as pd
 
 from cca_tl._io import atomic_write_text
 from cca_tl.stats import MARGINS, compare_over_seeds
+from cca_tl.sweep.plots import plot
 
 #: (DCM variant, control variant) pairs the summary compares.
 PAIRS = (("cca", "random"), ("cca", "uniform"), ("cca", "disjoint"), ("masked-ft", "random-ft"), ("cca", "lofit"),
@@ -23,9 +24,6 @@ PAIRS = (("cca", "random"), ("cca", "uniform"), ("cca", "disjoint"), ("masked-ft
 #: Item sets a reading may hold: greedy accuracy (where the reading generated), reference-path accuracy (where
 #: the config asks for it) and held-out pivots (always); a comparison is made where both cells have the set.
 SETS = ("test", "newfacts", "pivot", "test_ref", "newfacts_ref")
-#: The per-question metrics plotted against the budget, per reading (missing ones are skipped).
-METRICS = ("test_accuracy", "newfacts_accuracy", "pivot_accuracy", "test_reference_accuracy",
-           "newfacts_reference_accuracy")
 #: What "beats" means in the plain answer: at least this many points, and a between-seed interval above 0.
 PLAIN_MARGIN = 0.05
 COLUMNS = ["seed", "variant", "objective", "budget_share", "n_components", "n_params", "pct_params", "draw", "reading",
@@ -167,145 +165,6 @@ def _interval_text(d: float, lo: float, hi: float) -> str:
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-#: The comparisons drawn in ``differences.png``: CCA against each control and the localized anchor.
-DRAWN = ("cca − random", "cca − uniform", "cca − disjoint", "cca − lofit")
-
-
-def plot(rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, out: Path, greedy_reading: str) -> list[str]:
-    """The sweep's pictures: ``budget.png`` (accuracy against the budget) and ``differences.png`` (CCA minus
-    each control against the budget, the plain answer drawn); the names of those written."""
-    pictures = []
-    if plot_accuracy(rows, out / "budget.png", greedy_reading):
-        pictures.append("budget.png")
-    if plot_differences(table, per_seed, out / "differences.png", greedy_reading):
-        pictures.append("differences.png")
-    return pictures
-
-
-def _panels(part: pd.DataFrame, greedy_reading: str) -> list[tuple[str, str]]:
-    """(reading, metric) pairs that hold data: every metric at the greedy reading first, then held-out pivots
-    at the other readings (greedy accuracy is only read at one; empty panels are left out)."""
-    metrics = [m for m in METRICS if m in part.columns and part[m].notna().any()]
-    readings = ["selected", *sorted({r for r in part["reading"].dropna() if r != "selected"})]
-    ordered = [greedy_reading, *[r for r in readings if r != greedy_reading]]
-    pairs = [(r, m) for r in ordered for m in metrics if r == greedy_reading or m == "pivot_accuracy"]
-    return [(r, m) for r, m in pairs if part.loc[part["reading"] == r, m].notna().any()]
-
-
-def _colour(variant: str) -> str:
-    """One colour per variant, the same in every panel and picture (the order of the variant table)."""
-    from cca_tl.sweep.grid import VARIANTS
-
-    order = list(VARIANTS)
-    return f"C{order.index(variant) % 10}" if variant in order else "black"
-
-
-def _budget_axis(ax, budgets: list[float]) -> None:
-    ax.set_xscale("log")
-    ax.set_xticks([100 * b for b in budgets], [f"{100 * b:g}" for b in budgets])
-    ax.minorticks_off()
-    ax.set_xlabel("budget (% of components)")
-
-
-def _jitter(x: np.ndarray, i: int, n: int) -> np.ndarray:
-    """Spread the variants drawn at one budget a little apart (a log axis: a factor, not an offset)."""
-    return x * 1.05 ** (i - (n - 1) / 2)
-
-
-def plot_accuracy(rows: pd.DataFrame, path: Path, greedy_reading: str) -> bool:
-    """Each metric against the budget: the mean over seeds of every variant (random draws averaged within a
-    seed) with between-seed t intervals, the base model dashed. Greedy accuracy at ``greedy_reading``;
-    held-out pivots also at the other readings."""
-    from matplotlib.figure import Figure
-    from scipy.stats import t
-
-    part = rows[rows["variant"] != "base"]
-    panels = _panels(part, greedy_reading) if not part.empty else []
-    if not panels:
-        return False
-    budgets = sorted(part["budget_share"].dropna().unique())
-    ncols = min(3, len(panels))
-    nrows = -(-len(panels) // ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.5 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (reading, metric) in zip(axes, panels):
-        mine = part[part["reading"] == reading]
-        variants = sorted(mine["variant"].unique())
-        for i, variant in enumerate(variants):
-            frame = mine[mine["variant"] == variant]
-            per_seed = frame.groupby(["budget_share", "seed"])[metric].mean().dropna()  # draws averaged
-            if per_seed.empty:
-                continue
-            stats = per_seed.groupby("budget_share").agg(["mean", "std", "count"])
-            half = [t.ppf(0.975, n - 1) * s / np.sqrt(n) if n > 1 else 0.0
-                    for s, n in zip(stats["std"].fillna(0), stats["count"])]
-            x = _jitter(100 * stats.index.to_numpy(float), i, len(variants))
-            ax.errorbar(x, 100 * stats["mean"], yerr=100 * np.array(half), marker="o", ms=4, capsize=3,
-                        color=_colour(variant), label=variant)
-        base = rows[rows["variant"] == "base"][metric].dropna()
-        if not base.empty:
-            ax.axhline(100 * base.mean(), color="grey", ls="--", lw=1, label="base")
-        _budget_axis(ax, budgets)
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-        ax.set_title(f"{metric.replace('_', ' ')} at {reading}", fontsize=9)
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Accuracy against the budget (mean over seeds, between-seed 95 % intervals)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
-
-
-def plot_differences(table: pd.DataFrame, per_seed: pd.DataFrame, path: Path, greedy_reading: str) -> bool:
-    """CCA minus each control at ``greedy_reading`` against the budget, one panel per metric: each seed's
-    difference as a dot, the mean over seeds with its between-seed interval as a bar, the plain answer's
-    ±5 test points shaded. A bar whose seeds scatter on both sides of 0 is the "cannot tell" of the table."""
-    from matplotlib.figure import Figure
-
-    if table.empty:
-        return False
-    part = table[(table["reading"] == greedy_reading) & table["comparison"].isin(DRAWN)]
-    metrics = [m for m in ("test", "newfacts", "pivot") if (part["metric"] == m).any()]
-    if not metrics:
-        return False
-    seeds = per_seed[(per_seed["reading"] == greedy_reading) & per_seed["comparison"].isin(DRAWN)]
-    budgets = sorted(part["budget_share"].unique())
-    comparisons = [c for c in DRAWN if (part["comparison"] == c).any()]
-    fig = Figure(figsize=(4.6 * len(metrics), 3.8))
-    axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics):
-        if metric == "test":
-            ax.axhspan(-100 * PLAIN_MARGIN, 100 * PLAIN_MARGIN, color="0.92", lw=0)
-        ax.axhline(0, color="grey", lw=1)
-        for i, comparison in enumerate(comparisons):
-            colour = _colour(comparison.split(" − ")[1])
-            mine = part[(part["comparison"] == comparison) & (part["metric"] == metric)].sort_values("budget_share")
-            dots = seeds[(seeds["comparison"] == comparison) & (seeds["metric"] == metric)]
-            if mine.empty:
-                continue
-            x = _jitter(100 * mine["budget_share"].to_numpy(float), i, len(comparisons))
-            means = dots.groupby("budget_share")["diff"].mean().reindex(mine["budget_share"]).to_numpy()
-            low = np.where(np.isnan(mine["between_low"]), means, mine["between_low"])
-            high = np.where(np.isnan(mine["between_high"]), means, mine["between_high"])
-            caps = ({cb for cb, b in zip(mine["control_budget"], mine["budget_share"]) if cb != b}
-                    if "control_budget" in mine else set())
-            label = comparison + "".join(f" (at {100 * b:g} %)" for b in sorted(caps))
-            ax.errorbar(x, 100 * means, yerr=100 * np.vstack([means - low, high - means]), marker="o", ms=5,
-                        capsize=3, color=colour, label=label)
-            dot_x = _jitter(100 * dots["budget_share"].to_numpy(float), i, len(comparisons))
-            ax.scatter(dot_x, 100 * dots["diff"], s=10, color=colour, alpha=0.4, lw=0)
-        _budget_axis(ax, budgets)
-        ax.set_ylabel(f"difference, {metric} accuracy (points)")
-        ax.set_title(f"{metric} at {greedy_reading}", fontsize=9)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("CCA minus each control: dots per seed, bars between-seed 95 % intervals "
-                 f"(shaded: within ±{100 * PLAIN_MARGIN:g} points)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
-
-
 def write_summary(sweep, out: Path) -> pd.DataFrame:
     """rows.csv, comparisons.csv, comparisons_per_seed.csv, plots and summary.md; returns the rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -318,7 +177,7 @@ def write_summary(sweep, out: Path) -> pd.DataFrame:
     table, per_seed = comparisons(sweep, rows)
     atomic_write_text(out / "comparisons.csv", table.to_csv(index=False))
     atomic_write_text(out / "comparisons_per_seed.csv", per_seed.to_csv(index=False))
-    pictures = plot(rows, table, per_seed, out, sweep.config.greedy_reading)
+    pictures = plot(rows, table, per_seed, out, sweep.config.greedy_reading, PLAIN_MARGIN)
     atomic_write_text(out / "summary.md", summary_text(sweep, rows, table, per_seed, pictures))
     return rows
 
