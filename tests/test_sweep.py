@@ -425,3 +425,26 @@ def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
     answer = plain_answer(table, "kl=0.001")
     assert "Against the LoFiT anchor (its cells at 0.1 %)" in answer
     assert "0.1 % -10.4 [-17.7, -3.0], effect (worse); 5 % -0.9 [-9.4, +7.6], cannot tell (seeds disagree)" in answer
+
+
+def test_the_scale_search_finds_a_target_its_power_law_fit_keeps_missing():
+    """KL that saturates (0.018 at α = 1, 0.0079 at 0.24, ~1e-5 at 0.0064, as a tiny random model measured)
+    made the fit through the two nearest points propose the same α again and the search gave up; the
+    bracket between the measurements below and above the target finds it. A KL that is α² is found as
+    before, in one step, and a target beyond the largest scale is still reported as unreachable."""
+    import math
+
+    from cca_tl.sweep.readings import KL_TOLERANCE, search_scale
+
+    def saturating(alpha: float) -> float:
+        return 0.01937 * alpha ** 2 / (alpha ** 2 + 0.082)
+
+    measured: dict[float, float] = {}
+    alpha, value = search_scale(saturating, 0.001, measured)
+    assert alpha is not None and abs(math.log(value / 0.001)) <= math.log(KL_TOLERANCE)
+    assert sorted(measured)[:1] == [pytest.approx(0.0064, rel=0.05)]  # it did pass through the repeated proposal
+    quadratic: dict[float, float] = {}
+    assert search_scale(lambda a: 0.004 * a ** 2, 0.001, quadratic) == (pytest.approx(0.5), pytest.approx(0.001))
+    assert sorted(quadratic) == [pytest.approx(0.5), 1.0]
+    alpha, value = search_scale(lambda a: 1e-8 * a ** 2, 0.001)
+    assert alpha is None and value < 0.001

@@ -8,7 +8,8 @@ pipeline's own stages and evaluation.
 
 or ``cca-tl sweep CONFIG`` (``--dry-run``, ``--summary``, ``--seeds``, ``--budgets``, ``--variants``). Grid: :mod:`cca_tl.sweep.grid`;
 component sets at a budget: :mod:`cca_tl.sweep.budgets`; one seed's cells: :mod:`cca_tl.sweep.cell`; the
-tidy table, comparisons over seeds and plots: :mod:`cca_tl.sweep.summary`.
+tidy table, comparisons over seeds and the plain answer: :mod:`cca_tl.sweep.summary`; the pictures:
+:mod:`cca_tl.sweep.plots`.
 """
 
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig, VariantSpec

@@ -6,6 +6,7 @@ row's numbers plus per-item outcomes (``set``, ``item``, ``correct``) for paired
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from cca_tl._io import release_freed_memory
@@ -62,27 +63,44 @@ def greedy_readings(run, newfacts: list, out_dir: Path, name: str) -> tuple[dict
 
 def scale_to_kl(run, edit, unedited, target: float, measured: dict[float, float] | None = None) -> tuple[float | None, float]:
     """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
-    (within :data:`KL_TOLERANCE`): KL grows about as α² for small edits, so each try fits log KL against
-    log α through the two measured points nearest the target. ``measured`` (α → KL) is shared between the
+    (within :data:`KL_TOLERANCE`), found by :func:`search_scale`. ``measured`` (α → KL) is shared between the
     targets of one edit, so a later target starts from every earlier measurement (on Gemma-3-270M three
     targets then cost ~4-5 KL measurements instead of ~8). None when the edit cannot reach the target."""
     from cca_tl.evaluate import general_text, retention_scores
     from cca_tl.pipeline.stages.evaluate import retention_reference
 
     texts = general_text(run.config.evaluate.retention_texts)
-    measured = {} if measured is None else measured
 
     def kl(alpha: float) -> float:
+        model = run.session.apply(edit.scaled(unedited, alpha))
+        return retention_scores(model, run.session.base_weights, texts,
+                                reference=retention_reference(run))["retention_kl"]
+
+    return search_scale(kl, target, measured)
+
+
+def search_scale(kl: Callable[[float], float], target: float,
+                 measured: dict[float, float] | None = None) -> tuple[float | None, float]:
+    """The α where ``kl(α)`` is ``target`` (within :data:`KL_TOLERANCE`), or None with the nearest KL.
+
+    KL grows about as α² for small edits, so each try fits log KL against log α through the two measured
+    points nearest the target and steps to where the fit meets it. Where that step repeats a measured α
+    (KL far from a power law: on a tiny random model KL went 0.018 → 0.0079 from α = 1 to 0.24, then 1.3e-5
+    at 0.0064, and the fit through the two nearest points kept proposing 0.0064), the search interpolates
+    inside the tightest pair of measurements that bracket the target instead, and bisects it (in log α)
+    where that fails; an edit whose KL brackets the target is then always found. Every search that never
+    repeats an α measures exactly what it did before that fallback existed."""
+    measured = {} if measured is None else measured
+
+    def measure(alpha: float) -> float:
         if alpha not in measured:
-            model = run.session.apply(edit.scaled(unedited, alpha))
-            measured[alpha] = retention_scores(model, run.session.base_weights, texts,
-                                               reference=retention_reference(run))["retention_kl"]
+            measured[alpha] = kl(alpha)
         return measured[alpha]
 
     def distance(value: float) -> float:
         return abs(math.log(max(value, 1e-30) / target))
 
-    kl(1.0)
+    measure(1.0)
     for _ in range(KL_MAX_TRIES):
         ranked = sorted(measured.items(), key=lambda p: distance(p[1]))
         alpha, value = ranked[0]
@@ -95,8 +113,28 @@ def scale_to_kl(run, edit, unedited, target: float, measured: dict[float, float]
             fitted = math.log(value / ranked[1][1]) / math.log(alpha / ranked[1][0])
             slope = fitted if fitted > 0.5 else slope
         nxt = alpha * (target / value) ** (1 / slope)
-        if nxt > MAX_SCALE or nxt in measured:
+        if nxt in measured:
+            nxt = _inside_bracket(measured, target)
+        if nxt is None or nxt > MAX_SCALE or nxt in measured:
             break
-        kl(nxt)
+        measure(nxt)
     alpha, value = min(measured.items(), key=lambda p: distance(p[1]))
     return (alpha, value) if distance(value) <= math.log(2) else (None, value)
+
+
+def _inside_bracket(measured: dict[float, float], target: float) -> float | None:
+    """A new α between the measured pair that brackets ``target`` most tightly (KL just below and just above
+    it): where log KL against log α through the pair meets the target, or their geometric mean where that
+    point is not strictly inside; None without a bracket."""
+    below = [(a, v) for a, v in measured.items() if 0 < v < target]
+    above = [(a, v) for a, v in measured.items() if v > target]
+    if not below or not above:
+        return None
+    (a0, v0), (a1, v1) = max(below, key=lambda p: p[1]), min(above, key=lambda p: p[1])
+    if a0 != a1:
+        slope = math.log(v1 / v0) / math.log(a1 / a0)
+        if slope > 0:
+            nxt = a0 * (target / v0) ** (1 / slope)
+            if min(a0, a1) < nxt < max(a0, a1) and nxt not in measured:
+                return nxt
+    return math.sqrt(a0 * a1)
