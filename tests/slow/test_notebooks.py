@@ -22,7 +22,7 @@ def _executor():
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_lesson_from_a_wrong_trace.ipynb", "03_component_tables.ipynb",
-            "04_pruning_a_circuit.ipynb"} <= names
+            "04_pruning_a_circuit.ipynb", "05_does_the_circuit_matter.ipynb"} <= names
 
 
 @pytest.mark.slow
