@@ -342,7 +342,7 @@ def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
     with no empty panel; differences.png draws CCA minus each control (and nothing without a comparison)."""
     import pandas as pd
 
-    from cca_tl.sweep.plots import plot, plot_panels
+    from cca_tl.sweep.plots import difference_bars, plot, plot_panels
 
     rows = pd.DataFrame([dict(seed=s, variant=v, budget_share=b, draw=0, reading=r, pivot_accuracy=0.5,
                               test_accuracy=0.6 if r == "kl=0.001" else None)
@@ -350,11 +350,24 @@ def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
                          for r in ("selected", "kl=0.001", "kl=0.002")])
     assert plot_panels(rows, "kl=0.001") == [("kl=0.001", "test_accuracy"), ("kl=0.001", "pivot_accuracy"),
                                          ("selected", "pivot_accuracy"), ("kl=0.002", "pivot_accuracy")]
-    table = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − random", metric="test",
-                               diff=0.02, between_low=-0.01 if b < 0.01 else float("nan"),
-                               between_high=0.05 if b < 0.01 else float("nan")) for b in (0.001, 0.01)])
-    per_seed = pd.DataFrame([dict(reading="kl=0.001", budget_share=b, comparison="cca − random", metric="test",
-                                  seed=s, diff=0.02) for b in (0.001, 0.01) for s in (0, 1)])
+    nan = float("nan")
+    table = pd.DataFrame([
+        dict(reading="kl=0.001", budget_share=0.001, comparison="cca − random", metric="test", control_budget=0.001,
+             seeds=2, diff=0.03, between_low=-0.01, between_high=0.05),
+        dict(reading="kl=0.001", budget_share=0.01, comparison="cca − random", metric="test", control_budget=0.01,
+             seeds=1, diff=0.02, between_low=nan, between_high=nan),
+        *[dict(reading="kl=0.001", budget_share=b, comparison="cca − lofit", metric="test", control_budget=0.001,
+               seeds=2, diff=-0.1, between_low=-0.2, between_high=-0.01) for b in (0.001, 0.01)],
+        dict(reading="kl=0.002", budget_share=0.001, comparison="cca − random", metric="pivot", control_budget=0.001,
+             seeds=2, diff=0.5, between_low=0.4, between_high=0.6)])
+    per_seed = pd.DataFrame([dict(reading=r.reading, budget_share=r.budget_share, comparison=r.comparison,
+                                  metric=r.metric, seed=s, diff=r.diff + (0.01 if s else -0.01) * (r.seeds > 1))
+                             for r in table.itertuples() for s in range(r.seeds)])
+    bars = difference_bars(table, per_seed, "kl=0.001").set_index(["comparison", "budget_share"])
+    assert len(bars) == 4  # the other reading is not drawn
+    assert bars.loc[("cca − random", 0.001), ["mean", "low", "high"]].tolist() == pytest.approx([0.03, -0.01, 0.05])
+    assert bars.loc[("cca − random", 0.01), ["mean", "low", "high"]].tolist() == pytest.approx([0.02] * 3)  # one seed
+    assert set(bars["label"]) == {"cca − random", "cca − lofit (at 0.1 %)"}
     assert plot(rows, table, per_seed, tmp_path, "kl=0.001") == ["budget.png", "differences.png"]
     (tmp_path / "none").mkdir()
     assert plot(rows, table.iloc[:0], per_seed.iloc[:0], tmp_path / "none", "kl=0.001") == ["budget.png"]

@@ -104,23 +104,45 @@ def plot_accuracy(rows: pd.DataFrame, path: Path, greedy_reading: str) -> bool:
     return True
 
 
+def difference_bars(table: pd.DataFrame, per_seed: pd.DataFrame, reading: str) -> pd.DataFrame:
+    """What ``differences.png`` draws as bars, one row per (metric, comparison, budget) of :data:`DRAWN` at
+    ``reading``: the mean of the seed differences (where the between-seed interval is centred), the interval
+    (collapsed onto the mean where one seed gives none), the seed count and the legend label (an anchor
+    standing at its cap says so: "cca − lofit (at 0.1 %)")."""
+    columns = ["metric", "comparison", "budget_share", "seeds", "mean", "low", "high", "label"]
+    part = table[(table["reading"] == reading) & table["comparison"].isin(DRAWN)] if not table.empty else table
+    if part.empty:
+        return pd.DataFrame(columns=columns)
+    seeds = per_seed[(per_seed["reading"] == reading) & per_seed["comparison"].isin(DRAWN)]
+    means = seeds.groupby(["metric", "comparison", "budget_share"])["diff"].mean()
+    rows = []
+    for r in part.itertuples():
+        mean = means.get((r.metric, r.comparison, r.budget_share), np.nan)
+        capped = getattr(r, "control_budget", r.budget_share)
+        rows.append(dict(metric=r.metric, comparison=r.comparison, budget_share=r.budget_share, seeds=r.seeds,
+                         mean=mean, low=mean if np.isnan(r.between_low) else r.between_low,
+                         high=mean if np.isnan(r.between_high) else r.between_high, capped=capped))
+    bars = pd.DataFrame(rows)
+    caps = bars[bars["capped"] != bars["budget_share"]].groupby("comparison")["capped"].unique()
+    bars["label"] = [c + "".join(f" (at {100 * b:g} %)" for b in sorted(caps.get(c, []))) for c in bars["comparison"]]
+    return bars[columns].sort_values(["metric", "comparison", "budget_share"]).reset_index(drop=True)
+
+
 def plot_differences(table: pd.DataFrame, per_seed: pd.DataFrame, path: Path, greedy_reading: str,
                      margin: float = 0.05) -> bool:
     """CCA minus each control at ``greedy_reading`` against the budget, one panel per metric: each seed's
-    difference as a dot, the mean over seeds with its between-seed interval as a bar, the plain answer's
-    ±``margin`` shaded on test accuracy. A bar whose seeds scatter on both sides of 0 is the table's "cannot
-    tell"."""
+    difference as a dot, :func:`difference_bars` as bars, the plain answer's ±``margin`` shaded on test
+    accuracy. A bar that crosses 0 is a "cannot tell"; one above 0 that does not clear the band is an effect
+    under the plain answer's margin, not a win."""
     from matplotlib.figure import Figure
 
-    if table.empty:
+    bars = difference_bars(table, per_seed, greedy_reading)
+    if bars.empty:
         return False
-    part = table[(table["reading"] == greedy_reading) & table["comparison"].isin(DRAWN)]
-    metrics = [m for m in ("test", "newfacts", "pivot") if (part["metric"] == m).any()]
-    if not metrics:
-        return False
+    metrics = [m for m in ("test", "newfacts", "pivot") if (bars["metric"] == m).any()]
     seeds = per_seed[(per_seed["reading"] == greedy_reading) & per_seed["comparison"].isin(DRAWN)]
-    budgets = sorted(part["budget_share"].unique())
-    comparisons = [c for c in DRAWN if (part["comparison"] == c).any()]
+    budgets = sorted(bars["budget_share"].unique())
+    comparisons = [c for c in DRAWN if (bars["comparison"] == c).any()]
     fig = Figure(figsize=(4.6 * len(metrics), 3.8))
     axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
     for ax, metric in zip(axes, metrics):
@@ -129,19 +151,14 @@ def plot_differences(table: pd.DataFrame, per_seed: pd.DataFrame, path: Path, gr
         ax.axhline(0, color="grey", lw=1)
         for i, comparison in enumerate(comparisons):
             colour = _colour(comparison.split(" − ")[1])
-            mine = part[(part["comparison"] == comparison) & (part["metric"] == metric)].sort_values("budget_share")
-            dots = seeds[(seeds["comparison"] == comparison) & (seeds["metric"] == metric)]
+            mine = bars[(bars["comparison"] == comparison) & (bars["metric"] == metric)]
             if mine.empty:
                 continue
             x = _jitter(100 * mine["budget_share"].to_numpy(float), i, len(comparisons))
-            means = dots.groupby("budget_share")["diff"].mean().reindex(mine["budget_share"]).to_numpy()
-            low = np.where(np.isnan(mine["between_low"]), means, mine["between_low"])
-            high = np.where(np.isnan(mine["between_high"]), means, mine["between_high"])
-            caps = ({cb for cb, b in zip(mine["control_budget"], mine["budget_share"]) if cb != b}
-                    if "control_budget" in mine else set())
-            label = comparison + "".join(f" (at {100 * b:g} %)" for b in sorted(caps))
-            ax.errorbar(x, 100 * means, yerr=100 * np.vstack([means - low, high - means]), marker="o", ms=5,
-                        capsize=3, color=colour, label=label)
+            mean, low, high = (mine[c].to_numpy(float) for c in ("mean", "low", "high"))
+            ax.errorbar(x, 100 * mean, yerr=100 * np.vstack([mean - low, high - mean]), marker="o", ms=5,
+                        capsize=3, color=colour, label=mine["label"].iloc[0])
+            dots = seeds[(seeds["comparison"] == comparison) & (seeds["metric"] == metric)]
             dot_x = _jitter(100 * dots["budget_share"].to_numpy(float), i, len(comparisons))
             ax.scatter(dot_x, 100 * dots["diff"], s=10, color=colour, alpha=0.4, lw=0)
         _budget_axis(ax, budgets)

@@ -88,8 +88,9 @@ def search_scale(kl: Callable[[float], float], target: float,
     (KL far from a power law: on a tiny random model KL went 0.018 → 0.0079 from α = 1 to 0.24, then 1.3e-5
     at 0.0064, and the fit through the two nearest points kept proposing 0.0064), the search interpolates
     inside the tightest pair of measurements that bracket the target instead, and bisects it (in log α)
-    where that fails; an edit whose KL brackets the target is then always found. Every search that never
-    repeats an α measures exactly what it did before that fallback existed."""
+    where that fails, so an edit whose measurements bracket the target keeps closing in on it (within the
+    :data:`KL_MAX_TRIES` measurements) instead of stopping. Every search that never repeats an α measures
+    exactly what it did before that fallback existed."""
     measured = {} if measured is None else measured
 
     def measure(alpha: float) -> float:
