@@ -227,9 +227,12 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
              f"## Mean over seeds (random draws averaged within a seed), reading `{c.greedy_reading}`", ""]
     chosen = rows[(rows["reading"] == c.greedy_reading) | (rows["variant"] == "base")]
     metrics = [m for m in ("test_accuracy", "newfacts_accuracy", "pivot_accuracy") if m in chosen]
-    means = (chosen.groupby(["variant", "budget_share", "seed"])[metrics + ["kl_to_base"]].mean()
-             .groupby(["variant", "budget_share"]).mean())
-    lines += [(100 * means[metrics]).round(1).assign(kl_to_base=means["kl_to_base"].round(4)).to_markdown(), ""]
+    per_seed_means = chosen.groupby(["variant", "budget_share", "seed"])[metrics + ["kl_to_base"]].mean()
+    means = per_seed_means.groupby(["variant", "budget_share"]).mean()
+    seeds = per_seed_means[metrics[0]].notna().groupby(["variant", "budget_share"]).sum() if metrics else None
+    lines += [(100 * means[metrics]).round(1).assign(kl_to_base=means["kl_to_base"].round(4), seeds=seeds)
+              .to_markdown(), "", "Means over different numbers of seeds (`seeds`, those with a reading) are not "
+              "comparable with each other; the paired comparisons below are.", ""]
     if not table.empty:
         shown = table.copy()
         if "control_budget" in shown:
