@@ -54,6 +54,14 @@ def _budget_axis(ax, budgets: list[float]) -> None:
     ax.set_xlabel("budget (% of components)")
 
 
+def _between_seeds(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of the seed values and its between-seed t interval (:func:`cca_tl.stats.t_interval`); one seed
+    gives no interval, drawn as none."""
+    from cca_tl.stats import t_interval
+
+    return t_interval(values) if len(values) > 1 else (float(values[0]),) * 3
+
+
 def _jitter(x: np.ndarray, i: int, n: int) -> np.ndarray:
     """Spread the variants drawn at one budget a little apart (a log axis: a factor, not an offset)."""
     return x * 1.05 ** (i - (n - 1) / 2)
@@ -64,7 +72,6 @@ def plot_accuracy(rows: pd.DataFrame, path: Path, greedy_reading: str) -> bool:
     seed) with between-seed t intervals, the base model dashed. Greedy accuracy at ``greedy_reading``;
     held-out pivots also at the other readings."""
     from matplotlib.figure import Figure
-    from scipy.stats import t
 
     part = rows[rows["variant"] != "base"]
     panels = plot_panels(part, greedy_reading) if not part.empty else []
@@ -83,12 +90,10 @@ def plot_accuracy(rows: pd.DataFrame, path: Path, greedy_reading: str) -> bool:
             per_seed = frame.groupby(["budget_share", "seed"])[metric].mean().dropna()  # draws averaged
             if per_seed.empty:
                 continue
-            stats = per_seed.groupby("budget_share").agg(["mean", "std", "count"])
-            half = [t.ppf(0.975, n - 1) * s / np.sqrt(n) if n > 1 else 0.0
-                    for s, n in zip(stats["std"].fillna(0), stats["count"])]
-            x = _jitter(100 * stats.index.to_numpy(float), i, len(variants))
-            ax.errorbar(x, 100 * stats["mean"], yerr=100 * np.array(half), marker="o", ms=4, capsize=3,
-                        color=_colour(variant), label=variant)
+            stats = np.array([_between_seeds(v.to_numpy()) for _, v in per_seed.groupby("budget_share")])
+            x = _jitter(100 * per_seed.index.unique("budget_share").to_numpy(float), i, len(variants))
+            ax.errorbar(x, 100 * stats[:, 0], yerr=100 * np.abs(stats[:, 1:].T - stats[:, 0]), marker="o", ms=4,
+                        capsize=3, color=_colour(variant), label=variant)
         base = rows[rows["variant"] == "base"][metric].dropna()
         if not base.empty:
             ax.axhline(100 * base.mean(), color="grey", ls="--", lw=1, label="base")
