@@ -60,7 +60,8 @@ def main() -> None:
     table.to_csv(args.out.with_suffix(".csv"), index=False)
     lines = ["# The dry run's estimates against measured stage times", "",
              f"Command: `.venv/bin/python analyses/plan_check.py {' '.join(repr(r) for r in args.runs)}"
-             f"{''.join(f' --peak {p!r}' for p in args.peak)}`. Estimates from each "
+             f"{''.join(f' --peak {p!r}' for p in args.peak)}"
+             f"{'' if args.out == HERE / 'plan_check' else f' --out analyses/{args.out.name}'} --note '…'`. Estimates from each "
              "run's config (`cca_tl.pipeline.plan`, 2 threads); measured: the run's stage markers.", "",
              args.note, "", "## Totals over the stages each run finished", "", totals.to_markdown(floatfmt=".1f"), "",
              "## Per stage", "", table.to_markdown(index=False, floatfmt=".1f"), ""]

@@ -5,8 +5,10 @@ problem splits are drawn for real (the ``problems`` stage costs milliseconds and
 counts, which depend on the model's wrong answers, are estimated from its measured accuracy on the task
 (:data:`PRIOR_ACCURACY`). Times are sizes × per-unit costs measured on Gemma-3-270M in float32 on 2 CPU
 cores (:data:`UNIT_SECONDS`; how each was measured is beside it), scaled by the parameter count for other
-models and by the thread count for other CPUs. On a GPU nothing has been measured yet, so no time is
-estimated there rather than a guess. ``analyses/plan_check.md`` compares the estimates with measured runs.
+models and by the thread count for other CPUs above a floor that does not shrink with the model
+(:data:`FLOOR_SECONDS`, measured on the tiny model). On a GPU nothing has been measured yet, so no time is
+estimated there rather than a guess. ``analyses/plan_check.md`` (Gemma) and ``plan_check_tiny.md`` compare
+the estimates with measured runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ UNIT_SECONDS = {
 }
 CALIBRATION_PARAMS = 268_098_176  # Gemma-3-270M
 CALIBRATION_THREADS = 2
+#: The share of each unit that does not shrink with the model (Python, hook dispatch, batching, tokenising),
+#: fitted to one uncontended tiny-preset run (tiny-gemma3, 86,656 parameters, 2 CPU cores; stage times traces
+#: 8.83 s, dcm 0.16, update 0.42, evaluate 3.81, analysis 1.55; ``reference_q`` is two record forwards, not
+#: measured: the tiny arithmetic prompts exceed its context). A model's unit cost is this floor plus the rest
+#: of the Gemma-3-270M cost scaled by parameters and threads, so Gemma's estimates are unchanged. Scaling the
+#: whole cost made a tiny model's estimates 50-100x too low (a two-seed tiny sweep: 0.2 s estimated, 12.7 s
+#: measured); ``analyses/plan_check_tiny.md`` compares again.
+FLOOR_SECONDS = {"gen_token": 1.4e-3, "dcm_record": 8e-4, "update_record": 2e-3, "fwd_record": 1.2e-3,
+                 "reference_q": 2.4e-3, "retention_text": 0.016, "load": 0.05}
 #: Peak resident memory = BASE_RSS_GB + MEM_PER_WEIGHT_GB × weight bytes (GB); measured 2.82 GB for the main
 #: job (1.07 GB of float32 weights) and 0.43 GB before the model loads (analyses/bench_main_job.md).
 BASE_RSS_GB, MEM_PER_WEIGHT_GB = 0.45, 2.2
@@ -112,8 +123,9 @@ def _selection_seconds(config: RunConfig, s: Sizes, u: dict[str, float]) -> floa
 
 
 def unit_costs(config: RunConfig, *, threads: int | None = None) -> dict[str, float]:
-    """:data:`UNIT_SECONDS` scaled to this config's model and this machine's threads (NaN on a GPU or for a
-    model of unknown size; ``update_all`` stays a factor)."""
+    """:data:`UNIT_SECONDS` for this config's model and this machine's threads: the fixed floor
+    (:data:`FLOOR_SECONDS`) plus the rest scaled by parameters and threads (NaN on a GPU or for a model of
+    unknown size; ``update_all`` stays a factor)."""
     import torch
 
     from cca_tl.devices import resolve_device
@@ -122,7 +134,8 @@ def unit_costs(config: RunConfig, *, threads: int | None = None) -> dict[str, fl
     threads = threads or torch.get_num_threads()
     on_cpu = resolve_device(config.device).type == "cpu"
     scale = (n_params / CALIBRATION_PARAMS) * (CALIBRATION_THREADS / threads) if n_params and on_cpu else math.nan
-    return {k: v * scale for k, v in UNIT_SECONDS.items() if k != "update_all"}
+    return {k: FLOOR_SECONDS[k] + (v - FLOOR_SECONDS[k]) * scale if scale == scale else math.nan
+            for k, v in UNIT_SECONDS.items() if k != "update_all"}
 
 
 def plan(config: RunConfig, *, threads: int | None = None) -> pd.DataFrame:
@@ -181,5 +194,6 @@ def describe(config: RunConfig, table: pd.DataFrame) -> str:
         return head + ("No time estimate: per-unit costs are measured on CPUs only and need the model's parameter "
                        f"count. Peak memory {memory}.")
     return head + (f"Estimated total {total / 60:.1f} min of stage time, peak ≈ {peak:.1f} GB RAM. Per-unit costs "
-                   "are measured on Gemma-3-270M (2 CPU cores) and scaled by parameters and threads; pivots are "
-                   "estimated from the model's accuracy. analyses/plan_check.md says how close this came.")
+                   "are measured on Gemma-3-270M (2 CPU cores) and scaled by parameters and threads above a fixed "
+                   "per-call floor; pivots are estimated from the model's accuracy. analyses/plan_check.md and "
+                   "plan_check_tiny.md say how close this came.")

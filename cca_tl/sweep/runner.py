@@ -98,8 +98,8 @@ class Sweep:
     def plan(self, seeds: list[int] | None = None, *, budgets: list[float] | None = None,
              variants: list[str] | None = None) -> pd.DataFrame:
         """One row per seed: cells to run and their estimated seconds (per-unit costs of the pipeline's plan,
-        measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads; NaN on a GPU), for the
-        cells of ``seeds``, ``budgets`` and ``variants`` (default: all)."""
+        measured on Gemma-3-270M / 2 CPU cores, scaled by parameters and threads above a fixed floor; NaN on a
+        GPU), for the cells of ``seeds``, ``budgets`` and ``variants`` (default: all)."""
         from cca_tl.pipeline.plan import plan, sizes, unit_costs
 
         wanted, rows = self._wanted(seeds, budgets, variants), []

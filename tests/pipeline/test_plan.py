@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cca_tl.cli import main
 from cca_tl.pipeline import preset, run
-from cca_tl.pipeline.plan import describe, parameter_count, plan, sizes
+from cca_tl.pipeline.plan import FLOOR_SECONDS, UNIT_SECONDS, describe, parameter_count, plan, sizes, unit_costs
 from cca_tl.pipeline.stages import stage_names
 
 
@@ -30,11 +32,21 @@ def test_estimates_grow_with_the_work():
     assert b.loc["evaluate", "seconds"] > 1.5 * a.loc["evaluate", "seconds"]
     assert b.loc["update", "seconds"] > 1.8 * a.loc["update", "seconds"]
     assert b.loc["traces", "seconds"] == a.loc["traces", "seconds"]
-    # twice the threads, half the time; the controls' updates are part of evaluate
-    assert plan(small, threads=4)["seconds"].sum() == plan(small, threads=2)["seconds"].sum() / 2
+    # twice the threads: the part above the per-call floor halves; the controls' updates are part of evaluate
+    two, four = plan(small, threads=2)["seconds"].sum(), plan(small, threads=4)["seconds"].sum()
+    assert two / 2 < four < 0.6 * two
     with_all = plan(preset("easy", device="cpu", controls=["random", "all"]), threads=2)
     assert with_all.loc["evaluate", "seconds"] > a.loc["evaluate", "seconds"] * 1.5
     assert parameter_count("gemma-3-270m") == 268_098_176
+
+
+def test_unit_costs_are_gemmas_at_calibration_and_never_below_the_floor():
+    gemma = unit_costs(preset("easy", device="cpu"), threads=2)
+    assert gemma == pytest.approx({k: v for k, v in UNIT_SECONDS.items() if k != "update_all"}, rel=1e-12)
+    tiny = unit_costs(preset("tiny", device="cpu"), threads=2)
+    assert all(FLOOR_SECONDS[k] <= tiny[k] < 1.1 * FLOOR_SECONDS[k] for k in tiny)
+    # the tiny preset is seconds of work, not the ~0.1 s that scaling every cost by parameters gave
+    assert plan(preset("tiny", device="cpu"), threads=2)["seconds"].sum() > 5
 
 
 def test_no_time_estimate_without_the_models_size(tmp_path):
