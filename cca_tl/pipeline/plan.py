@@ -134,7 +134,7 @@ def unit_costs(config: RunConfig, *, threads: int | None = None) -> dict[str, fl
     threads = threads or torch.get_num_threads()
     on_cpu = resolve_device(config.device).type == "cpu"
     scale = (n_params / CALIBRATION_PARAMS) * (CALIBRATION_THREADS / threads) if n_params and on_cpu else math.nan
-    return {k: FLOOR_SECONDS[k] + (v - FLOOR_SECONDS[k]) * scale if scale == scale else math.nan
+    return {k: math.nan if math.isnan(scale) else FLOOR_SECONDS[k] + (v - FLOOR_SECONDS[k]) * scale
             for k, v in UNIT_SECONDS.items() if k != "update_all"}
 
 
