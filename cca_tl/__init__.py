@@ -17,6 +17,14 @@ fine-tuning and on LoRA factors, for comparisons at a matched budget):
 >>> cca_tl.export_hf(model, "edited-gemma")            # verified HF directory
 """
 
+import warnings
+
+# Importing TransformerLens imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns "IProgress not
+# found" and falls back to text bars. Text bars are what the package wants (they also read in committed
+# notebook outputs, where widget bars do not render), so that one warning is silenced; with ipywidgets
+# installed tqdm.auto still draws widget bars.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 from cca_tl.components import ALL_KINDS, DEFAULT_KINDS, Component, ComponentRegistry, Kind, ModelIdentity, ParamSlice
 from cca_tl.component_mask import ComponentMask, component_table
 from cca_tl.contrast import ContrastSet, two_logit_diff

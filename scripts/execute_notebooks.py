@@ -6,7 +6,8 @@
 
 Offline (HF_HUB_OFFLINE=1), in a scratch working directory, with nbclient — the same function the slow tests
 call, so the committed outputs come from the code the tests run. Volatile metadata (cell timings) is
-dropped so a re-run only changes what changed. Fails on any error or on a notebook over 2 MB.
+dropped so a re-run only changes what changed. Fails on any error, on a warning in the outputs, or on a
+notebook over 2 MB.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def _seconds(cell) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
+def warnings_shown(nb) -> list[str]:
+    """Lines of printed output that carry a Python warning (``...Warning: ...``): every reader of the
+    committed notebook sees them, with this machine's paths in them."""
+    return [line for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+            if out.get("output_type") == "stream" for line in out["text"].splitlines() if "Warning:" in line]
+
+
 def size_of(nb) -> int:
     import nbformat
 
@@ -71,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         size = size_of(nb)
         if size > MAX_BYTES:
             print(f"{path}: {size / 2**20:.1f} MB with outputs, over the 2 MB limit", file=sys.stderr)
+            return 1
+        if warned := warnings_shown(nb):
+            print(f"{path}: warnings in the outputs (silence or fix them): {warned[:3]}", file=sys.stderr)
             return 1
         if not args.check:
             nbformat.write(nb, path)

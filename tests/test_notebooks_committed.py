@@ -1,5 +1,5 @@
 """The notebooks are committed executed (readers see outputs on GitHub without running anything): every code
-cell ran, in order, without an error, and each file stays small. ``scripts/execute_notebooks.py`` writes
+cell ran, in order, without an error or a warning, and each file stays small. ``scripts/execute_notebooks.py`` writes
 them; the slow tier executes them again (tests/slow/test_notebooks.py)."""
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ def test_committed_with_outputs_in_order(path):
     assert not [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
     shown = [o for c in code for o in c.get("outputs", []) if o.get("output_type") in ("execute_result", "display_data")]
     assert shown, "no table, plot or view in the outputs"
+    warned = [line for c in code for o in c.get("outputs", []) if o.get("output_type") == "stream"
+              for line in o["text"].splitlines() if "Warning:" in line]
+    assert not warned, f"warnings in the committed outputs (every reader sees them): {warned[:3]}"
     assert path.stat().st_size <= 2 * 2**20
 
 

@@ -219,6 +219,34 @@ def test_a_sweep_runs_resumes_and_summarises(tmp_path, capsys):
     assert Sweep.open(out).rows().shape[0] == pd.read_csv(out / "rows.csv").shape[0] > rows.shape[0]
 
 
+def test_a_cell_measures_each_weight_setting_on_general_text_once(tmp_path, monkeypatch):
+    """The KL search measures KL, NLL and top-1 on general text at every scale it tries; the reading at the
+    scale it found, and the greedy scoring there, reuse that measurement instead of repeating the forward
+    pass on the same weights (on Gemma-3-270M four retention measurements per cell). Reusing it gives the
+    same rows bit for bit (checked against the code before the reuse on the tiny preset: rows.csv and every
+    cell file equal)."""
+    import hashlib
+
+    import cca_tl.evaluate
+
+    measure, weights_seen = cca_tl.evaluate.retention_scores, []
+
+    def counted(model, base_weights, *args, **kwargs):
+        if base_weights is not None:  # an edited model (the base row, unedited, is read once per seed)
+            flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+            weights_seen.append(hashlib.sha1(flat.numpy().tobytes()).hexdigest())
+        return measure(model, base_weights, *args, **kwargs)
+
+    monkeypatch.setattr(cca_tl.evaluate, "retention_scores", counted)
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({**TINY, "seeds": [0], "variants": ["cca"], "kl_targets": [0.0005, 0.001, 0.002],
+                                "greedy_at": 0.001, "validate": False}))
+    assert cli(["sweep", str(path), "--out", str(tmp_path / "sweep"), "--quiet"]) == 0
+    rows = pd.read_csv(tmp_path / "sweep" / "rows.csv")
+    assert rows["edit_scale"].notna().sum() == 4  # selected and three KL targets, each reached
+    assert len(weights_seen) >= 5 and len(set(weights_seen)) == len(weights_seen)
+
+
 def test_gain_attribution_over_the_prefix_cache_equals_the_full_pass():
     """The budgets' tie-break reads ∂(mean logit diff)/∂gain over DCM's prefix cache; the same as the plain pass."""
     from cca_tl import load_model
@@ -438,6 +466,31 @@ def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
     answer = plain_answer(table, "kl=0.001")
     assert "Against the LoFiT anchor (its cells at 0.1 %)" in answer
     assert "0.1 % -10.4 [-17.7, -3.0], effect (worse); 5 % -0.9 [-9.4, +7.6], cannot tell (seeds disagree)" in answer
+
+
+def test_the_glance_grid_folds_each_budget_and_control_into_one_cell():
+    from cca_tl.sweep.summary import glance
+
+    def row(comparison, budget, seeds, diff, low, high, verdict, control_budget=None, metric="test"):
+        return dict(reading="kl=0.001", budget_share=budget, comparison=comparison, metric=metric, seeds=seeds,
+                    control_budget=budget if control_budget is None else control_budget, diff=diff,
+                    between_low=low, between_high=high, verdict=verdict)
+
+    table = pd.DataFrame([row("cca − random", 0.03, 5, 0.021, 0.014, 0.028, "effect (better)"),
+                          row("cca − random", 0.001, 4, 0.009, -0.014, 0.032, "cannot tell"),
+                          row("cca − uniform", 0.001, 1, 0.05, float("nan"), float("nan"), "cannot tell"),
+                          row("cca − lofit", 0.03, 5, 0.004, -0.064, 0.072, "cannot tell", control_budget=0.001),
+                          row("cca − random", 0.03, 5, 0.5, 0.4, 0.6, "effect (better)", metric="pivot"),
+                          row("pivot-lora − lora", 0.03, 5, 0.5, 0.4, 0.6, "effect (better)")])
+    grid = glance(table, "kl=0.001")
+    assert list(grid.index) == ["0.1 %", "3 %"]
+    assert list(grid.columns) == ["CCA − layer-matched", "CCA − uniform", "CCA − LoFiT"]
+    assert grid.loc["3 %", "CCA − layer-matched"] == "+2.1 [+1.4, +2.8], 5 seeds: effect (better)"
+    assert grid.loc["0.1 %", "CCA − uniform"] == "+5.0, 1 seed: cannot tell"
+    assert grid.loc["3 %", "CCA − LoFiT"].startswith("+0.4 [-6.4, +7.2] (vs 0.1 %), 5 seeds")
+    assert grid.loc["3 %", "CCA − uniform"] == "not run"
+    assert glance(table, "kl=0.001", "pivot").loc["3 %", "CCA − layer-matched"].startswith("+50.0")
+    assert glance(table, "selected").empty
 
 
 def test_the_scale_search_finds_a_target_its_power_law_fit_keeps_missing():

@@ -31,7 +31,7 @@ from cca_tl.errors import LockedError
 from cca_tl.offsets import heads_for_budget, top_heads
 from cca_tl.sweep.budgets import budget_mask, control_mask, gain_attribution, ranking_scores
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
-from cca_tl.sweep.readings import forward_readings, greedy_readings, scale_to_kl
+from cca_tl.sweep.readings import forward_readings, greedy_readings, retention_readings, scale_to_kl
 
 class SeedSweep:
     """One seed's pipeline run through DCM, and the pieces every cell reuses."""
@@ -172,15 +172,15 @@ class SeedSweep:
             selected = dict(common, reading="selected", edit_scale=1.0, **info)
         read = time.perf_counter()
         unedited = RegionEdit.capture(self.run.session.restore(), edit.regions)
-        rows, measured = [selected], {}
+        rows, measured, scores = [selected], {}, {}
         for target in sorted(config.kl_targets):
-            alpha, _ = scale_to_kl(self.run, edit, unedited, target, measured)
+            alpha, _ = scale_to_kl(self.run, edit, unedited, target, measured, scores)
             reading = f"kl={target:g}"
             if alpha is None:
                 rows.append(dict(common, reading=reading, edit_scale=float("nan"), kl_target=target))
                 continue
             self.run.session.apply(edit.scaled(unedited, alpha))
-            info, more = self._read(reading, cell.key, greedy=config.greedy_at == target)
+            info, more = self._read(reading, cell.key, greedy=config.greedy_at == target, retention=scores[alpha])
             rows.append(dict(common, reading=reading, edit_scale=alpha, kl_target=target, **info))
             items += more
         self.run.session.restore()
@@ -191,15 +191,19 @@ class SeedSweep:
         _write_cell(path, rows, items)
         release_freed_memory()
 
-    def _read(self, reading: str, key: str, *, greedy: bool) -> tuple[dict, list[dict]]:
+    def _read(self, reading: str, key: str, *, greedy: bool,
+              retention: dict[str, float] | None = None) -> tuple[dict, list[dict]]:
         """One reading of the model as it is now: forward metrics (pivots, KL, general text; reference-path
-        accuracy when the config asks), greedy accuracy when ``greedy``. Items of readings other than
-        ``selected`` carry the reading in their set name (``test@kl=0.001``)."""
+        accuracy when the config asks), greedy accuracy when ``greedy``. KL and the general-text scores are
+        measured once for both (``retention``: where the KL search already measured these weights). Items of
+        readings other than ``selected`` carry the reading in their set name (``test@kl=0.001``)."""
         info, items = {}, []
+        retention = retention or retention_readings(self.run)
         if greedy:
             name = key if reading == "selected" else f"{key}@{reading}"
-            info, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", name)
-        forward, more = forward_readings(self.run, self.forward_sets if self.config.reference_readings else {})
+            info, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", name, retention)
+        forward, more = forward_readings(self.run, self.forward_sets if self.config.reference_readings else {},
+                                         retention)
         info.update(forward)
         items += more
         if reading != "selected":

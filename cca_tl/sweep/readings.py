@@ -17,13 +17,13 @@ from cca_tl._io import release_freed_memory
 KL_TOLERANCE, KL_MAX_TRIES, MAX_SCALE = 1.1, 7, 64.0
 
 
-def forward_readings(run, answer_sets: dict) -> tuple[dict, list[dict]]:
+def forward_readings(run, answer_sets: dict, retention: dict[str, float] | None = None) -> tuple[dict, list[dict]]:
     """Forward-only metrics of the model as it is now: reference-path accuracy on each of ``answer_sets``
     (``{"test_ref": AnswerSet, "newfacts_ref": ...}``), held-out test pivot accuracy, KL to the base model
-    and general-text NLL."""
+    and general-text NLL. ``retention``: those last scores where they were already measured on these very
+    weights (by :func:`scale_to_kl`), so they are not measured again."""
     from cca_tl.answers import reference_path_scores
-    from cca_tl.evaluate import general_text, pivot_scores, retention_scores
-    from cca_tl.pipeline.stages.evaluate import retention_reference
+    from cca_tl.evaluate import pivot_scores
 
     batch = run.config.update.batch_size
     info, items = {}, []
@@ -33,23 +33,32 @@ def forward_readings(run, answer_sets: dict) -> tuple[dict, list[dict]]:
         items += [dict(set=name, item=i, correct=float(v)) for i, v in enumerate(on_path.tolist())]
     pivots = pivot_scores(run.model, run.test_pivots())
     items += [dict(set="pivot", item=i, correct=float(d > 0)) for i, d in enumerate(pivots.pop("diffs"))]
-    edited = not run.session.is_base()
     info.update(pivot_accuracy=pivots["pivot_accuracy"], n_pivots_test=pivots["n_pivots"],
-                **retention_scores(run.model, run.session.base_weights if edited else None,
-                                   general_text(run.config.evaluate.retention_texts),
-                                   reference=retention_reference(run)))
+                **(retention or retention_readings(run)))
     info["kl_to_base"] = info.pop("retention_kl")
     return info, items
 
 
-def greedy_readings(run, newfacts: list, out_dir: Path, name: str) -> tuple[dict, list[dict]]:
+def retention_readings(run) -> dict[str, float]:
+    """KL to the base model (0 without measuring, where the model is unedited), NLL and top-1 on the run's
+    general text, of the model as it is now."""
+    from cca_tl.evaluate import general_text, retention_scores
+    from cca_tl.pipeline.stages.evaluate import retention_reference
+
+    return retention_scores(run.model, None if run.session.is_base() else run.session.base_weights,
+                            general_text(run.config.evaluate.retention_texts), reference=retention_reference(run))
+
+
+def greedy_readings(run, newfacts: list, out_dir: Path, name: str,
+                    retention: dict[str, float] | None = None) -> tuple[dict, list[dict]]:
     """Greedy accuracy on the test questions (the evaluate stage's :func:`score`, which also writes the base
-    model's held-out test pivots) and on the ``newfacts`` questions."""
+    model's held-out test pivots; ``retention``: these weights' scores on general text where they were
+    measured, which it then does not measure again) and on the ``newfacts`` questions."""
     from cca_tl.evaluate import accuracy
     from cca_tl.pipeline.stages.evaluate import score
 
     cfg = run.config
-    info, test = score(run, name, out_dir, logit_diffs=False)
+    info, test = score(run, name, out_dir, logit_diffs=False, retention=retention)
     items = [dict(set="test", item=i, correct=float(v)) for i, v in enumerate(test["correct"])]
     out = dict(test_accuracy=info["macro_accuracy"], n_test=info["n_test"])
     if newfacts:
@@ -61,20 +70,21 @@ def greedy_readings(run, newfacts: list, out_dir: Path, name: str) -> tuple[dict
     return out, items
 
 
-def scale_to_kl(run, edit, unedited, target: float, measured: dict[float, float] | None = None) -> tuple[float | None, float]:
+def scale_to_kl(run, edit, unedited, target: float, measured: dict[float, float] | None = None,
+                scores: dict[float, dict[str, float]] | None = None) -> tuple[float | None, float]:
     """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
     (within :data:`KL_TOLERANCE`), found by :func:`search_scale`. ``measured`` (α → KL) is shared between the
     targets of one edit, so a later target starts from every earlier measurement (on Gemma-3-270M three
-    targets then cost ~4-5 KL measurements instead of ~8). None when the edit cannot reach the target."""
-    from cca_tl.evaluate import general_text, retention_scores
-    from cca_tl.pipeline.stages.evaluate import retention_reference
-
-    texts = general_text(run.config.evaluate.retention_texts)
+    targets then cost ~4-5 KL measurements instead of ~8). ``scores`` collects every measurement's whole
+    :func:`retention_readings` (α → KL, general-text NLL and top-1), which the reading at the found α
+    reuses instead of measuring the same weights again (one retention forward per KL target). None when the
+    edit cannot reach the target."""
+    scores = {} if scores is None else scores
 
     def kl(alpha: float) -> float:
-        model = run.session.apply(edit.scaled(unedited, alpha))
-        return retention_scores(model, run.session.base_weights, texts,
-                                reference=retention_reference(run))["retention_kl"]
+        run.session.apply(edit.scaled(unedited, alpha))
+        scores[alpha] = retention_readings(run)
+        return scores[alpha]["retention_kl"]
 
     return search_scale(kl, target, measured)
 

@@ -161,6 +161,30 @@ def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str)
             f"components ({where}).")
 
 
+#: The comparisons the at-a-glance grid shows, with their column headings.
+GLANCE = {"cca − random": "CCA − layer-matched", "cca − uniform": "CCA − uniform", "cca − disjoint": "CCA − disjoint",
+          "cca − lofit": "CCA − LoFiT", "masked-ft − random-ft": "masked FT − random FT", "cca − base": "CCA − base"}
+
+
+def glance(table: pd.DataFrame, reading: str, metric: str = "test") -> pd.DataFrame:
+    """Budget × comparison at one reading and metric: the difference in points with its between-seed interval,
+    the number of seeds behind it, and the verdict, one cell each — the comparisons table folded so a reader
+    sees every budget and control at once (the README carries the test-accuracy grid)."""
+    part = table[(table["reading"] == reading) & (table["metric"] == metric) & table["comparison"].isin(GLANCE)]
+    if part.empty:
+        return pd.DataFrame()
+    cells = {}
+    for r in part.itertuples():
+        interval = _interval_text(r.diff, r.between_low, r.between_high) if r.seeds >= 2 else f"{100 * r.diff:+.1f}"
+        capped = "" if r.control_budget == r.budget_share else f" (vs {100 * r.control_budget:g} %)"
+        cells[(r.budget_share, GLANCE[r.comparison])] = f"{interval}{capped}, {r.seeds} seed{'s' * (r.seeds != 1)}: {r.verdict}"
+    grid = pd.Series(cells).unstack()
+    grid = grid[[name for name in GLANCE.values() if name in grid.columns]].fillna("not run")
+    grid.index = [f"{100 * b:g} %" for b in grid.index]
+    grid.index.name = "budget"
+    return grid
+
+
 def _interval_text(d: float, lo: float, hi: float) -> str:
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
@@ -216,6 +240,19 @@ def overlap_section(path: Path) -> list[str]:
             table.round(1).to_markdown(), "", *strays]
 
 
+def _glance_section(table: pd.DataFrame, reading: str) -> list[str]:
+    """The at-a-glance grids: test accuracy, new-fact accuracy and held-out pivots at the greedy reading."""
+    lines = []
+    for metric, words in (("test", "test accuracy"), ("newfacts", "accuracy on the new-fact questions"),
+                          ("pivot", "held-out pivot accuracy")):
+        grid = glance(table, reading, metric)
+        if not grid.empty:
+            lines += [f"### At a glance: {words}, reading `{reading}`", "",
+                      "Points: the difference pooled over questions [between-seed interval], the seeds behind it, "
+                      "and the verdict.", "", grid.to_markdown(), ""]
+    return lines
+
+
 def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
     c = sweep.config
     done = {s: len(sweep.done(s) - {"base"}) for s in c.seeds}
@@ -223,7 +260,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
     lines = [f"# Sweep `{c.name}`", "",
              f"Config: `{sweep.dir / 'sweep.json'}` (preset `{c.preset}`, overrides {c.overrides or 'none'}). "
              f"Cells finished per seed: " + ", ".join(f"{s}: {done[s]}/{total[s]}" for s in c.seeds) + ".", "",
-             "## The plain answer", "", plain_answer(table, c.greedy_reading), "",
+             "## The plain answer", "", plain_answer(table, c.greedy_reading), "", *_glance_section(table, c.greedy_reading),
              f"## Mean over seeds (random draws averaged within a seed), reading `{c.greedy_reading}`", ""]
     chosen = rows[(rows["reading"] == c.greedy_reading) | (rows["variant"] == "base")]
     metrics = [m for m in ("test_accuracy", "newfacts_accuracy", "pivot_accuracy") if m in chosen]

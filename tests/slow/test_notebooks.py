@@ -33,4 +33,5 @@ def test_notebook_runs_top_to_bottom(path):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") in ("execute_result", "display_data") for o in outputs)
+    assert not executor.warnings_shown(nb)
     assert executor.size_of(nb) <= executor.MAX_BYTES

@@ -66,13 +66,14 @@ def retention_reference(run):
 
 
 def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = None,
-          logit_diffs: bool = True) -> tuple[dict, pd.DataFrame]:
+          logit_diffs: bool = True, retention: dict[str, float] | None = None) -> tuple[dict, pd.DataFrame]:
     """Score the run's model *as it is now* under ``name``: greedy macro accuracy on the test questions,
     held-out test pivots (written first, from the base model's answers, when ``name`` is ``"base"``),
     retention against the unedited weights and (``logit_diffs``) the val and train pivot logit differences
-    (``known`` ones are reused). Writes ``<name>_records.csv`` and ``<name>_pivots.csv`` into ``out_dir``
-    and returns the info (the caller writes it) and the per-question records. The evaluate stage and
-    ``cca_tl.sweep`` score through this."""
+    (``known`` ones are reused; ``retention``: these weights' retention scores where the caller measured
+    them). Writes ``<name>_records.csv`` and ``<name>_pivots.csv`` into ``out_dir`` and returns the info
+    (the caller writes it) and the per-question records. The evaluate stage and ``cca_tl.sweep`` score
+    through this."""
     from cca_tl.evaluate import accuracy, general_text, localization_logit_diff, pivot_scores, retention_scores
 
     cfg, splits, model = run.config, run.problems(), run.model
@@ -84,11 +85,12 @@ def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = No
         save_test_pivots(run, records)
     pivots = pivot_scores(model, run.test_pivots())
     diffs = pivots.pop("diffs")
-    edited = not run.session.is_base()
+    if retention is None:
+        edited = not run.session.is_base()
+        retention = retention_scores(model, run.session.base_weights if edited else None,
+                                     general_text(cfg.evaluate.retention_texts), reference=retention_reference(run))
     info = dict(variant=name, macro_accuracy=macro, n_test=len(records), **pivots,
-                per_template=table["accuracy"].to_dict(),
-                **retention_scores(model, run.session.base_weights if edited else None,
-                                   general_text(cfg.evaluate.retention_texts), reference=retention_reference(run)))
+                per_template=table["accuracy"].to_dict(), **retention)
     if logit_diffs:
         known = known or {}
         val, train, batch = run.localization("val"), run.localization("train"), cfg.update.batch_size
