@@ -327,15 +327,17 @@ def test_a_broken_sweep_file_is_named_with_what_to_do(tmp_path):
 
 def test_the_committed_budget_summary_follows_from_its_cells():
     """rows.csv, comparisons.csv and comparisons_per_seed.csv of analyses/results/budget are what the summary
-    code derives from the committed cell files (a cell committed without rewriting the summary fails here)."""
+    code derives from the committed cell files (a cell committed without rewriting the summary fails here),
+    and the README shows the summary's test-accuracy grid as it stands."""
     import io
     from pathlib import Path
 
     import pandas as pd
 
-    from cca_tl.sweep.summary import COLUMNS, comparisons, plain_answer
+    from cca_tl.sweep.summary import COLUMNS, comparisons, glance, plain_answer
 
-    out = Path(__file__).resolve().parents[1] / "analyses" / "results" / "budget"
+    root = Path(__file__).resolve().parents[1]
+    out = root / "analyses" / "results" / "budget"
     sweep = Sweep.open(out, progress=False)
     rows = sweep.rows()
     rows = rows.reindex(columns=[c for c in COLUMNS if c in rows] + [c for c in rows if c not in COLUMNS])
@@ -345,6 +347,8 @@ def test_the_committed_budget_summary_follows_from_its_cells():
     for derived, name in ((table, "comparisons.csv"), (per_seed, "comparisons_per_seed.csv")):
         pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(derived.to_csv(index=False))), pd.read_csv(out / name))
     assert plain_answer(table, sweep.config.greedy_reading) in (out / "summary.md").read_text()
+    grid = glance(table, sweep.config.greedy_reading).to_markdown()
+    assert grid in (out / "summary.md").read_text() and grid in (root / "README.md").read_text()
 
 
 def test_gaps_name_the_cells_that_never_reached_a_kl_target():
