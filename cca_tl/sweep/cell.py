@@ -31,7 +31,7 @@ from cca_tl.errors import LockedError
 from cca_tl.offsets import heads_for_budget, top_heads
 from cca_tl.sweep.budgets import budget_mask, control_mask, gain_attribution, ranking_scores
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig
-from cca_tl.sweep.readings import forward_readings, greedy_readings, retention_readings, scale_to_kl
+from cca_tl.sweep.readings import forward_readings, greedy_readings, scale_to_kl
 
 class SeedSweep:
     """One seed's pipeline run through DCM, and the pieces every cell reuses."""
@@ -120,9 +120,12 @@ class SeedSweep:
             return self._base(path)
 
     def _base(self, path: Path) -> dict:
+        from cca_tl.pipeline.stages.evaluate import measure_retention
+
         self.run.session.restore()
-        greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", "base")
-        forward, more = forward_readings(self.run, self.forward_sets)
+        retention = measure_retention(self.run)  # once, for the greedy and the forward readings
+        greedy, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", "base", retention)
+        forward, more = forward_readings(self.run, self.forward_sets, retention)
         row = dict(seed=self.seed, variant="base", objective=None, budget_share=0.0, draw=0, reading="selected",
                    n_params=0, n_components=0, **greedy, **forward)
         _write_cell(path, [row], items + more)
@@ -172,9 +175,9 @@ class SeedSweep:
             selected = dict(common, reading="selected", edit_scale=1.0, **info)
         read = time.perf_counter()
         unedited = RegionEdit.capture(self.run.session.restore(), edit.regions)
-        rows, measured, scores = [selected], {}, {}
+        rows, scores = [selected], {}
         for target in sorted(config.kl_targets):
-            alpha, _ = scale_to_kl(self.run, edit, unedited, target, measured, scores)
+            alpha, _ = scale_to_kl(self.run, edit, unedited, target, scores)
             reading = f"kl={target:g}"
             if alpha is None:
                 rows.append(dict(common, reading=reading, edit_scale=float("nan"), kl_target=target))
@@ -197,8 +200,10 @@ class SeedSweep:
         accuracy when the config asks), greedy accuracy when ``greedy``. KL and the general-text scores are
         measured once for both (``retention``: where the KL search already measured these weights). Items of
         readings other than ``selected`` carry the reading in their set name (``test@kl=0.001``)."""
+        from cca_tl.pipeline.stages.evaluate import measure_retention
+
         info, items = {}, []
-        retention = retention or retention_readings(self.run)
+        retention = retention or measure_retention(self.run)
         if greedy:
             name = key if reading == "selected" else f"{key}@{reading}"
             info, items = greedy_readings(self.run, self.newfacts, self.dir / "cells", name, retention)

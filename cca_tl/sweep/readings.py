@@ -17,11 +17,11 @@ from cca_tl._io import release_freed_memory
 KL_TOLERANCE, KL_MAX_TRIES, MAX_SCALE = 1.1, 7, 64.0
 
 
-def forward_readings(run, answer_sets: dict, retention: dict[str, float] | None = None) -> tuple[dict, list[dict]]:
+def forward_readings(run, answer_sets: dict, retention: dict[str, float]) -> tuple[dict, list[dict]]:
     """Forward-only metrics of the model as it is now: reference-path accuracy on each of ``answer_sets``
-    (``{"test_ref": AnswerSet, "newfacts_ref": ...}``), held-out test pivot accuracy, KL to the base model
-    and general-text NLL. ``retention``: those last scores where they were already measured on these very
-    weights (by :func:`scale_to_kl`), so they are not measured again."""
+    (``{"test_ref": AnswerSet, "newfacts_ref": ...}``), held-out test pivot accuracy, and ``retention``
+    (KL to the base model, general-text NLL and top-1: the evaluate stage's ``measure_retention`` of these
+    very weights, which the caller has already measured, often inside :func:`scale_to_kl`)."""
     from cca_tl.answers import reference_path_scores
     from cca_tl.evaluate import pivot_scores
 
@@ -34,19 +34,9 @@ def forward_readings(run, answer_sets: dict, retention: dict[str, float] | None 
     pivots = pivot_scores(run.model, run.test_pivots())
     items += [dict(set="pivot", item=i, correct=float(d > 0)) for i, d in enumerate(pivots.pop("diffs"))]
     info.update(pivot_accuracy=pivots["pivot_accuracy"], n_pivots_test=pivots["n_pivots"],
-                **(retention or retention_readings(run)))
+                **retention)
     info["kl_to_base"] = info.pop("retention_kl")
     return info, items
-
-
-def retention_readings(run) -> dict[str, float]:
-    """KL to the base model (0 without measuring, where the model is unedited), NLL and top-1 on the run's
-    general text, of the model as it is now."""
-    from cca_tl.evaluate import general_text, retention_scores
-    from cca_tl.pipeline.stages.evaluate import retention_reference
-
-    return retention_scores(run.model, None if run.session.is_base() else run.session.base_weights,
-                            general_text(run.config.evaluate.retention_texts), reference=retention_reference(run))
 
 
 def greedy_readings(run, newfacts: list, out_dir: Path, name: str,
@@ -70,23 +60,24 @@ def greedy_readings(run, newfacts: list, out_dir: Path, name: str,
     return out, items
 
 
-def scale_to_kl(run, edit, unedited, target: float, measured: dict[float, float] | None = None,
+def scale_to_kl(run, edit, unedited, target: float,
                 scores: dict[float, dict[str, float]] | None = None) -> tuple[float | None, float]:
     """The scale α at which ``unedited + α·(edit − unedited)`` is ``target`` nats/token from the base model
-    (within :data:`KL_TOLERANCE`), found by :func:`search_scale`. ``measured`` (α → KL) is shared between the
-    targets of one edit, so a later target starts from every earlier measurement (on Gemma-3-270M three
-    targets then cost ~4-5 KL measurements instead of ~8). ``scores`` collects every measurement's whole
-    :func:`retention_readings` (α → KL, general-text NLL and top-1), which the reading at the found α
-    reuses instead of measuring the same weights again (one retention forward per KL target). None when the
-    edit cannot reach the target."""
+    (within :data:`KL_TOLERANCE`), found by :func:`search_scale`; None when the edit cannot reach it.
+    ``scores`` (α → the evaluate stage's ``measure_retention``: KL, general-text NLL and top-1) gains every
+    measurement made here. Shared between the targets of one edit, a later target starts from every
+    earlier measurement (on Gemma-3-270M three targets then cost ~4-5 KL measurements instead of ~8), and
+    the reading at the found α reuses its scores instead of measuring the same weights again."""
+    from cca_tl.pipeline.stages.evaluate import measure_retention
+
     scores = {} if scores is None else scores
 
     def kl(alpha: float) -> float:
         run.session.apply(edit.scaled(unedited, alpha))
-        scores[alpha] = retention_readings(run)
+        scores[alpha] = measure_retention(run)
         return scores[alpha]["retention_kl"]
 
-    return search_scale(kl, target, measured)
+    return search_scale(kl, target, {alpha: s["retention_kl"] for alpha, s in scores.items()})
 
 
 def search_scale(kl: Callable[[float], float], target: float,

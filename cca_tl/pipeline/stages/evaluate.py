@@ -65,6 +65,16 @@ def retention_reference(run):
     return run.base_metrics["retention_reference"]
 
 
+def measure_retention(run) -> dict[str, float]:
+    """KL to the base model (0 without measuring, where the model is unedited), NLL and top-1 on the run's
+    general text, of the run's model as it is now. The one place retention is measured: :func:`score` and
+    the sweep's KL search both call it."""
+    from cca_tl.evaluate import general_text, retention_scores
+
+    return retention_scores(run.model, None if run.session.is_base() else run.session.base_weights,
+                            general_text(run.config.evaluate.retention_texts), reference=retention_reference(run))
+
+
 def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = None,
           logit_diffs: bool = True, retention: dict[str, float] | None = None) -> tuple[dict, pd.DataFrame]:
     """Score the run's model *as it is now* under ``name``: greedy macro accuracy on the test questions,
@@ -74,7 +84,7 @@ def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = No
     them). Writes ``<name>_records.csv`` and ``<name>_pivots.csv`` into ``out_dir`` and returns the info
     (the caller writes it) and the per-question records. The evaluate stage and ``cca_tl.sweep`` score
     through this."""
-    from cca_tl.evaluate import accuracy, general_text, localization_logit_diff, pivot_scores, retention_scores
+    from cca_tl.evaluate import accuracy, localization_logit_diff, pivot_scores
 
     cfg, splits, model = run.config, run.problems(), run.model
     run.log(f"evaluating {name} on {len(splits.test)} test questions")
@@ -85,12 +95,8 @@ def score(run, name: str, out_dir, *, known: dict[str, float | None] | None = No
         save_test_pivots(run, records)
     pivots = pivot_scores(model, run.test_pivots())
     diffs = pivots.pop("diffs")
-    if retention is None:
-        edited = not run.session.is_base()
-        retention = retention_scores(model, run.session.base_weights if edited else None,
-                                     general_text(cfg.evaluate.retention_texts), reference=retention_reference(run))
     info = dict(variant=name, macro_accuracy=macro, n_test=len(records), **pivots,
-                per_template=table["accuracy"].to_dict(), **retention)
+                per_template=table["accuracy"].to_dict(), **(retention or measure_retention(run)))
     if logit_diffs:
         known = known or {}
         val, train, batch = run.localization("val"), run.localization("train"), cfg.update.batch_size
