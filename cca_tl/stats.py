@@ -112,6 +112,59 @@ def t_interval(values: Float[np.ndarray, "k"], level: float = 0.95) -> tuple[flo
     return mean, mean - half, mean + half
 
 
+def t_power(effect: float, spread: float, seeds: int, level: float = 0.95) -> float:
+    """Probability that the between-seed interval (:func:`t_interval` at ``level`` over ``seeds`` seed means)
+    excludes 0 when the true mean difference is ``effect`` and seed means scatter with standard deviation
+    ``spread``: the power of the two-sided one-sample t test, from the noncentral t distribution."""
+    from scipy.stats import nct, t
+
+    if seeds < 2:
+        raise ValueError(f"A between-seed interval needs at least 2 seeds, got {seeds}.")
+    if spread <= 0:
+        return 1.0 if effect != 0 else 1.0 - level
+    df, shift = seeds - 1, abs(effect) * math.sqrt(seeds) / spread
+    critical = float(t.ppf(0.5 + level / 2, df))
+    upper, lower = float(nct.sf(critical, df, shift)), float(nct.cdf(-critical, df, shift))
+    # scipy's noncentral t returns NaN far in a tail (the lower one at shifts of ~30 and more): there it is 0
+    return (upper if math.isfinite(upper) else 1.0) + (lower if math.isfinite(lower) else 0.0)
+
+
+def seeds_needed(effect: float, spread: float, *, power: float = 0.8, level: float = 0.95,
+                 most: int = 100_000) -> int | None:
+    """The fewest seeds whose between-seed interval excludes 0 with probability ``power`` when the true mean
+    difference is ``effect`` and seeds scatter with standard deviation ``spread`` (:func:`t_power`); None
+    beyond ``most``. A planning figure: ``spread`` measured on 5 seeds is itself uncertain (its 95 % interval
+    runs from about 0.6x to 2.9x the value), and the seeds needed grow as its square."""
+    if effect == 0:
+        return None
+    low, high = 2, 2
+    while t_power(effect, spread, high, level) < power:  # doubling, then bisection: power rises with seeds
+        if high >= most:
+            return None
+        low, high = high, min(2 * high, most)
+    while low < high:
+        middle = (low + high) // 2
+        if t_power(effect, spread, middle, level) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+def detectable_effect(spread: float, seeds: int, *, power: float = 0.8, level: float = 0.95) -> float:
+    """The smallest true mean difference that ``seeds`` seeds, scattering with standard deviation ``spread``,
+    find (between-seed interval excluding 0) with probability ``power``: what a "cannot tell" could have
+    missed. Same units as ``spread``."""
+    from scipy.optimize import brentq
+
+    if spread <= 0:
+        return 0.0
+    high = spread
+    while t_power(high, spread, seeds, level) < power:
+        high *= 2
+    return float(brentq(lambda e: t_power(e, spread, seeds, level) - power, 0.0, high, xtol=1e-9 * spread))
+
+
 @dataclass(frozen=True)
 class Heterogeneity:
     """How much seeds disagree beyond what their question noise explains (fixed-effect meta-analysis):

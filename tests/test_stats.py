@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cca_tl.stats import (bootstrap_ci, compare_over_seeds, heterogeneity, paired_bootstrap_ci,
-                          stratified_paired_bootstrap_ci, t_interval, verdict, verdict_over_seeds)
+from cca_tl.stats import (bootstrap_ci, compare_over_seeds, detectable_effect, heterogeneity, paired_bootstrap_ci,
+                          seeds_needed, stratified_paired_bootstrap_ci, t_interval, t_power, verdict,
+                          verdict_over_seeds)
 
 
 def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_data():
@@ -108,3 +109,32 @@ def test_verdict_over_seeds_with_one_seed_reads_its_own_interval():
         verdict_over_seeds([], None, 0.03)
     with pytest.raises(ValueError, match="at least 2"):
         heterogeneity([(np.ones(3), np.zeros(3))])
+
+
+def test_t_power_is_how_often_the_between_seed_interval_excludes_0():
+    """The noncentral-t power against simulated seeds: per-seed differences drawn around a true effect, the
+    between-seed interval of each draw of seeds, and the share that excludes 0."""
+    from scipy.stats import t
+
+    rng = np.random.default_rng(0)
+    for effect, spread, seeds in ((0.05, 0.1, 7), (0.05, 0.03, 4), (0.0, 0.1, 5)):
+        diffs = rng.normal(effect, spread, (100_000, seeds))  # 100,000 experiments of `seeds` seeds each
+        half = t.ppf(0.975, seeds - 1) * diffs.std(axis=1, ddof=1) / np.sqrt(seeds)  # as t_interval
+        hits = np.mean(np.abs(diffs.mean(axis=1)) > half)
+        assert abs(hits - t_power(effect, spread, seeds)) < 0.006, (effect, spread, seeds, hits)  # ~4 SE
+    assert t_power(0.05, 1e-4, 5) == 1.0  # far in the tail scipy gives NaN for the other side: it is 0
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        t_power(0.05, 0.1, 1)
+
+
+def test_seeds_needed_is_the_fewest_seeds_with_the_power_asked():
+    """The seeds needed for a 5-point difference at a 10-point spread (d = 0.5): 34 by the noncentral t,
+    a little above the normal approximation's (1.96 + 0.84)² / 0.25 + 1 ≈ 32; and the detectable effect
+    inverts the power at a given number of seeds."""
+    n = seeds_needed(0.05, 0.1)
+    assert n == 34 and t_power(0.05, 0.1, n) >= 0.8 > t_power(0.05, 0.1, n - 1)
+    assert seeds_needed(0.05, 0.01) == 3 and seeds_needed(0.0, 0.1) is None
+    assert seeds_needed(0.05, 100.0, most=1000) is None
+    effect = detectable_effect(0.1, 5)
+    assert t_power(effect, 0.1, 5) == pytest.approx(0.8, abs=1e-6) and 0.1 < effect < 0.2
+    assert detectable_effect(0.0, 5) == 0.0

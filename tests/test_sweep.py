@@ -438,19 +438,27 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
 def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_or_more():
     from cca_tl.sweep.summary import plain_answer
 
-    def row(control, budget, seeds, diff, between_low, verdict="above 0"):
-        return dict(reading="kl=0.001", budget_share=budget, comparison=f"cca − {control}", metric="test",
-                    seeds=seeds, diff=diff, between_low=between_low, verdict=verdict)
+    from cca_tl.stats import seeds_needed
 
-    table = pd.DataFrame([row("random", 0.001, 5, 0.01, -0.02), row("random", 0.01, 5, 0.09, 0.02),
-                          row("random", 0.03, 4, 0.20, 0.05, "cannot tell (seeds disagree)"),
-                          row("uniform", 0.001, 1, 0.30, float("nan"))])
+    def row(control, budget, seeds, diff, between_low, between_high, verdict="above 0", spread=0.05):
+        return dict(reading="kl=0.001", budget_share=budget, comparison=f"cca − {control}", metric="test",
+                    seeds=seeds, diff=diff, between_low=between_low, between_high=between_high, between_sd=spread,
+                    verdict=verdict)
+
+    nan = float("nan")
+    table = pd.DataFrame([row("random", 0.001, 5, 0.01, -0.02, 0.04), row("random", 0.01, 5, 0.09, 0.02, 0.16),
+                          row("random", 0.03, 4, 0.20, 0.05, 0.35, "cannot tell (seeds disagree)", 0.12),
+                          row("uniform", 0.001, 1, 0.30, nan, nan, spread=nan)])
     answer = plain_answer(table, "kl=0.001")
     assert "Against layer-matched random sets, the DCM-selected components win by ≥ 5 test points" in answer
     assert "at 1 % of the components (reading `kl=0.001`; seeds per budget: 0.1 %: 5, 1 %: 5, 3 %: 4)" in answer
     assert "Cannot tell yet against uniform random sets" in answer and "0.1 %: 1" in answer
     answer = plain_answer(table.iloc[[0, 2]], "kl=0.001")
     assert answer.startswith("Against layer-matched random sets, the DCM-selected components do not win")
+    # what the seeds could see: the 0.1 % interval ends below +5 points; 3 % (seeds disagreeing) is open
+    assert ("A win of that size is ruled out at 0.1 % (between-seed interval below +5); open at 3 %, where showing "
+            f"a true 5-point difference (80 % power) at the spread seen between seeds would take "
+            f"{seeds_needed(0.05, 0.12)} seeds respectively.") in answer
     assert plain_answer(table, "selected") == "No CCA − random comparison on the test questions is finished yet."
 
 

@@ -8,13 +8,14 @@ per-seed intervals, the between-seed interval, heterogeneity, and "cannot tell" 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cca_tl._io import atomic_write_text
-from cca_tl.stats import MARGINS, compare_over_seeds
+from cca_tl.stats import MARGINS, compare_over_seeds, detectable_effect, seeds_needed
 from cca_tl.sweep.plots import plot
 
 #: (DCM variant, control variant) pairs the summary compares.
@@ -96,10 +97,12 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     margin = MARGINS["pivot_accuracy" if item_set == "pivot" else "accuracy"]
                     result = compare_over_seeds(groups, margin)
                     between = result.between or (np.nan, np.nan, np.nan)
+                    seed_diffs = np.array([d for d, _, _ in result.per_seed])
                     spread = result.heterogeneity
                     table.append(dict(reading=reading, budget_share=budget, comparison=f"{a} − {b}", metric=item_set,
                                       control_budget=against, seeds=len(groups), diff=result.pooled[0], low=result.pooled[1],
                                       high=result.pooled[2], between_low=between[1], between_high=between[2],
+                                      between_sd=seed_diffs.std(ddof=1) if len(groups) > 1 else np.nan,
                                       q=spread.q if spread else np.nan, i2=spread.i2 if spread else np.nan,
                                       verdict=result.verdict))
                     for (seed, (x, _)), (d, lo, hi) in zip(found, result.per_seed):
@@ -151,14 +154,82 @@ def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str)
     enough = part[part["seeds"] >= 2]
     if enough.empty:
         return f"Cannot tell yet against {words}: a between-seed interval needs at least two seeds ({where})."
-    wins = enough[(enough["diff"] >= PLAIN_MARGIN) & (enough["between_low"] > 0)
-                  & ~enough["verdict"].str.contains("disagree")]
+    wins = enough[_reach(enough) == "shown"]
     if wins.empty:
         return (f"Against {words}, the DCM-selected components do not win by ≥ {100 * PLAIN_MARGIN:g} test points "
-                f"with a between-seed interval above 0 at any budget measured on two or more seeds ({where}).")
+                f"with a between-seed interval above 0 at any budget measured on two or more seeds ({where})."
+                + _reach_clause(enough))
     return (f"Against {words}, the DCM-selected components win by ≥ {100 * PLAIN_MARGIN:g} test points, with a "
-            f"between-seed interval above 0, at {', '.join(f'{100 * b:g} %' for b in wins['budget_share'])} of the "
+            f"between-seed interval above 0, at {_budget_list(wins['budget_share'])} of the "
             f"components ({where}).")
+
+
+def _reach(part: pd.DataFrame) -> pd.Series:
+    """Per comparison row, what its seeds say of a win by :data:`PLAIN_MARGIN`: ``shown`` (the difference
+    reaches it and the between-seed interval is above 0, seeds not disagreeing), ``ruled out`` (the
+    between-seed interval ends below it) or ``open`` (neither: more seeds could still find one)."""
+    shown = (part["diff"] >= PLAIN_MARGIN) & (part["between_low"] > 0) & ~part["verdict"].str.contains("disagree")
+    return pd.Series(np.where(shown, "shown", np.where(part["between_high"] < PLAIN_MARGIN, "ruled out", "open")),
+                     index=part.index)
+
+
+def _reach_clause(part: pd.DataFrame) -> str:
+    """" A win of that size is ruled out at …; open at …, where … would take … seeds." for the plain answer."""
+    reach = _reach(part)
+    out = []
+    if (reach == "ruled out").any():
+        out.append(f"ruled out at {_budget_list(part[reach == 'ruled out']['budget_share'])} (between-seed interval "
+                   f"below +{100 * PLAIN_MARGIN:g})")
+    opened = part[reach == "open"]
+    if not opened.empty:
+        needs = ", ".join(_seeds_text(seeds_needed(PLAIN_MARGIN, sd)) for sd in opened["between_sd"])
+        out.append(f"open at {_budget_list(opened['budget_share'])}, where showing a true {100 * PLAIN_MARGIN:g}-point "
+                   f"difference (80 % power) at the spread seen between seeds would take {needs} seeds respectively")
+    return f" A win of that size is {'; '.join(out)}." if out else ""
+
+
+def _budget_list(shares) -> str:
+    return ", ".join(f"{100 * b:g} %" for b in shares)
+
+
+def _seeds_text(n: int | None) -> str:
+    return "more than 100,000" if n is None else f"{n:,}"
+
+
+def reach_section(table: pd.DataFrame, reading: str) -> list[str]:
+    """What the seeds could see, per random control and budget (test accuracy at ``reading``): whether a win
+    by :data:`PLAIN_MARGIN` is shown, ruled out or open; the standard deviation of the per-seed differences;
+    the smallest true difference these seeds find with 80 % power; and the seeds a true difference of
+    :data:`PLAIN_MARGIN` would need at that spread. "Cannot tell" is a statement about the data; this says
+    whether more seeds could change it."""
+    from scipy.stats import chi2
+
+    controls = [f"cca − {control}" for control, _ in CONTROLS]
+    part = table[(table["reading"] == reading) & (table["metric"] == "test") & table["comparison"].isin(controls)
+                 & (table["seeds"] >= 2)]
+    if part.empty or "between_sd" not in part:
+        return []
+    shown = pd.DataFrame({
+        "control": part["comparison"].map(GLANCE), "budget": [f"{100 * b:g} %" for b in part["budget_share"]],
+        "seeds": part["seeds"],
+        "between seeds": [_interval_text(d, lo, hi) for d, lo, hi in
+                          zip(part["diff"], part["between_low"], part["between_high"])],
+        f"a {100 * PLAIN_MARGIN:g}-point win": _reach(part),
+        "spread (SD, points)": (100 * part["between_sd"]).round(1),
+        "seen with 80 % power (points)": [round(100 * detectable_effect(sd, n), 1)
+                                          for sd, n in zip(part["between_sd"], part["seeds"])],
+        f"seeds a {100 * PLAIN_MARGIN:g}-point difference needs": [
+            _seeds_text(seeds_needed(PLAIN_MARGIN, sd)) for sd in part["between_sd"]]})
+    shown = shown.iloc[np.lexsort((part["budget_share"].to_numpy(), part["comparison"].map(controls.index).to_numpy()))]
+    most = int(part["seeds"].max())
+    low, high = (math.sqrt((most - 1) / chi2.ppf(q, most - 1)) for q in (0.975, 0.025))
+    return [f"### What the seeds could see: test accuracy, reading `{reading}`", "",
+            f"*Ruled out*: the between-seed interval ends below +{100 * PLAIN_MARGIN:g} points. *Open*: it neither "
+            "shows nor rules out the win. Spread: the standard deviation of the per-seed differences, estimated "
+            f"from these seeds (with {most} of them the true one lies within {low:.1f}x to {high:.1f}x of it at "
+            "95 %, and the seeds needed grow as its square). Seen with 80 % power: the smallest true difference "
+            "whose between-seed interval would exclude 0 four times in five at this spread and seed count. "
+            "Planning figures, not results.", "", shown.to_markdown(index=False), ""]
 
 
 #: The comparisons the at-a-glance grid shows, with their column headings.
@@ -261,6 +332,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
              f"Config: `{sweep.dir / 'sweep.json'}` (preset `{c.preset}`, overrides {c.overrides or 'none'}). "
              f"Cells finished per seed: " + ", ".join(f"{s}: {done[s]}/{total[s]}" for s in c.seeds) + ".", "",
              "## The plain answer", "", plain_answer(table, c.greedy_reading), "", *_glance_section(table, c.greedy_reading),
+             *reach_section(table, c.greedy_reading),
              f"## Mean over seeds (random draws averaged within a seed), reading `{c.greedy_reading}`", ""]
     chosen = rows[(rows["reading"] == c.greedy_reading) | (rows["variant"] == "base")]
     metrics = [m for m in ("test_accuracy", "newfacts_accuracy", "pivot_accuracy") if m in chosen]
