@@ -196,32 +196,40 @@ def _seeds_text(n: int | None) -> str:
     return "more than 100,000" if n is None else f"{n:,}"
 
 
-def reach_section(table: pd.DataFrame, reading: str) -> list[str]:
-    """What the seeds could see, per random control and budget (test accuracy at ``reading``): whether a win
-    by :data:`PLAIN_MARGIN` is shown, ruled out or open; the standard deviation of the per-seed differences;
-    the smallest true difference these seeds find with 80 % power; and the seeds a true difference of
-    :data:`PLAIN_MARGIN` would need at that spread. "Cannot tell" is a statement about the data; this says
-    whether more seeds could change it."""
-    from scipy.stats import chi2
-
+def seed_reach(table: pd.DataFrame, reading: str) -> pd.DataFrame:
+    """What the seeds could see, per random control and budget (test accuracy at ``reading``, two seeds or
+    more): whether a win by :data:`PLAIN_MARGIN` is shown, ruled out or open; the standard deviation of the
+    per-seed differences; the smallest true difference these seeds find with 80 % power; and the seeds a true
+    difference of :data:`PLAIN_MARGIN` would need at that spread. "Cannot tell" is a statement about the data;
+    this says whether more seeds could change it. Points, one row per control and budget."""
     controls = [f"cca − {control}" for control, _ in CONTROLS]
     part = table[(table["reading"] == reading) & (table["metric"] == "test") & table["comparison"].isin(controls)
                  & (table["seeds"] >= 2)]
     if part.empty or "between_sd" not in part:
-        return []
-    shown = pd.DataFrame({
-        "control": part["comparison"].map(GLANCE), "budget": [f"{100 * b:g} %" for b in part["budget_share"]],
-        "seeds": part["seeds"],
+        return pd.DataFrame()
+    part = part.iloc[np.lexsort((part["budget_share"].to_numpy(), part["comparison"].map(controls.index).to_numpy()))]
+    return pd.DataFrame({
+        "control": part["comparison"].map(GLANCE).to_numpy(),
+        "budget": [f"{100 * b:g} %" for b in part["budget_share"]],
+        "seeds": part["seeds"].to_numpy(),
         "between seeds": [_interval_text(d, lo, hi) for d, lo, hi in
                           zip(part["diff"], part["between_low"], part["between_high"])],
-        f"a {100 * PLAIN_MARGIN:g}-point win": _reach(part),
-        "spread (SD, points)": (100 * part["between_sd"]).round(1),
+        f"a {100 * PLAIN_MARGIN:g}-point win": _reach(part).to_numpy(),
+        "spread (SD, points)": (100 * part["between_sd"]).round(1).to_numpy(),
         "seen with 80 % power (points)": [round(100 * detectable_effect(sd, n), 1)
                                           for sd, n in zip(part["between_sd"], part["seeds"])],
         f"seeds a {100 * PLAIN_MARGIN:g}-point difference needs": [
             _seeds_text(seeds_needed(PLAIN_MARGIN, sd)) for sd in part["between_sd"]]})
-    shown = shown.iloc[np.lexsort((part["budget_share"].to_numpy(), part["comparison"].map(controls.index).to_numpy()))]
-    most = int(part["seeds"].max())
+
+
+def reach_section(table: pd.DataFrame, reading: str) -> list[str]:
+    """:func:`seed_reach` as a summary.md section, with how to read it."""
+    from scipy.stats import chi2
+
+    shown = seed_reach(table, reading)
+    if shown.empty:
+        return []
+    most = int(shown["seeds"].max())
     low, high = (math.sqrt((most - 1) / chi2.ppf(q, most - 1)) for q in (0.975, 0.025))
     return [f"### What the seeds could see: test accuracy, reading `{reading}`", "",
             f"*Ruled out*: the between-seed interval ends below +{100 * PLAIN_MARGIN:g} points. *Open*: it neither "
