@@ -334,7 +334,9 @@ def test_the_committed_budget_summary_follows_from_its_cells():
 
     import pandas as pd
 
-    from cca_tl.sweep.summary import COLUMNS, comparisons, glance, plain_answer
+    from cca_tl.sweep.answer import glance, plain_answer
+    from cca_tl.sweep.compare import comparisons
+    from cca_tl.sweep.summary import COLUMNS
 
     root = Path(__file__).resolve().parents[1]
     out = root / "analyses" / "results" / "budget"
@@ -436,7 +438,7 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
 
 
 def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_or_more():
-    from cca_tl.sweep.summary import plain_answer
+    from cca_tl.sweep.answer import plain_answer
 
     from cca_tl.stats import seeds_needed
 
@@ -465,7 +467,8 @@ def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_o
 def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
     """LoFiT's offsets on every head are all it has (capped at the smallest budget), so CCA at each larger
     budget is compared with LoFiT at its cap; other controls only ever at CCA's own budget."""
-    from cca_tl.sweep.summary import control_budget, plain_answer
+    from cca_tl.sweep.answer import plain_answer
+    from cca_tl.sweep.compare import control_budget
 
     config = SweepConfig.from_dict({**TINY, "budgets": [0.001, 0.01, 0.05], "variants": ["cca", "random", "lofit"],
                                     "variant_budgets": {"lofit": [0.001], "random": [0.01]}})
@@ -481,7 +484,7 @@ def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
 
 
 def test_the_glance_grid_folds_each_budget_and_control_into_one_cell():
-    from cca_tl.sweep.summary import glance
+    from cca_tl.sweep.answer import glance
 
     def row(comparison, budget, seeds, diff, low, high, verdict, control_budget=None, metric="test"):
         return dict(reading="kl=0.001", budget_share=budget, comparison=comparison, metric=metric, seeds=seeds,

@@ -7,9 +7,10 @@ pipeline's own stages and evaluation.
     Sweep(config, "runs/sweeps/budget").plan()         # cells to run and estimated seconds per seed
 
 or ``cca-tl sweep CONFIG`` (``--dry-run``, ``--summary``, ``--seeds``, ``--budgets``, ``--variants``). Grid: :mod:`cca_tl.sweep.grid`;
-component sets at a budget: :mod:`cca_tl.sweep.budgets`; one seed's cells: :mod:`cca_tl.sweep.cell`; the
-tidy table, comparisons over seeds and the plain answer: :mod:`cca_tl.sweep.summary`; the pictures:
-:mod:`cca_tl.sweep.plots`.
+component sets at a budget: :mod:`cca_tl.sweep.budgets`; one seed's cells: :mod:`cca_tl.sweep.cell`; what a
+cell reads off a model: :mod:`cca_tl.sweep.readings`; comparisons over seeds: :mod:`cca_tl.sweep.compare`; the
+plain answer and its tables: :mod:`cca_tl.sweep.answer`; the pictures: :mod:`cca_tl.sweep.plots`; summary.md
+and the files beside it: :mod:`cca_tl.sweep.summary`.
 """
 
 from cca_tl.sweep.grid import VARIANTS, Cell, SweepConfig, VariantSpec
