@@ -464,6 +464,29 @@ def test_the_plain_answer_speaks_to_each_control_on_the_budgets_with_two_seeds_o
     assert plain_answer(table, "selected") == "No CCA − random comparison on the test questions is finished yet."
 
 
+def test_a_draw_that_never_reached_the_matched_size_leaves_its_seed_to_the_draws_that_did(tmp_path):
+    """The control of a seed is the mean of the draws that reached the reading; a seed none reached is out."""
+    from cca_tl.sweep.compare import paired_groups
+
+    config = SweepConfig.from_dict(TINY)
+    (tmp_path / "sweep.json").write_text(json.dumps(config.to_dict()))
+    outcomes = {0: {"cca_b0.05_d0": [1, 1, 0, 1], "random_b0.05_d0": None, "random_b0.05_d1": [1, 0, 0, 1]},
+                1: {"cca_b0.05_d0": [1, 0, 0, 1], "random_b0.05_d0": None, "random_b0.05_d1": None}}
+    for seed, cells in outcomes.items():
+        folder = tmp_path / "seeds" / f"seed{seed}" / "sweep" / "cells"
+        folder.mkdir(parents=True)
+        for key, correct in cells.items():
+            (folder / f"{key}.json").write_text("{}")
+            reached = [] if correct is None else [dict(set="test@kl=0.001", item=i, correct=c)
+                                                  for i, c in enumerate(correct)]
+            pd.DataFrame([dict(set="pivot", item=0, correct=1), *reached]).to_csv(folder / f"{key}_items.csv",
+                                                                                  index=False)
+    found = paired_groups(Sweep.open(tmp_path, progress=False), "cca", "random", 0.05, "kl=0.001", "test")
+    assert [seed for seed, _ in found] == [0]
+    x, y = found[0][1]
+    assert x.tolist() == [1, 1, 0, 1] and y.tolist() == [1, 0, 0, 1]
+
+
 def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
     """LoFiT's offsets on every head are all it has (capped at the smallest budget), so CCA at each larger
     budget is compared with LoFiT at its cap; other controls only ever at CCA's own budget."""

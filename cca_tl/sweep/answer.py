@@ -57,11 +57,12 @@ def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str)
     enough = part[part["seeds"] >= 2]
     if enough.empty:
         return f"Cannot tell yet against {words}: a between-seed interval needs at least two seeds ({where})."
-    wins = enough[_reach(enough) == "shown"]
+    reach = _reach(enough)
+    wins = enough[reach == "shown"]
     if wins.empty:
         return (f"Against {words}, the DCM-selected components do not win by ≥ {100 * PLAIN_MARGIN:g} test points "
                 f"with a between-seed interval above 0 at any budget measured on two or more seeds ({where})."
-                + _reach_clause(enough))
+                + _reach_clause(enough, reach))
     return (f"Against {words}, the DCM-selected components win by ≥ {100 * PLAIN_MARGIN:g} test points, with a "
             f"between-seed interval above 0, at {_budget_list(wins['budget_share'])} of the "
             f"components ({where}).")
@@ -76,9 +77,9 @@ def _reach(part: pd.DataFrame) -> pd.Series:
                      index=part.index)
 
 
-def _reach_clause(part: pd.DataFrame) -> str:
-    """" A win of that size is ruled out at …; open at …, where … would take … seeds." for the plain answer."""
-    reach = _reach(part)
+def _reach_clause(part: pd.DataFrame, reach: pd.Series) -> str:
+    """" A win of that size is ruled out at …; open at …, where … would take … seeds." for the plain answer
+    (``reach``: :func:`_reach` of ``part``)."""
     out = []
     if (reach == "ruled out").any():
         out.append(f"ruled out at {_budget_list(part[reach == 'ruled out']['budget_share'])} (between-seed interval "
