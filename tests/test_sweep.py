@@ -482,9 +482,18 @@ def test_a_draw_that_never_reached_the_matched_size_leaves_its_seed_to_the_draws
             pd.DataFrame([dict(set="pivot", item=0, correct=1), *reached]).to_csv(folder / f"{key}_items.csv",
                                                                                   index=False)
     found = paired_groups(Sweep.open(tmp_path, progress=False), "cca", "random", 0.05, "kl=0.001", "test")
-    assert [seed for seed, _ in found] == [0]
-    x, y = found[0][1]
-    assert x.tolist() == [1, 1, 0, 1] and y.tolist() == [1, 0, 0, 1]
+    assert [(pair.seed, pair.draws) for pair in found] == [(0, 1)]
+    assert found[0].a.tolist() == [1, 1, 0, 1] and found[0].b.tolist() == [1, 0, 0, 1]
+
+
+def test_the_summary_says_when_a_seeds_control_rests_on_fewer_draws():
+    from cca_tl.sweep.summary import _per_seed_text
+
+    seeds = pd.DataFrame(dict(seed=[0, 1, 2], diff=[0.01, -0.02, 0.0], low=[-0.01, -0.04, 0.0],
+                              high=[0.03, 0.0, 0.0], draws=[3, 2, 1]))
+    assert _per_seed_text(seeds) == ("0: +1.0 [-1.0, +3.0]; 1: -2.0 [-4.0, +0.0] (on 2 draws); "
+                                     "2: +0.0 [+0.0, +0.0] (on 1 draw)")
+    assert "draw" not in _per_seed_text(seeds.assign(draws=2))
 
 
 def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():

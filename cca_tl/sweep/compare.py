@@ -8,6 +8,8 @@ between-seed interval and spread, heterogeneity, and "cannot tell" when seeds di
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -38,9 +40,18 @@ def control_budget(config, control: str, budget: float) -> float:
     return max(below) if below else budget
 
 
+class SeedPair(NamedTuple):
+    """One seed's paired outcomes per item (1.0 right, 0.0 wrong): a's cell and the mean of b's draws."""
+
+    seed: int
+    a: np.ndarray  # [items]
+    b: np.ndarray  # [items], the mean over ``draws`` draws
+    draws: int
+
+
 def paired_groups(sweep, a: str, b: str, budget: float, reading: str, item_set: str,
-                  budget_b: float | None = None) -> list[tuple[int, tuple]]:
-    """Per seed where both exist: (seed, (a's outcomes, mean of b's draws' outcomes)) on ``item_set``; b's
+                  budget_b: float | None = None) -> list[SeedPair]:
+    """Per seed where both exist, a's outcomes on ``item_set`` beside the mean of b's draws' outcomes; b's
     cells at ``budget_b`` (default: the same budget).
 
     A draw that never reached ``reading`` (its edit, scaled as far as the search goes, stays below the KL
@@ -62,7 +73,7 @@ def paired_groups(sweep, a: str, b: str, budget: float, reading: str, item_set: 
         ys = [y for y in (_outcomes(sweep, seed, k, name_b, reading) for k in keys_b) if y is not None]
         if x is None or not ys or any(len(y) != len(x) for y in ys):
             continue
-        out.append((seed, (x, np.mean(ys, axis=0))))
+        out.append(SeedPair(seed, x, np.mean(ys, axis=0), len(ys)))
     return out
 
 
@@ -86,7 +97,7 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     found = paired_groups(sweep, a, b, budget, reading, item_set, against)
                     if not found:
                         continue
-                    groups = [g for _, g in found]
+                    groups = [(pair.a, pair.b) for pair in found]
                     margin = MARGINS["pivot_accuracy" if item_set == "pivot" else "accuracy"]
                     result = compare_over_seeds(groups, margin)
                     between = result.between or (np.nan, np.nan, np.nan)
@@ -98,7 +109,8 @@ def comparisons(sweep, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                                       between_sd=seed_diffs.std(ddof=1) if len(groups) > 1 else np.nan,
                                       q=spread.q if spread else np.nan, i2=spread.i2 if spread else np.nan,
                                       verdict=result.verdict))
-                    for (seed, (x, _)), (d, lo, hi) in zip(found, result.per_seed):
+                    for pair, (d, lo, hi) in zip(found, result.per_seed):
                         per_seed.append(dict(reading=reading, budget_share=budget, comparison=f"{a} − {b}",
-                                             metric=item_set, seed=seed, n=len(x), diff=d, low=lo, high=hi))
+                                             metric=item_set, seed=pair.seed, n=len(pair.a), draws=pair.draws,
+                                             diff=d, low=lo, high=hi))
     return pd.DataFrame(table), pd.DataFrame(per_seed)

@@ -126,11 +126,11 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
         if "control_budget" in shown:
             shown["comparison"] = [c if cb == b else f"{c} (at {100 * cb:g} %)" for c, b, cb in
                                    zip(shown["comparison"], shown["budget_share"], shown["control_budget"])]
-        shown["per seed"] = [
-            "; ".join(f"{int(r.seed)}: {interval_text(r.diff, r.low, r.high)}" for r in
-                      per_seed[(per_seed["reading"] == x.reading) & (per_seed["budget_share"] == x.budget_share)
-                               & (per_seed["comparison"] == x.comparison) & (per_seed["metric"] == x.metric)].itertuples())
-            for x in table.itertuples()]
+        shown["per seed"] = [_per_seed_text(per_seed[(per_seed["reading"] == x.reading)
+                                                     & (per_seed["budget_share"] == x.budget_share)
+                                                     & (per_seed["comparison"] == x.comparison)
+                                                     & (per_seed["metric"] == x.metric)])
+                             for x in table.itertuples()]
         shown["pooled"] = [interval_text(d, lo, hi) for d, lo, hi in zip(table["diff"], table["low"], table["high"])]
         shown["between seeds"] = ["—" if np.isnan(lo) else f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
                                   for lo, hi in zip(table["between_low"], table["between_high"])]
@@ -140,7 +140,8 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
         selected = ("learning rate and step chosen by validation" if c.validate else
                     "the one recipe's last step: the same learning rate and steps for every variant, no validation")
         lines += ["## Comparisons (points; per seed, pooled over questions, between seeds)", "",
-                  "Per seed: paired bootstrap over that seed's items, the control the mean of its random draws. "
+                  "Per seed: paired bootstrap over that seed's items, the control the mean of its random draws "
+                  "that reached the reading (\"on 1 draw\": fewer than another seed has). "
                   "Between seeds: Student t over the seed means. Verdict: *cannot tell (seeds disagree)* when seed "
                   "intervals exclude 0 in opposite directions, else from the between-seed interval. Readings: "
                   f"`selected` ({selected}), `kl=…` (that edit scaled along its own direction to the KL to the base "
@@ -161,3 +162,12 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
                   .to_markdown(index=False), ""]
     lines += [f"![{p}]({p})" for p in pictures]
     return "\n".join(lines) + "\n"
+
+
+def _per_seed_text(seeds: pd.DataFrame) -> str:
+    """"0: +1.5 [+0.2, +3.0]; 2: -1.7 [-6.7, +3.0] (on 1 draw); …": a seed whose control rests on fewer random
+    draws than another seed's says on how many (draws not run yet, or that never reached the reading)."""
+    most = seeds["draws"].max() if "draws" in seeds and not seeds.empty else None
+    return "; ".join(f"{int(r.seed)}: {interval_text(r.diff, r.low, r.high)}"
+                     + (f" (on {int(r.draws)} draw{'s' * (r.draws > 1)})" if most is not None and r.draws < most else "")
+                     for r in seeds.itertuples())
