@@ -408,6 +408,34 @@ def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
     assert plot(rows.iloc[:0], table.iloc[:0], per_seed.iloc[:0], tmp_path, "kl=0.001") == []
 
 
+def test_differences_stand_beside_what_the_control_keeps_of_the_dcm_set(tmp_path):
+    """overlap.png and the summary's bands: each seed's CCA − random control beside the share of the DCM set's
+    parameters that control keeps (mean over its draws); the LoFiT anchor and other readings are left out."""
+    from cca_tl.sweep.plots import differences_by_overlap, plot
+    from cca_tl.sweep.summary import overlap_bands
+
+    per_seed = pd.DataFrame([
+        dict(reading="kl=0.001", budget_share=0.01, comparison="cca − random", metric="test", seed=0, diff=0.01),
+        dict(reading="kl=0.001", budget_share=0.01, comparison="cca − uniform", metric="test", seed=0, diff=0.12),
+        dict(reading="kl=0.001", budget_share=0.01, comparison="cca − lofit", metric="test", seed=0, diff=-0.1),
+        dict(reading="kl=0.001", budget_share=0.01, comparison="cca − random", metric="pivot", seed=0, diff=0.3),
+        dict(reading="kl=0.002", budget_share=0.01, comparison="cca − random", metric="test", seed=0, diff=0.2)])
+    overlap = pd.DataFrame([dict(seed=0, budget_share=0.01, control="layer-matched", draw=d, pct_params_shared=p)
+                            for d, p in ((0, 80.0), (1, 60.0))]
+                           + [dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=0.5)])
+    pairs = differences_by_overlap(per_seed, overlap, "kl=0.001").set_index("control")
+    assert pairs.loc["layer-matched", ["pct_params_shared", "diff"]].tolist() == pytest.approx([70.0, 1.0])
+    assert pairs.loc["uniform", ["pct_params_shared", "diff"]].tolist() == pytest.approx([0.5, 12.0])
+    assert len(pairs) == 2
+    bands = overlap_bands(pairs.reset_index())
+    assert bands["seed × budget pairs"].to_dict() == {"0–5 %": 1, "40–100 %": 1}
+    assert bands.loc["40–100 %", "mean (points)"] == 1.0
+    rows = pd.DataFrame([dict(seed=0, variant="cca", budget_share=0.01, draw=0, reading="kl=0.001",
+                              test_accuracy=0.6, pivot_accuracy=0.5)])
+    assert "overlap.png" in plot(rows, pd.DataFrame(), per_seed, tmp_path, "kl=0.001", overlap=overlap)
+    assert "overlap.png" not in plot(rows, pd.DataFrame(), per_seed, tmp_path, "kl=0.001", overlap=overlap.iloc[:0])
+
+
 def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
     """A set shares all of itself, a disjoint set nothing; a head's share is its parameters, not its count.
     The summary shows the table only where an overlap.csv was written."""
@@ -487,13 +515,13 @@ def test_a_draw_that_never_reached_the_matched_size_leaves_its_seed_to_the_draws
 
 
 def test_the_summary_says_when_a_seeds_control_rests_on_fewer_draws():
-    from cca_tl.sweep.summary import _per_seed_text
+    from cca_tl.sweep.summary import per_seed_text
 
     seeds = pd.DataFrame(dict(seed=[0, 1, 2], diff=[0.01, -0.02, 0.0], low=[-0.01, -0.04, 0.0],
                               high=[0.03, 0.0, 0.0], draws=[3, 2, 1]))
-    assert _per_seed_text(seeds) == ("0: +1.0 [-1.0, +3.0]; 1: -2.0 [-4.0, +0.0] (on 2 draws); "
+    assert per_seed_text(seeds) == ("0: +1.0 [-1.0, +3.0]; 1: -2.0 [-4.0, +0.0] (on 2 draws); "
                                      "2: +0.0 [+0.0, +0.0] (on 1 draw)")
-    assert "draw" not in _per_seed_text(seeds.assign(draws=2))
+    assert "draw" not in per_seed_text(seeds.assign(draws=2))
 
 
 def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():

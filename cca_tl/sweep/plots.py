@@ -1,6 +1,7 @@
-"""A sweep's pictures: accuracy against the budget (``budget.png``) and CCA minus each control against the
-budget (``differences.png``, the plain answer drawn). Both read the tables :mod:`cca_tl.sweep.summary`
-derives (``rows.csv``, ``comparisons.csv``, ``comparisons_per_seed.csv``) and draw nothing they lack.
+"""A sweep's pictures: accuracy against the budget (``budget.png``), CCA minus each control against the
+budget (``differences.png``, the plain answer drawn) and against the share of the DCM set the control keeps
+(``overlap.png``, where ``overlap.csv`` was written). They read the tables :mod:`cca_tl.sweep.summary` derives
+(``rows.csv``, ``comparisons.csv``, ``comparisons_per_seed.csv``) and draw nothing they lack.
 """
 
 from __future__ import annotations
@@ -15,18 +16,68 @@ METRICS = ("test_accuracy", "newfacts_accuracy", "pivot_accuracy", "test_referen
            "newfacts_reference_accuracy")
 #: The comparisons drawn in ``differences.png``: CCA against each control and the localized anchor.
 DRAWN = ("cca − random", "cca − uniform", "cca − disjoint", "cca − lofit")
+#: Comparisons with a random control, by the control's name in ``overlap.csv``.
+RANDOM_CONTROLS = {"cca − random": "layer-matched", "cca − uniform": "uniform", "cca − disjoint": "disjoint"}
 
 
 def plot(rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, out: Path, greedy_reading: str,
-         margin: float = 0.05) -> list[str]:
-    """The sweep's pictures: ``budget.png`` (accuracy against the budget) and ``differences.png`` (CCA minus
-    each control against the budget, ``±margin`` shaded on test accuracy); the names of those written."""
+         margin: float = 0.05, overlap: pd.DataFrame | None = None) -> list[str]:
+    """The sweep's pictures: ``budget.png`` (accuracy against the budget), ``differences.png`` (CCA minus
+    each control against the budget, ``±margin`` shaded on test accuracy) and, given ``overlap``,
+    ``overlap.png`` (:func:`plot_overlap`); the names of those written."""
     pictures = []
     if plot_accuracy(rows, out / "budget.png", greedy_reading):
         pictures.append("budget.png")
     if plot_differences(table, per_seed, out / "differences.png", greedy_reading, margin):
         pictures.append("differences.png")
+    if overlap is not None and plot_overlap(per_seed, overlap, out / "overlap.png", greedy_reading, margin):
+        pictures.append("overlap.png")
     return pictures
+
+
+def differences_by_overlap(per_seed: pd.DataFrame, overlap: pd.DataFrame, reading: str,
+                           metric: str = "test") -> pd.DataFrame:
+    """Each seed's CCA − random control at ``reading`` beside the percent of the DCM set's parameters the
+    control shares with it (``overlap.csv``'s ``pct_params_shared``, mean over the seed's draws): one row per
+    control, budget and seed (``diff`` in points)."""
+    columns = ["control", "budget_share", "seed", "pct_params_shared", "diff"]
+    part = per_seed[(per_seed["reading"] == reading) & (per_seed["metric"] == metric)
+                    & per_seed["comparison"].isin(RANDOM_CONTROLS)] if not per_seed.empty else per_seed
+    if part.empty or overlap.empty:
+        return pd.DataFrame(columns=columns)
+    shared = overlap.groupby(["control", "budget_share", "seed"], as_index=False)["pct_params_shared"].mean()
+    pairs = part.assign(control=part["comparison"].map(RANDOM_CONTROLS), diff=100 * part["diff"])
+    return pairs.merge(shared, on=["control", "budget_share", "seed"])[columns].reset_index(drop=True)
+
+
+def plot_overlap(per_seed: pd.DataFrame, overlap: pd.DataFrame, path: Path, reading: str,
+                 margin: float = 0.05) -> bool:
+    """CCA minus each random control on test accuracy against how much of the DCM set the control keeps: a
+    dot per seed and budget (larger dots: larger budgets), ``±margin`` shaded. A control that keeps most of
+    the DCM set can only land near 0, so a null there says little about the selection."""
+    from matplotlib.figure import Figure
+
+    pairs = differences_by_overlap(per_seed, overlap, reading)
+    if pairs.empty:
+        return False
+    budgets = sorted(pairs["budget_share"].unique())
+    fig = Figure(figsize=(6.2, 4.0))
+    ax = fig.subplots()
+    ax.axhspan(-100 * margin, 100 * margin, color="0.92", lw=0)
+    ax.axhline(0, color="grey", lw=1)
+    variant_of = {name: comparison.split(" − ")[1] for comparison, name in RANDOM_CONTROLS.items()}
+    for control, mine in pairs.groupby("control", sort=False):
+        sizes = 12 + 14 * np.array([budgets.index(b) for b in mine["budget_share"]])
+        ax.scatter(mine["pct_params_shared"], mine["diff"], s=sizes, alpha=0.7, lw=0,
+                   color=_colour(variant_of[control]), label=control)
+    ax.set_xlabel("share of the DCM set's parameters the control keeps (%)")
+    ax.set_ylabel(f"CCA − control, test accuracy at {reading} (points)")
+    ax.legend(fontsize=7, title="random control (dot size: budget, "
+              + f"{100 * budgets[0]:g}–{100 * budgets[-1]:g} %)", title_fontsize=7)
+    fig.suptitle("Each seed's difference against what the control shares with the DCM set", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
 
 
 def plot_panels(part: pd.DataFrame, greedy_reading: str) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import pandas as pd
 from cca_tl._io import atomic_write_text
 from cca_tl.sweep.answer import PLAIN_MARGIN, glance, interval_text, plain_answer, seed_reach
 from cca_tl.sweep.compare import comparisons
-from cca_tl.sweep.plots import plot
+from cca_tl.sweep.plots import differences_by_overlap, plot
 
 COLUMNS = ["seed", "variant", "objective", "budget_share", "n_components", "n_params", "pct_params", "draw", "reading",
            "kl_target", "edit_scale", "lr", "best_step", "kl_to_base", "test_accuracy", "newfacts_accuracy",
@@ -33,7 +33,8 @@ def write_summary(sweep, out: Path) -> pd.DataFrame:
     table, per_seed = comparisons(sweep, rows)
     atomic_write_text(out / "comparisons.csv", table.to_csv(index=False))
     atomic_write_text(out / "comparisons_per_seed.csv", per_seed.to_csv(index=False))
-    pictures = plot(rows, table, per_seed, out, sweep.config.greedy_reading, PLAIN_MARGIN)
+    overlap = pd.read_csv(sweep.dir / "overlap.csv") if (sweep.dir / "overlap.csv").exists() else None
+    pictures = plot(rows, table, per_seed, out, sweep.config.greedy_reading, PLAIN_MARGIN, overlap)
     atomic_write_text(out / "summary.md", summary_text(sweep, rows, table, per_seed, pictures))
     return rows
 
@@ -51,13 +52,33 @@ def gaps(rows: pd.DataFrame) -> pd.DataFrame:
     return missing[keys + ["kl_target"]].join(reached, on=keys).reset_index(drop=True)
 
 
-def overlap_section(path: Path) -> list[str]:
+#: Bands of the share of the DCM set's parameters a random control keeps, for :func:`overlap_bands`.
+OVERLAP_BANDS = (0.0, 5.0, 40.0, 100.0)
+
+
+def overlap_bands(pairs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`~cca_tl.sweep.plots.differences_by_overlap`'s per-seed differences grouped by how much of the
+    DCM set the control keeps: the count, mean, standard deviation and range of the differences per band."""
+    bands = pd.cut(pairs["pct_params_shared"], OVERLAP_BANDS, right=False, include_lowest=True,
+                   labels=[f"{lo:g}–{hi:g} %" for lo, hi in zip(OVERLAP_BANDS, OVERLAP_BANDS[1:])])
+    grouped = pairs.groupby(bands, observed=True)["diff"]
+    return pd.DataFrame({"seed × budget pairs": grouped.size(), "mean (points)": grouped.mean(),
+                         "SD (points)": grouped.std(), "lowest": grouped.min(), "highest": grouped.max()}
+                        ).rename_axis("control keeps").round(1)
+
+
+def overlap_section(path: Path, per_seed: pd.DataFrame | None = None, reading: str = "") -> list[str]:
     """Percent of the DCM set's parameters each control shares with it (mean over draws), per budget and seed,
-    and how far each control strays from its layers, from ``overlap.csv`` where one was written
-    (``analyses/budget_overlap.py``); nothing otherwise."""
+    how far each control strays from its layers, and CCA − control by that share (``overlap.png``), from
+    ``overlap.csv`` where one was written (``analyses/budget_overlap.py``); nothing otherwise."""
     if not path.exists():
         return []
     rows = pd.read_csv(path)
+    pairs = differences_by_overlap(per_seed, rows, reading) if per_seed is not None else pd.DataFrame()
+    by_band = [] if pairs.empty else [
+        f"CCA − random control on test accuracy at `{reading}`, each seed and budget by the share the control "
+        "keeps (`overlap.png`; a description after the fact, and the pairs share seeds, so no interval):", "",
+        overlap_bands(pairs).to_markdown(), ""]
     table = rows.pivot_table(index=["control", "budget_share"], columns="seed", values="pct_params_shared")
     table.columns = [f"seed {seed}" for seed in table.columns]
     strays = []
@@ -69,7 +90,7 @@ def overlap_section(path: Path) -> list[str]:
     return ["## What the random sets share with the DCM set", "",
             "Percent of the DCM set's parameters that are also in the control's (mean over draws; `overlap.csv`). "
             "A comparison with a control that shares most of them says little about the selection.", "",
-            table.round(1).to_markdown(), "", *strays]
+            table.round(1).to_markdown(), "", *strays, *by_band]
 
 
 def _glance_section(table: pd.DataFrame, reading: str) -> list[str]:
@@ -126,7 +147,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
         if "control_budget" in shown:
             shown["comparison"] = [c if cb == b else f"{c} (at {100 * cb:g} %)" for c, b, cb in
                                    zip(shown["comparison"], shown["budget_share"], shown["control_budget"])]
-        shown["per seed"] = [_per_seed_text(per_seed[(per_seed["reading"] == x.reading)
+        shown["per seed"] = [per_seed_text(per_seed[(per_seed["reading"] == x.reading)
                                                      & (per_seed["budget_share"] == x.budget_share)
                                                      & (per_seed["comparison"] == x.comparison)
                                                      & (per_seed["metric"] == x.metric)])
@@ -150,7 +171,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
                   "CCA − random on pivots at every reading; all of them are in `comparisons.csv`.", "",
                   brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
-    lines += overlap_section(sweep.dir / "overlap.csv")
+    lines += overlap_section(sweep.dir / "overlap.csv", per_seed, c.greedy_reading)
     missing = gaps(rows)
     if not missing.empty:
         from cca_tl.sweep.readings import KL_MAX_TRIES, MAX_SCALE
@@ -164,7 +185,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
     return "\n".join(lines) + "\n"
 
 
-def _per_seed_text(seeds: pd.DataFrame) -> str:
+def per_seed_text(seeds: pd.DataFrame) -> str:
     """"0: +1.5 [+0.2, +3.0]; 2: -1.7 [-6.7, +3.0] (on 1 draw); …": a seed whose control rests on fewer random
     draws than another seed's says on how many (draws not run yet, or that never reached the reading)."""
     most = seeds["draws"].max() if "draws" in seeds and not seeds.empty else None
