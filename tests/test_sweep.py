@@ -410,7 +410,8 @@ def test_the_budget_pictures_draw_only_panels_that_hold_data(tmp_path):
 
 def test_differences_stand_beside_what_the_control_keeps_of_the_dcm_set(tmp_path):
     """overlap.png and the summary's bands: each seed's CCA − random control beside the share of the DCM set's
-    parameters that control keeps (mean over its draws); the LoFiT anchor and other readings are left out."""
+    parameters that control keeps (mean over its draws that were read); the LoFiT anchor and other readings are
+    left out."""
     from cca_tl.sweep.plots import differences_by_overlap, plot
     from cca_tl.sweep.summary import overlap_bands
 
@@ -430,8 +431,14 @@ def test_differences_stand_beside_what_the_control_keeps_of_the_dcm_set(tmp_path
     bands = overlap_bands(pairs.reset_index())
     assert bands["seed × budget pairs"].to_dict() == {"0–5 %": 1, "40–100 %": 1}
     assert bands.loc["40–100 %", "mean (points)"] == 1.0
-    rows = pd.DataFrame([dict(seed=0, variant="cca", budget_share=0.01, draw=0, reading="kl=0.001",
-                              test_accuracy=0.6, pivot_accuracy=0.5)])
+    # with the sweep's rows, only the draws behind the difference: layer-matched draw 1 never reached KL 1e-3
+    rows = pd.DataFrame([dict(seed=0, variant=v, budget_share=0.01, draw=d, reading="kl=0.001", test_accuracy=acc,
+                              pivot_accuracy=0.5) for v, d, acc in (("cca", 0, 0.6), ("random", 0, 0.59),
+                                                                   ("random", 1, float("nan")), ("uniform", 0, 0.48))])
+    read = differences_by_overlap(per_seed, overlap, "kl=0.001", rows=rows).set_index("control")
+    assert read.loc["layer-matched", "pct_params_shared"] == 80.0
+    assert read.loc["uniform", "pct_params_shared"] == 0.5
+    assert differences_by_overlap(per_seed, overlap, "kl=0.002", rows=rows).empty  # no draw read there
     assert "overlap.png" in plot(rows, pd.DataFrame(), per_seed, tmp_path, "kl=0.001", overlap=overlap)
     assert "overlap.png" not in plot(rows, pd.DataFrame(), per_seed, tmp_path, "kl=0.001", overlap=overlap.iloc[:0])
 
@@ -457,11 +464,10 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
     assert shared_with(top, head_only, reg)["components_off_layer"] == 1
     same_layers = ComponentMask.from_components(reg, [Component("q", 0, 1), Component("neuron", 0, 2)])
     assert shared_with(top, same_layers, reg)["components_off_layer"] == 0
-    assert overlap_section(tmp_path / "overlap.csv") == []
-    pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0,
-                       components_off_layer=5)]).to_csv(
-        tmp_path / "overlap.csv", index=False)
-    section = "\n".join(overlap_section(tmp_path / "overlap.csv"))
+    assert overlap_section(None) == []
+    rows = pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0,
+                              components_off_layer=5)])
+    section = "\n".join(overlap_section(rows))
     assert "seed 0" in section and "('uniform', 0.01) |        3" in section and "uniform 5." in section
 
 

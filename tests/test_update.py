@@ -69,7 +69,8 @@ def test_update_with_the_prefix_run_once_per_step_matches_plain_batches(arch):
                                  shared_prefix=shared, progress=False)
         states.append(({n: p.detach().clone() for n, p in model.named_parameters()}, result.history))
     (edited_shared, hist_shared), (edited_plain, hist_plain) = states
-    torch.testing.assert_close(hist_shared["train_logit_diff"].to_numpy(), hist_plain["train_logit_diff"].to_numpy(),
+    torch.testing.assert_close(hist_shared["train_logit_diff"].to_numpy(copy=True),
+                               hist_plain["train_logit_diff"].to_numpy(copy=True),
                                atol=1e-4, rtol=0, equal_nan=True)
     for name in edited_plain:
         torch.testing.assert_close(edited_shared[name], edited_plain[name], atol=1e-5, rtol=1e-4)

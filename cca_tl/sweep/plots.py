@@ -30,19 +30,25 @@ def plot(rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, out: P
         pictures.append("budget.png")
     if plot_differences(table, per_seed, out / "differences.png", greedy_reading, margin):
         pictures.append("differences.png")
-    if overlap is not None and plot_overlap(per_seed, overlap, out / "overlap.png", greedy_reading, margin):
+    if overlap is not None and plot_overlap(per_seed, overlap, out / "overlap.png", greedy_reading, margin, rows):
         pictures.append("overlap.png")
     return pictures
 
 
 def differences_by_overlap(per_seed: pd.DataFrame, overlap: pd.DataFrame, reading: str,
-                           metric: str = "test") -> pd.DataFrame:
+                           metric: str = "test", rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each seed's CCA − random control at ``reading`` beside the percent of the DCM set's parameters the
     control shares with it (``overlap.csv``'s ``pct_params_shared``, mean over the seed's draws): one row per
-    control, budget and seed (``diff`` in points)."""
+    control, budget and seed (``diff`` in points).
+
+    With the sweep's ``rows``, the mean is over the draws behind the difference, those with a ``metric``
+    reading at ``reading`` (:func:`draws_read`): ``overlap.csv`` lists every draw the grid declares, run or
+    not, and a draw that never reached the KL target is not in the seed's control."""
     columns = ["control", "budget_share", "seed", "pct_params_shared", "diff"]
     part = per_seed[(per_seed["reading"] == reading) & (per_seed["metric"] == metric)
                     & per_seed["comparison"].isin(RANDOM_CONTROLS)] if not per_seed.empty else per_seed
+    if rows is not None:
+        overlap = draws_read(overlap, rows, reading, metric)
     if part.empty or overlap.empty:
         return pd.DataFrame(columns=columns)
     shared = overlap.groupby(["control", "budget_share", "seed"], as_index=False)["pct_params_shared"].mean()
@@ -50,14 +56,24 @@ def differences_by_overlap(per_seed: pd.DataFrame, overlap: pd.DataFrame, readin
     return pairs.merge(shared, on=["control", "budget_share", "seed"])[columns].reset_index(drop=True)
 
 
+def draws_read(overlap: pd.DataFrame, rows: pd.DataFrame, reading: str, metric: str = "test") -> pd.DataFrame:
+    """The rows of ``overlap`` whose draw has a ``metric`` reading at ``reading`` in the sweep's ``rows``."""
+    read = rows[(rows["reading"] == reading) & rows[f"{metric}_accuracy"].notna()]
+    control_of = {comparison.split(" − ")[1]: name for comparison, name in RANDOM_CONTROLS.items()}
+    keys = pd.DataFrame({"control": read["variant"].map(control_of), "budget_share": read["budget_share"],
+                         "seed": read["seed"], "draw": read["draw"]}).dropna().drop_duplicates()
+    return overlap.merge(keys.astype(overlap[["control", "budget_share", "seed", "draw"]].dtypes.to_dict()),
+                         on=["control", "budget_share", "seed", "draw"])
+
+
 def plot_overlap(per_seed: pd.DataFrame, overlap: pd.DataFrame, path: Path, reading: str,
-                 margin: float = 0.05) -> bool:
+                 margin: float = 0.05, rows: pd.DataFrame | None = None) -> bool:
     """CCA minus each random control on test accuracy against how much of the DCM set the control keeps: a
     dot per seed and budget (larger dots: larger budgets), ``±margin`` shaded. A control that keeps most of
     the DCM set can only land near 0, so a null there says little about the selection."""
     from matplotlib.figure import Figure
 
-    pairs = differences_by_overlap(per_seed, overlap, reading)
+    pairs = differences_by_overlap(per_seed, overlap, reading, rows=rows)
     if pairs.empty:
         return False
     budgets = sorted(pairs["budget_share"].unique())

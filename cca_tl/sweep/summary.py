@@ -35,7 +35,7 @@ def write_summary(sweep, out: Path) -> pd.DataFrame:
     atomic_write_text(out / "comparisons_per_seed.csv", per_seed.to_csv(index=False))
     overlap = pd.read_csv(sweep.dir / "overlap.csv") if (sweep.dir / "overlap.csv").exists() else None
     pictures = plot(rows, table, per_seed, out, sweep.config.greedy_reading, PLAIN_MARGIN, overlap)
-    atomic_write_text(out / "summary.md", summary_text(sweep, rows, table, per_seed, pictures))
+    atomic_write_text(out / "summary.md", summary_text(sweep, rows, table, per_seed, pictures, overlap))
     return rows
 
 
@@ -67,28 +67,30 @@ def overlap_bands(pairs: pd.DataFrame) -> pd.DataFrame:
                         ).rename_axis("control keeps").round(1)
 
 
-def overlap_section(path: Path, per_seed: pd.DataFrame | None = None, reading: str = "") -> list[str]:
+def overlap_section(overlap: pd.DataFrame | None, per_seed: pd.DataFrame | None = None, reading: str = "",
+                    rows: pd.DataFrame | None = None) -> list[str]:
     """Percent of the DCM set's parameters each control shares with it (mean over draws), per budget and seed,
     how far each control strays from its layers, and CCA − control by that share (``overlap.png``), from
-    ``overlap.csv`` where one was written (``analyses/budget_overlap.py``); nothing otherwise."""
-    if not path.exists():
+    ``overlap``, the rows of ``overlap.csv`` where one was written (``analyses/budget_overlap.py``); nothing for
+    ``None``. With the sweep's ``rows``, CCA − control pairs with the overlap of the draws behind it."""
+    if overlap is None:
         return []
-    rows = pd.read_csv(path)
-    pairs = differences_by_overlap(per_seed, rows, reading) if per_seed is not None else pd.DataFrame()
+    pairs = differences_by_overlap(per_seed, overlap, reading, rows=rows) if per_seed is not None else pd.DataFrame()
     by_band = [] if pairs.empty else [
         f"CCA − random control on test accuracy at `{reading}`, each seed and budget by the share the control "
         "keeps (`overlap.png`; a description after the fact, and the pairs share seeds, so no interval):", "",
         overlap_bands(pairs).to_markdown(), ""]
-    table = rows.pivot_table(index=["control", "budget_share"], columns="seed", values="pct_params_shared")
+    table = overlap.pivot_table(index=["control", "budget_share"], columns="seed", values="pct_params_shared")
     table.columns = [f"seed {seed}" for seed in table.columns]
     strays = []
-    if "components_off_layer" in rows:
-        most = rows.groupby("control")["components_off_layer"].max()
+    if "components_off_layer" in overlap:
+        most = overlap.groupby("control")["components_off_layer"].max()
         strays = ["Components a control places beyond the DCM set's count for their kind and layer, at most (any "
                   "seed, budget and draw; `components_off_layer`): "
                   + ", ".join(f"{control} {int(n)}" for control, n in most.items()) + ".", ""]
     return ["## What the random sets share with the DCM set", "",
-            "Percent of the DCM set's parameters that are also in the control's (mean over draws; `overlap.csv`). "
+            "Percent of the DCM set's parameters that are also in the control's (mean over the draws the grid declares, "
+            "run or not; `overlap.csv`). "
             "A comparison with a control that shares most of them says little about the selection.", "",
             table.round(1).to_markdown(), "", *strays, *by_band]
 
@@ -124,7 +126,10 @@ def reach_section(table: pd.DataFrame, reading: str) -> list[str]:
             "Planning figures, not results.", "", shown.to_markdown(index=False), ""]
 
 
-def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str]) -> str:
+def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.DataFrame, pictures: list[str],
+                 overlap: pd.DataFrame | None = None) -> str:
+    """summary.md: the plain answer, the at-a-glance grids, what the seeds could see, the comparisons, what the
+    controls share with the DCM set (``overlap``: the rows of ``overlap.csv``, if any) and the gaps."""
     c = sweep.config
     done = {s: len(sweep.done(s) - {"base"}) for s in c.seeds}
     total = {s: len(c.cells(s)) for s in c.seeds}
@@ -171,7 +176,7 @@ def summary_text(sweep, rows: pd.DataFrame, table: pd.DataFrame, per_seed: pd.Da
                   "CCA − random on pivots at every reading; all of them are in `comparisons.csv`.", "",
                   brief[["reading", "budget_share", "comparison", "metric", "seeds", "per seed", "pooled",
                          "between seeds", "I²", "verdict"]].to_markdown(index=False), ""]
-    lines += overlap_section(sweep.dir / "overlap.csv", per_seed, c.greedy_reading)
+    lines += overlap_section(overlap, per_seed, c.greedy_reading, rows)
     missing = gaps(rows)
     if not missing.empty:
         from cca_tl.sweep.readings import KL_MAX_TRIES, MAX_SCALE
