@@ -465,9 +465,9 @@ def test_shared_with_counts_what_a_control_keeps_of_the_dcm_set(tmp_path):
     same_layers = ComponentMask.from_components(reg, [Component("q", 0, 1), Component("neuron", 0, 2)])
     assert shared_with(top, same_layers, reg)["components_off_layer"] == 0
     assert overlap_section(None) == []
-    rows = pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0,
-                              components_off_layer=5)])
-    section = "\n".join(overlap_section(rows))
+    overlap = pd.DataFrame([dict(seed=0, budget_share=0.01, control="uniform", draw=0, pct_params_shared=3.0,
+                                 components_off_layer=5)])
+    section = "\n".join(overlap_section(overlap))
     assert "seed 0" in section and "('uniform', 0.01) |        3" in section and "uniform 5." in section
 
 
