@@ -547,6 +547,14 @@ def test_an_anchor_capped_below_a_budget_stands_at_its_cap_against_cca():
     answer = plain_answer(table, "kl=0.001")
     assert "Against the LoFiT anchor (its cells at 0.1 %)" in answer
     assert "0.1 % -10.4 [-17.7, -3.0], effect (worse); 5 % -0.9 [-9.4, +7.6], cannot tell (seeds disagree)" in answer
+    assert "masked fine-tuning" not in answer
+    # masked fine-tuning of the same components is not capped: each budget stands against its own cells
+    masked = table.assign(comparison="cca − masked-ft", control_budget=table["budget_share"])
+    answer = plain_answer(pd.concat([table, masked]), "kl=0.001")
+    assert ("Against masked fine-tuning (the answer objective on the same components; its cells at 0.1 %, 5 %), "
+            "CCA − masked FT in test points with between-seed intervals, by CCA's budget: 0.1 % -10.4") in answer
+    assert answer.index("LoFiT anchor") < answer.index("masked fine-tuning")
+    assert "masked fine-tuning" not in plain_answer(pd.concat([table, masked.assign(seeds=1)]), "kl=0.001")
 
 
 def test_the_glance_grid_folds_each_budget_and_control_into_one_cell():
@@ -562,10 +570,12 @@ def test_the_glance_grid_folds_each_budget_and_control_into_one_cell():
                           row("cca − uniform", 0.001, 1, 0.05, float("nan"), float("nan"), "cannot tell"),
                           row("cca − lofit", 0.03, 5, 0.004, -0.064, 0.072, "cannot tell", control_budget=0.001),
                           row("cca − random", 0.03, 5, 0.5, 0.4, 0.6, "effect (better)", metric="pivot"),
-                          row("pivot-lora − lora", 0.03, 5, 0.5, 0.4, 0.6, "effect (better)")])
+                          row("pivot-lora − lora", 0.03, 5, 0.5, 0.4, 0.6, "effect (better)"),
+                          row("cca − masked-ft", 0.001, 5, -0.158, -0.265, -0.051, "effect (worse)")])
     grid = glance(table, "kl=0.001")
     assert list(grid.index) == ["0.1 %", "3 %"]
-    assert list(grid.columns) == ["CCA − layer-matched", "CCA − uniform", "CCA − LoFiT"]
+    assert list(grid.columns) == ["CCA − layer-matched", "CCA − uniform", "CCA − LoFiT", "CCA − masked FT"]
+    assert grid.loc["0.1 %", "CCA − masked FT"] == "-15.8 [-26.5, -5.1], 5 seeds: effect (worse)"
     assert grid.loc["3 %", "CCA − layer-matched"] == "+2.1 [+1.4, +2.8], 5 seeds: effect (better)"
     assert grid.loc["0.1 %", "CCA − uniform"] == "+5.0, 1 seed: cannot tell"
     assert grid.loc["3 %", "CCA − LoFiT"].startswith("+0.4 [-6.4, +7.2] (vs 0.1 %), 5 seeds")

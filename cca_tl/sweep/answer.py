@@ -1,5 +1,6 @@
 """The plain answer a sweep gives, and the tables that show it: does the DCM set beat each random control by
-:data:`PLAIN_MARGIN` with a between-seed interval above 0; how CCA fares against each anchor; what the seeds
+:data:`PLAIN_MARGIN` with a between-seed interval above 0; how CCA fares against the LoFiT anchor and masked
+fine-tuning of the same components; what the seeds
 could see (where a win is ruled out, where more seeds could still find one); and the budget x control grid.
 All of it reads the comparisons table of :func:`cca_tl.sweep.compare.comparisons`.
 """
@@ -20,31 +21,42 @@ PLAIN_MARGIN = 0.05
 #: (the kinds and layers without the DCM set's own components).
 CONTROLS = (("random", "layer-matched random sets"), ("uniform", "uniform random sets"),
             ("disjoint", "disjoint random sets of the same kinds and layers"))
+#: The edits a user could pick instead of CCA, with the plain answer's words for them: the LoFiT anchor (capped
+#: below the larger budgets, :data:`~cca_tl.sweep.compare.ANCHORS`) and masked fine-tuning, the answer objective
+#: on the DCM set's own components, so CCA − masked FT isolates the objective (the budget sweep at 0.1 %, five
+#: seeds: -15.8 test points, between-seed interval [-26.5, -5.1]).
+ALTERNATIVES = {**{anchor: (f"the {name} anchor", "") for anchor, name in ANCHORS.items()},
+                "masked-ft": ("masked fine-tuning", "the answer objective on the same components")}
 
 
 def plain_answer(table: pd.DataFrame, reading: str = "selected") -> str:
     """At which budgets the DCM set beats each control by ≥ 5 test points (greedy, at ``reading``) with a
     between-seed interval above 0 — or that it does not at any budget measured on two or more seeds; then
-    how CCA fares against each anchor at its cap."""
+    how CCA fares against each of :data:`ALTERNATIVES` (an anchor at its cap)."""
     if table.empty:
         return "No comparison is finished yet."
     sentences = [text for control, words in CONTROLS if (text := _answer_against(table, control, words, reading))]
-    sentences += [text for anchor, name in ANCHORS.items() if (text := _answer_to_anchor(table, anchor, name, reading))]
+    sentences += [text for other, words in ALTERNATIVES.items()
+                  if (text := _answer_to_alternative(table, other, words, reading))]
     return " ".join(sentences) or "No CCA − random comparison on the test questions is finished yet."
 
 
-def _answer_to_anchor(table: pd.DataFrame, anchor: str, name: str, reading: str) -> str | None:
-    """CCA at each budget against the anchor at its cap, in the verdicts' words, budget by budget."""
-    part = table[(table["comparison"] == f"cca − {anchor}") & (table["reading"] == reading)
+def _answer_to_alternative(table: pd.DataFrame, other: str, words: tuple[str, str], reading: str) -> str | None:
+    """CCA at each budget against another edit (at its cap, for an anchor), in the verdicts' words, budget by
+    budget, on two seeds or more."""
+    comparison = f"cca − {other}"
+    part = table[(table["comparison"] == comparison) & (table["reading"] == reading)
                  & (table["metric"] == "test") & (table["seeds"] >= 2)].sort_values("budget_share")
     if part.empty:
         return None
-    caps = sorted(part["control_budget"].unique()) if "control_budget" in part else []
-    at = f" (its cells at {', '.join(f'{100 * b:g} %' for b in caps)})" if caps else ""
+    name, gloss = words
+    budgets = sorted(part["control_budget"].unique()) if "control_budget" in part else []
+    aside = "; ".join(filter(None, (gloss, f"its cells at {_budget_list(budgets)}" if budgets else "")))
     said = "; ".join(f"{100 * r.budget_share:g} % {interval_text(r.diff, r.between_low, r.between_high)}, "
                      f"{r.verdict}" for r in part.itertuples())
-    return (f"Against the {name} anchor{at}, CCA − {name} in test points with between-seed intervals, by "
-            f"CCA's budget: {said} (reading `{reading}`).")
+    aside = f" ({aside})" if aside else ""
+    return (f"Against {name}{aside}, {GLANCE[comparison]} in test points with between-seed intervals, by CCA's "
+            f"budget: {said} (reading `{reading}`).")
 
 
 def _answer_against(table: pd.DataFrame, control: str, words: str, reading: str) -> str | None:
@@ -128,7 +140,7 @@ def seed_reach(table: pd.DataFrame, reading: str) -> pd.DataFrame:
 
 #: The comparisons the at-a-glance grid shows, with their column headings.
 GLANCE = {"cca − random": "CCA − layer-matched", "cca − uniform": "CCA − uniform", "cca − disjoint": "CCA − disjoint",
-          "cca − lofit": "CCA − LoFiT", "masked-ft − random-ft": "masked FT − random FT", "cca − base": "CCA − base"}
+          "cca − lofit": "CCA − LoFiT", "cca − masked-ft": "CCA − masked FT", "masked-ft − random-ft": "masked FT − random FT", "cca − base": "CCA − base"}
 
 
 def glance(table: pd.DataFrame, reading: str, metric: str = "test") -> pd.DataFrame:
