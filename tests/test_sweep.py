@@ -84,6 +84,14 @@ def test_the_schedule_runs_the_plain_answers_cells_first_on_every_seed():
         sorted(c.key + str(c.seed) for s in config.seeds for c in config.cells(s))
 
 
+def test_a_later_variants_further_draws_wait_for_its_first_draw_on_every_seed():
+    config = SweepConfig(**{**TINY, "budgets": [0.01, 0.05], "variants": ["cca", "random", "masked-ft", "random-ft"],
+                            "draws": 2})
+    later = [g for g in config.schedule() if g[0].variant == "random-ft"]
+    assert [({c.draw for c in g}, {c.budget for c in g}, [c.seed for c in g]) for g in later] == [
+        ({0}, {0.01}, [0, 1]), ({0}, {0.05}, [0, 1]), ({1}, {0.01}, [0, 1]), ({1}, {0.05}, [0, 1])]
+
+
 def test_ranking_breaks_ties_among_saturated_gains_by_attribution():
     gains = {"neuron": torch.tensor([[1.0, 1.0, 0.3], [1.0, 0.0, 0.9]])}
     attribution = {"neuron": torch.tensor([[0.1, 0.5, 9.0], [0.3, 9.0, 0.0]])}

@@ -230,7 +230,9 @@ class SweepConfig:
         query heads per layer) a layer-matched draw shares 43–94 % of the DCM set's parameters at budgets up to
         1 % (``analyses/budget_overlap.py``): every k/v head is the DCM set's own, a q head a quarter of the
         time, and a head owns 256 neurons' worth of weights. A uniform draw shares under 1 % there, and a
-        disjoint draw nothing, by construction, while keeping the layers."""
+        disjoint draw nothing, by construction, while keeping the layers. A later variant's further draws wait
+        likewise for its first draw on every seed (random-ft of the budget sweep: all three draws of seed 0
+        before any draw of seed 1 would have left masked FT − random FT on one seed for ~40 minutes)."""
         cells = [c for seed in self.seeds for c in self.cells(seed)]
 
         def group(c: Cell) -> tuple[int, int, float]:
@@ -242,7 +244,7 @@ class SweepConfig:
                 return (0, 2, c.budget)
             if c.variant == "random":
                 return (0, 2 + c.draw, c.budget)
-            return (1, PRIORITY.index(c.variant), c.budget)
+            return (1, PRIORITY.index(c.variant), c.draw, c.budget)
 
         ordered = sorted(cells, key=lambda c: (group(c), self.seeds.index(c.seed), c.draw, c.variant))
         groups: list[list[Cell]] = []
