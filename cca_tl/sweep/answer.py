@@ -1,7 +1,7 @@
 """The plain answer a sweep gives, and the tables that show it: does the DCM set beat each random control by
 :data:`PLAIN_MARGIN` with a between-seed interval above 0; how CCA fares against the LoFiT anchor and masked
-fine-tuning of the same components; what the seeds
-could see (where a win is ruled out, where more seeds could still find one); and the budget x control grid.
+fine-tuning of the same components; what the seeds could see (where a win is ruled out, where more seeds could
+still find one); and the budget x control grid.
 All of it reads the comparisons table of :func:`cca_tl.sweep.compare.comparisons`.
 """
 
@@ -52,9 +52,9 @@ def _answer_to_alternative(table: pd.DataFrame, other: str, words: tuple[str, st
     name, gloss = words
     budgets = sorted(part["control_budget"].unique()) if "control_budget" in part else []
     aside = "; ".join(filter(None, (gloss, f"its cells at {_budget_list(budgets)}" if budgets else "")))
+    aside = f" ({aside})" if aside else ""
     said = "; ".join(f"{100 * r.budget_share:g} % {interval_text(r.diff, r.between_low, r.between_high)}, "
                      f"{r.verdict}" for r in part.itertuples())
-    aside = f" ({aside})" if aside else ""
     return (f"Against {name}{aside}, {GLANCE[comparison]} in test points with between-seed intervals, by CCA's "
             f"budget: {said} (reading `{reading}`).")
 
@@ -140,7 +140,8 @@ def seed_reach(table: pd.DataFrame, reading: str) -> pd.DataFrame:
 
 #: The comparisons the at-a-glance grid shows, with their column headings.
 GLANCE = {"cca − random": "CCA − layer-matched", "cca − uniform": "CCA − uniform", "cca − disjoint": "CCA − disjoint",
-          "cca − lofit": "CCA − LoFiT", "cca − masked-ft": "CCA − masked FT", "masked-ft − random-ft": "masked FT − random FT", "cca − base": "CCA − base"}
+          "cca − lofit": "CCA − LoFiT", "cca − masked-ft": "CCA − masked FT",
+          "masked-ft − random-ft": "masked FT − random FT", "cca − base": "CCA − base"}
 
 
 def glance(table: pd.DataFrame, reading: str, metric: str = "test") -> pd.DataFrame:

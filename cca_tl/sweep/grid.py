@@ -235,7 +235,7 @@ class SweepConfig:
         before any draw of seed 1 would have left masked FT − random FT on one seed for ~40 minutes)."""
         cells = [c for seed in self.seeds for c in self.cells(seed)]
 
-        def group(c: Cell) -> tuple[int, int, float]:
+        def group(c: Cell) -> tuple[float, ...]:
             if c.variant == "cca" or (c.variant == "random" and c.draw == 0):
                 return (0, 0, c.budget)
             if c.variant == "uniform":
